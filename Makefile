@@ -1,0 +1,60 @@
+# pamsite: `make run` (the embedded dev stack) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+
+# Build headers for python-ldap (needed to install the requirements at all).
+APT_BUILD := libldap2-dev libsasl2-dev
+# The real servers the tests start: slapd, sshd, Chromium; oathtool checks our TOTP codes.
+APT_TEST := slapd ldap-utils openssh-server chromium oathtool
+
+.PHONY: run test lint format check-deploy pytest bench deps apt-build apt-test clean
+
+run: deps
+	$(PY) scripts/devstack.py
+
+test: deps apt-test lint check-deploy pytest
+
+deps: apt-build $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+apt-build:
+	@scripts/apt-ensure $(APT_BUILD)
+
+apt-test:
+	@scripts/apt-ensure $(APT_TEST)
+
+lint: deps
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/bandit -q -c pyproject.toml -r pamsite identity audit vault access sessions
+
+format: deps
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Production settings must pass Django's deployment checklist with no warning.
+check-deploy: deps
+	PAMSITE_MODE=production \
+	SECRET_KEY=check-deploy-$$(head -c 48 /dev/urandom | base64 | tr -d '/+=\n') \
+	ALLOWED_HOSTS=pamsite.example.org \
+	VAULT_ROLE_ID=check-deploy VAULT_SECRET_ID=check-deploy \
+	DATABASE_URL=sqlite:///$(CURDIR)/var/check-deploy.sqlite3 \
+	$(PY) manage.py check --deploy --fail-level WARNING
+
+pytest: deps
+	DJANGO_ALLOW_ASYNC_UNSAFE=true $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: deps apt-test
+	$(PY) bench/run.py
+
+clean:
+	rm -rf var/ test-artifacts/

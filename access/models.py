@@ -1,0 +1,1 @@
+"""Targets, accounts, policies, requests, approvals and grants (built in a later step)."""

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from identity import views
+
+app_name = "identity"
+
+urlpatterns = [
+    path("login/", views.login_view, name="login"),
+    path("login/verify/", views.verify_view, name="verify"),
+    path("mfa/enrol/", views.enrol_view, name="enrol"),
+    path("logout/", views.logout_view, name="logout"),
+    path("account/", views.account_view, name="account"),
+    path("account/mfa/reset/", views.self_reset_view, name="self_reset"),
+    path("users/", views.user_list_view, name="users"),
+    path("users/<int:pk>/reset-mfa/", views.admin_reset_view, name="admin_reset"),
+]

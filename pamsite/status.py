@@ -1,0 +1,5 @@
+from django.http import HttpResponse
+
+
+def system_status(request):
+    return HttpResponse("todo")

@@ -1,0 +1,1 @@
+"""Gateway sessions and their recordings (built in a later step)."""

@@ -1,0 +1,85 @@
+"""Shared fixtures: personas, MFA-verified clients, and the rule that a skip fails the run."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+pytest_plugins = ["tests.fixtures.openbao"]
+
+PASSWORD = "correct horse battery staple 7"
+
+
+def make_user(username: str, *roles: str, password: str = PASSWORD, totp: bool = True, **fields):
+    """A user with the given roles and, unless totp=False, a confirmed TOTP device."""
+    from identity.models import User
+
+    user = User.objects.create_user(username=username, password=password, **fields)
+    for role in roles:
+        user.groups.add(Group.objects.get(name=role))
+    if totp:
+        TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+    return user
+
+
+def verified_client(client, user):
+    """Log the client in as the user with both factors done (password and TOTP)."""
+    client.force_login(user)
+    device = TOTPDevice.objects.get(user=user, confirmed=True)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
+@pytest.fixture
+def alice(db):
+    """A requester: a PACS administrator."""
+    return make_user("alice", "requester", email="alice@hospital.example")
+
+
+@pytest.fixture
+def bob(db):
+    """An approver: helpdesk."""
+    return make_user("bob", "approver", email="bob@hospital.example")
+
+
+@pytest.fixture
+def carol(db):
+    """An auditor."""
+    return make_user("carol", "auditor", email="carol@hospital.example")
+
+
+@pytest.fixture
+def pat(db):
+    """A pam-admin."""
+    return make_user("pat", "pam-admin", email="pat@hospital.example")
+
+
+@pytest.fixture
+def mallory(db):
+    """An outsider: an account with no role at all."""
+    return make_user("mallory", email="mallory@elsewhere.example")
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A skipped test is a test that did not run: the suite must not pass with one.
+    if _skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped:
+        terminalreporter.write_line(
+            f"FAILED: {len(_skipped)} test(s) skipped; a skip counts as a failure here.", red=True
+        )
