@@ -11,6 +11,7 @@ urlpatterns = [
     path("logout/", views.logout_view, name="logout"),
     path("account/", views.account_view, name="account"),
     path("account/mfa/reset/", views.self_reset_view, name="self_reset"),
+    path("account/mfa/backup-codes/", views.backup_codes_view, name="backup_codes"),
     path("users/", views.user_list_view, name="users"),
     path("users/<int:pk>/reset-mfa/", views.admin_reset_view, name="admin_reset"),
 ]

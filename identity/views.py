@@ -1,13 +1,269 @@
-from django.http import HttpResponse
+"""Login (password, then TOTP), enrolment, logout, the user's own account, user admin."""
+
+from __future__ import annotations
+
+import segno
+from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login as auth_login
+from django.contrib.auth import logout as auth_logout
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
+
+from identity import services
+from identity.forms import AdminResetForm, BackupCodesForm, CodeForm, EnrolForm, LoginForm, SelfResetForm
+from identity.selectors import get_user_for_mfa_reset, users_for
 
 
-def _todo(request, **kwargs):
-    return HttpResponse("todo")
+def _next_url(request: HttpRequest) -> str:
+    """The page to go to after login: a local path only (no open redirect)."""
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse(settings.LOGIN_REDIRECT_URL)
 
 
-login_view = verify_view = enrol_view = logout_view = account_view = self_reset_view = _todo
-user_list_view = admin_reset_view = _todo
+def _with_next(view_name: str, request: HttpRequest) -> str:
+    url = reverse(view_name)
+    nxt = request.POST.get("next") or request.GET.get("next")
+    if nxt and url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}):
+        from urllib.parse import urlencode
+
+        url += "?" + urlencode({"next": nxt})
+    return url
 
 
-def lockout_response(request, credentials=None, *args, **kwargs):
-    return HttpResponse("locked", status=429)
+def lockout_response(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
+    """Shown instead of the login page while the account or address is locked (django-axes)."""
+    if request.user.is_authenticated:
+        auth_logout(request)
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return render(request, "identity/locked.html", {"minutes": minutes}, status=429)
+
+
+@sensitive_post_parameters("password")
+@csrf_protect
+@never_cache
+@require_http_methods(["GET", "POST"])
+def login_view(request: HttpRequest) -> HttpResponse:
+    """First step: username and password."""
+    if request.user.is_authenticated:
+        if request.user.is_verified():
+            return HttpResponseRedirect(_next_url(request))
+        return redirect(_with_next("identity:verify", request))
+    form = LoginForm(request, data=request.POST or None)
+    if request.method == "POST":
+        if form.is_valid():
+            user = form.get_user()
+            auth_login(request, user)  # new session key: no fixation
+            services.record_password_ok(request=request, user=user)
+            target = "identity:verify" if services.mfa_has_confirmed_device(user=user) else "identity:enrol"
+            return redirect(_with_next(target, request))
+        services.record_login_failure(
+            request=request,
+            username=request.POST.get("username", ""),
+            locked_out=bool(getattr(request, "axes_locked_out", False)),
+        )
+    return render(request, "identity/login.html", {"form": form, "next": request.GET.get("next", "")})
+
+
+def _locked(request: HttpRequest) -> bool:
+    return AxesProxyHandler.is_locked(request, credentials={"username": request.user.username})
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def verify_view(request: HttpRequest) -> HttpResponse:
+    """Second step: a TOTP code (or a backup code) for a user who gave the right password."""
+    user = request.user
+    if user.is_verified():
+        return HttpResponseRedirect(_next_url(request))
+    if not services.mfa_has_confirmed_device(user=user):
+        return redirect(_with_next("identity:enrol", request))
+    AxesProxyHandler.update_request(request)
+    if _locked(request):
+        return lockout_response(request)
+    form = CodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            result = services.mfa_verify(request=request, user=user, code=form.cleaned_data["code"])
+        except services.MFAError as exc:
+            if getattr(request, "axes_locked_out", False) or _locked(request):
+                return lockout_response(request)
+            form.add_error("code", str(exc))
+        else:
+            if result.backup_codes_left is not None:
+                level = messages.WARNING if result.backup_codes_left <= 3 else messages.INFO
+                messages.add_message(
+                    request,
+                    level,
+                    f"You signed in with a backup code; {result.backup_codes_left} left. "
+                    "Make new ones from My account if you are running out.",
+                )
+            return HttpResponseRedirect(_next_url(request))
+    return render(request, "identity/verify.html", {"form": form, "next": request.GET.get("next", "")})
+
+
+def _qr_svg(data: str) -> str:
+    """The QR code as inline SVG, rendered here (no third-party service sees the secret)."""
+    qr = segno.make(data, error="m")
+    return qr.svg_inline(scale=5, border=2, dark="#102a43", light="#ffffff")
+
+
+def _grouped(secret: str) -> str:
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def enrol_view(request: HttpRequest) -> HttpResponse:
+    """Enrol an authenticator app: QR code and secret, confirm with a code, get backup codes."""
+    user = request.user
+    if services.mfa_has_confirmed_device(user=user):
+        # A second device is never added by someone who only knows the password.
+        if user.is_verified():
+            return redirect("identity:account")
+        return redirect(_with_next("identity:verify", request))
+    device = services.mfa_start_enrolment(user=user)
+    form = EnrolForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            codes = services.mfa_confirm_enrolment(request=request, user=user, code=form.cleaned_data["code"])
+        except services.MFAError as exc:
+            form.add_error("code", str(exc))
+        else:
+            return render(
+                request,
+                "identity/backup_codes.html",
+                {"codes": codes, "continue_url": _next_url(request), "first_time": True},
+            )
+    from base64 import b32encode
+
+    secret = b32encode(device.bin_key).decode("ascii").rstrip("=")
+    context = {
+        "form": form,
+        # segno's SVG output is generated markup with no user input in it.
+        "qr_svg": mark_safe(_qr_svg(device.config_url)),  # noqa: S308  # nosec B308 B703
+        "secret": _grouped(secret),
+        "issuer": settings.OTP_TOTP_ISSUER,
+        "next": request.GET.get("next", ""),
+    }
+    return render(request, "identity/enrol.html", context)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def logout_view(request: HttpRequest) -> HttpResponse:
+    """Sign out (POST); GET shows a button, so a link or an image cannot sign anyone out."""
+    if request.method == "POST":
+        if request.user.is_authenticated:
+            services.record_logout(request=request, user=request.user)
+        auth_logout(request)
+        messages.info(request, "You have signed out.")
+        return redirect("identity:login")
+    return render(request, "identity/logout.html")
+
+
+@never_cache
+def account_view(request: HttpRequest) -> HttpResponse:
+    """The user's own account: second factor status, backup codes, reset."""
+    user = request.user
+    context = {
+        "backup_codes_left": services.mfa_backup_codes_left(user=user),
+        "reset_form": SelfResetForm(),
+        "codes_form": BackupCodesForm(),
+    }
+    return render(request, "identity/account.html", context)
+
+
+@sensitive_post_parameters("password", "code")
+@never_cache
+@require_POST
+def self_reset_view(request: HttpRequest) -> HttpResponse:
+    """Remove one's own authenticator after a fresh password and code, then enrol again."""
+    user = request.user
+    form = SelfResetForm(request.POST)
+    if form.is_valid():
+        try:
+            services.mfa_self_reset(
+                request=request, user=user, password=form.cleaned_data["password"], code=form.cleaned_data["code"]
+            )
+        except services.MFAError as exc:
+            AxesProxyHandler.update_request(request)
+            if getattr(request, "axes_locked_out", False) or _locked(request):
+                return lockout_response(request)
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Your authenticator was removed. Set up the new one now.")
+            return redirect("identity:enrol")
+    context = {
+        "backup_codes_left": services.mfa_backup_codes_left(user=user),
+        "reset_form": form,
+        "codes_form": BackupCodesForm(),
+    }
+    return render(request, "identity/account.html", context, status=400)
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@require_POST
+def backup_codes_view(request: HttpRequest) -> HttpResponse:
+    """New backup codes after a fresh TOTP code; the old ones stop working."""
+    user = request.user
+    form = BackupCodesForm(request.POST)
+    if form.is_valid():
+        try:
+            codes = services.mfa_regenerate_backup_codes(request=request, user=user, code=form.cleaned_data["code"])
+        except services.MFAError as exc:
+            form.add_error("code", str(exc))
+        else:
+            return render(
+                request,
+                "identity/backup_codes.html",
+                {"codes": codes, "continue_url": reverse("identity:account"), "first_time": False},
+            )
+    context = {
+        "backup_codes_left": services.mfa_backup_codes_left(user=user),
+        "reset_form": SelfResetForm(),
+        "codes_form": form,
+    }
+    return render(request, "identity/account.html", context, status=400)
+
+
+@never_cache
+def user_list_view(request: HttpRequest) -> HttpResponse:
+    """pam-admins: every user, their roles and whether they have enrolled TOTP."""
+    page = Paginator(users_for(acting_user=request.user), 50).get_page(request.GET.get("page"))
+    return render(request, "identity/user_list.html", {"page": page})
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def admin_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: remove another user's authenticator (lost or replaced phone)."""
+    target = get_user_for_mfa_reset(acting_user=request.user, pk=pk)
+    form = AdminResetForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        ended = services.mfa_admin_reset(
+            request=request, acting_user=request.user, user=target, reason=form.cleaned_data["reason"]
+        )
+        messages.success(
+            request,
+            f"{target.username}'s authenticator was removed and {ended} web session(s) ended. "
+            "They will set up a new one at their next sign-in.",
+        )
+        return redirect("identity:users")
+    return render(request, "identity/admin_reset.html", {"target": target, "form": form})

@@ -168,6 +168,8 @@ AXES_LOCKOUT_CALLABLE = "identity.views.lockout_response"
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=5)
 AXES_CLIENT_IP_CALLABLE = "pamsite.net.client_ip"
 AXES_VERBOSE = False
+# Axes keeps the failed request's form fields; never the password, a code or the CSRF token.
+AXES_SENSITIVE_PARAMETERS = ["password", "code", "csrfmiddlewaretoken"]
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 
 # --- Vault / OpenBao ----------------------------------------------------------------

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""`make run`: the embedded dev stack in one terminal.
+
+Starts OpenBao's dev server (unless VAULT_ADDR points at another Vault), migrates,
+bootstraps Vault, creates a first pam-admin if none exists, starts the web app
+(ASGI, daphne) on 127.0.0.1:8000 and prints how to sign in. Ctrl-C stops every
+process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+VAR = Path(os.environ.get("PAMSITE_VAR_DIR", ROOT / "var"))
+LOGS = VAR / "log"
+WEB_HOST, WEB_PORT = "127.0.0.1", int(os.environ.get("PAMSITE_WEB_PORT", "8000"))
+VAULT_DEV_ADDR = "127.0.0.1:8200"
+VAULT_DEV_TOKEN = "pamsite-dev-root"  # the dev server's root token: settings' dev default
+
+children: list[tuple[str, subprocess.Popen]] = []
+
+
+def say(message: str) -> None:
+    print(f"[make run] {message}", flush=True)
+
+
+def port_busy(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    log = open(LOGS / f"{name}.log", "ab")  # noqa: SIM115  (kept open for the child's life)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    children.append((name, proc))
+    say(f"started {name} (pid {proc.pid}, log {log.name})")
+    return proc
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
+
+
+def wait_for_vault(addr: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"OpenBao did not become ready at {addr} within {timeout:.0f} s: see {LOGS / 'openbao.log'}")
+
+
+def stop_all(*_args) -> None:
+    for name, proc in reversed(children):
+        if proc.poll() is None:
+            proc.terminate()
+    for name, proc in reversed(children):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        say(f"stopped {name}")
+    children.clear()
+
+
+def main() -> int:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    if port_busy(WEB_HOST, WEB_PORT):
+        raise SystemExit(f"Port {WEB_PORT} on {WEB_HOST} is already in use: stop what runs there first.")
+    try:
+        if "VAULT_ADDR" in os.environ:
+            say(f"using the Vault at {env['VAULT_ADDR']} (VAULT_ADDR is set)")
+        else:
+            if port_busy("127.0.0.1", 8200):
+                raise SystemExit(
+                    "Port 8200 is already in use: stop the other Vault/OpenBao, or set VAULT_ADDR "
+                    "and VAULT_TOKEN to use it."
+                )
+            env["VAULT_ADDR"] = f"http://{VAULT_DEV_ADDR}"
+            start(
+                "openbao",
+                [
+                    str(BIN / "bao"),
+                    "server",
+                    "-dev",
+                    f"-dev-root-token-id={VAULT_DEV_TOKEN}",
+                    f"-dev-listen-address={VAULT_DEV_ADDR}",
+                ],
+                env,
+            )
+            wait_for_vault(env["VAULT_ADDR"])
+            say("OpenBao dev server ready (in memory: its secrets are gone when it stops)")
+
+        manage("migrate", "--noinput", env=env)
+        approle_dir = VAR / "vault-approle"
+        manage("vault_bootstrap", "--write-approle", str(approle_dir), env=env)
+        # The web app and later the gateway and worker use the narrow AppRole, not the root token.
+        app_env = dict(env)
+        app_env.pop("VAULT_TOKEN", None)
+        app_env["VAULT_ROLE_ID_FILE"] = str(approle_dir / "role_id")
+        app_env["VAULT_SECRET_ID_FILE"] = str(approle_dir / "secret_id")
+        manage("ensure_first_admin", env=env)
+
+        start(
+            "web",
+            [str(BIN / "daphne"), "-b", WEB_HOST, "-p", str(WEB_PORT), "pamsite.asgi:application"],
+            app_env,
+        )
+        say("")
+        say(f"pamsite is running: open http://{WEB_HOST}:{WEB_PORT}/ and sign in with the account above")
+        say("(first sign-in: scan the QR code with an authenticator app, then keep the backup codes).")
+        say("Ctrl-C stops everything.")
+        while True:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    say(f"{name} exited with status {proc.returncode}: see {LOGS / (name + '.log')}")
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    except subprocess.CalledProcessError as exc:
+        say(f"a step failed ({' '.join(exc.cmd[1:3])}), exit status {exc.returncode}")
+        return 1
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
