@@ -189,6 +189,10 @@ VAULT_DATABASE_MOUNT = env_str("VAULT_DATABASE_MOUNT", "pamsite-database")
 VAULT_SSH_MOUNT = env_str("VAULT_SSH_MOUNT", "pamsite-ssh")
 VAULT_TRANSIT_MOUNT = env_str("VAULT_TRANSIT_MOUNT", "pamsite-transit")
 VAULT_TRANSIT_KEY = env_str("VAULT_TRANSIT_KEY", "pamsite-recordings")
+# The SSH role (CA mode) that vault_bootstrap creates and the gateway signs user keys with.
+VAULT_SSH_ROLE = env_str("VAULT_SSH_ROLE", "pamsite-gateway")
+# Lifetime of a secret_id issued by `vault_bootstrap --write-approle`, in seconds (0: no expiry).
+VAULT_APPROLE_SECRET_ID_TTL = env_int("VAULT_APPROLE_SECRET_ID_TTL", 0, minimum=0)
 if PRODUCTION and not (VAULT_ROLE_ID and VAULT_SECRET_ID) and not VAULT_TOKEN:
     raise ImproperlyConfigured(
         "Vault credentials are missing: set VAULT_ROLE_ID and VAULT_SECRET_ID (or their _FILE forms) "
@@ -229,6 +233,9 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    # WhiteNoise expects STATIC_ROOT to exist; in dev it serves from the finders.
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # --- Security headers -------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -238,7 +245,7 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
-SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
 if env_bool("SECURE_PROXY_SSL_HEADER", False):
     # Only behind a proxy that always sets (and strips client-sent) X-Forwarded-Proto.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

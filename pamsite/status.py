@@ -1,5 +1,81 @@
-from django.http import HttpResponse
+"""The system status page: whether Vault is usable, and what pamsite is set up to use."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from identity.roles import Role, require_role
+from vault.client import VaultClient, VaultError, VaultHealth, get_client
+
+_BADGES = {"unsealed": "ok", "standby": "warn", "sealed": "bad", "uninitialized": "bad", "unreachable": "bad"}
+_AUTH_LABELS = {"approle": "AppRole", "none": "none configured"}  # else the method itself ("token")
 
 
-def system_status(request):
-    return HttpResponse("todo")
+@require_GET
+@never_cache
+def system_status(request: HttpRequest) -> HttpResponse:
+    """Vault's health and mounts, how pamsite authenticates to it, and the database engine.
+
+    For pam-admins. Shows names and states only: never a token, role_id or secret_id.
+    """
+    require_role(request.user, Role.PAM_ADMIN)
+    vault = get_client()
+    health = vault.health()
+    context = {
+        "health": health,
+        "badge": _BADGES.get(health.state, "warn"),
+        "auth_method": _AUTH_LABELS.get(vault.auth_method, vault.auth_method),
+        "uses_approle": vault.auth_method == "approle",
+        "approle_name": settings.VAULT_APPROLE_NAME,
+        "approle_mount": settings.VAULT_APPROLE_MOUNT,
+        "token_in_production": vault.auth_method == "token" and settings.PRODUCTION,
+        "database": _database_status(),
+        **_vault_details(vault, health),
+    }
+    return render(request, "status.html", context)
+
+
+def _vault_details(vault: VaultClient, health: VaultHealth) -> dict:
+    """The mounts pamsite expects and what Vault has there (asked only when it is usable)."""
+    expected = [
+        (settings.VAULT_KV_MOUNT, "kv-v2", "static account passwords"),
+        (settings.VAULT_DATABASE_MOUNT, "database", "dynamic database accounts"),
+        (settings.VAULT_SSH_MOUNT, "ssh", "SSH certificates for the gateway"),
+        (settings.VAULT_TRANSIT_MOUNT, "transit", f"recording signatures (key {settings.VAULT_TRANSIT_KEY})"),
+    ]
+    mounts, error, ssh_ca = [], "", None
+    for path, engine, purpose in expected:
+        found, checked = None, False
+        if health.ok and not error:
+            try:
+                found, checked = vault.mount_type(path), True
+            except VaultError as exc:
+                error = str(exc)
+        mounts.append(
+            {"path": path, "engine": engine, "purpose": purpose, "found": found, "checked": checked}
+        )
+    if health.ok and not error:
+        try:
+            ssh_ca = vault.ssh_ca_public_key()
+        except VaultError as exc:
+            error = str(exc)
+    return {"mounts": mounts, "vault_error": error, "ssh_ca_public_key": ssh_ca}
+
+
+def _database_status() -> dict:
+    try:
+        version = ".".join(str(part) for part in connection.get_database_version())
+    except Exception:  # the page reports; it must not fail on a version query
+        version = ""
+    return {
+        "vendor": connection.vendor,
+        "display_name": connection.display_name,
+        "version": version,
+        "host": connection.settings_dict.get("HOST") or "",
+        "name": str(connection.settings_dict.get("NAME") or ""),
+    }

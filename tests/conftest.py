@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from django.contrib.auth.models import Group
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 pytest_plugins = ["tests.fixtures.openbao"]
+
+# Playwright's sync API runs an event loop in the test thread; the ORM calls the tests
+# make there are still plain synchronous code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Debian's Chromium (installed by `make test`), headless, with no calls home."""
+    executable = next((p for p in CHROMIUM_CANDIDATES if Path(p).exists()), None)
+    if executable is None:
+        pytest.fail("Chromium is not installed: run `make test`, which installs it (apt package chromium).")
+    return {
+        **browser_type_launch_args,
+        "executable_path": executable,
+        "headless": True,
+        "args": [
+            "--no-sandbox",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+        ],
+    }
 
 PASSWORD = "correct horse battery staple 7"
 
@@ -83,3 +113,39 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"FAILED: {len(_skipped)} test(s) skipped; a skip counts as a failure here.", red=True
         )
+
+
+def _append_only_sql():
+    import importlib
+
+    return importlib.import_module("audit.migrations.0003_append_only_triggers").STATEMENTS["sqlite"]
+
+
+@pytest.fixture(autouse=True)
+def _audit_triggers_survive_sqlite_flush(request):
+    """Keep the audit table's append-only triggers in place on SQLite test databases.
+
+    Django empties the tables after a transactional test (live server, threads) with
+    DELETE on SQLite, which the triggers refuse: they are dropped just before that
+    flush and installed again at the start of every database test.
+    """
+    from django.db import connection
+
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        names & {"transactional_db", "live_server", "django_db_reset_sequences"}
+    )
+    if connection.vendor != "sqlite" or not (marker or transactional or "db" in names):
+        yield
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    install, remove = _append_only_sql()
+    with connection.cursor() as cursor:
+        for sql in install:
+            cursor.execute(sql)
+    yield
+    if transactional:
+        with connection.cursor() as cursor:
+            for sql in remove:
+                cursor.execute(sql)

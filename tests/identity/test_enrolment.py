@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 from django.urls import reverse
@@ -87,6 +88,7 @@ def test_self_reset_needs_password_and_code(client, alice):
     assert response.status_code == 400
     assert TOTPDevice.objects.filter(user=alice).exists()
 
+    time.sleep(1.1)  # django-otp waits a second after a wrong code
     response = client.post(reverse("identity:self_reset"), {"password": PASSWORD, "code": totp_code(key)})
     assert response["Location"] == reverse("identity:enrol")
     assert not TOTPDevice.objects.filter(user=alice, confirmed=True).exists()
