@@ -18,7 +18,12 @@ class CodeForm(forms.Form):
         max_length=20,
         strip=True,
         widget=forms.TextInput(
-            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True, "class": "code"}
+            attrs={
+                "autocomplete": "one-time-code",
+                "inputmode": "numeric",
+                "autofocus": True,
+                "class": "code",
+            }
         ),
         help_text="The 6-digit code from your authenticator app, or one of your backup codes.",
     )
@@ -30,7 +35,12 @@ class EnrolForm(forms.Form):
         max_length=10,
         strip=True,
         widget=forms.TextInput(
-            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True, "class": "code"}
+            attrs={
+                "autocomplete": "one-time-code",
+                "inputmode": "numeric",
+                "autofocus": True,
+                "class": "code",
+            }
         ),
     )
 
@@ -48,7 +58,9 @@ class BackupCodesForm(forms.Form):
     code = forms.CharField(
         label="Current code from your authenticator app",
         max_length=10,
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "class": "code"}),
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "class": "code"}
+        ),
     )
 
 
@@ -57,5 +69,7 @@ class AdminResetForm(forms.Form):
         label="Reason (kept in the audit trail)",
         max_length=500,
         min_length=5,
-        widget=forms.TextInput(attrs={"placeholder": "e.g. lost phone, identity checked by call-back, INC-1234"}),
+        widget=forms.TextInput(
+            attrs={"placeholder": "e.g. lost phone, identity checked by call-back, INC-1234"}
+        ),
     )

@@ -15,7 +15,9 @@ def users_for(*, acting_user: User) -> QuerySet[User]:
     """All users, with whether each has enrolled TOTP; pam-admins only."""
     require_role(acting_user, Role.PAM_ADMIN)
     enrolled = TOTPDevice.objects.filter(user=OuterRef("pk"), confirmed=True)
-    return User.objects.annotate(mfa_enrolled=Exists(enrolled)).prefetch_related("groups").order_by("username")
+    return (
+        User.objects.annotate(mfa_enrolled=Exists(enrolled)).prefetch_related("groups").order_by("username")
+    )
 
 
 def get_user_for_mfa_reset(*, acting_user: User, pk: int) -> User:

@@ -148,7 +148,7 @@ def _verify_code(user: User, code: str) -> tuple[object | None, str]:
     )
     reason = "wrong_code"
     for device in devices.select_for_update():
-        allowed, info = device.verify_is_allowed()
+        allowed, _ = device.verify_is_allowed()
         if not allowed:
             reason = "throttled"
             continue
@@ -161,8 +161,12 @@ def _verify_code(user: User, code: str) -> tuple[object | None, str]:
 
 _FAILURE_MESSAGES = {
     "empty": "Enter the 6-digit code from your authenticator app, or one of your backup codes.",
-    "wrong_code": "That code is not right. Enter the code your authenticator app shows now, or a backup code.",
-    "replayed": "That code has already been used. Wait for your app to show the next code and enter that one.",
+    "wrong_code": (
+        "That code is not right. Enter the code your authenticator app shows now, or a backup code."
+    ),
+    "replayed": (
+        "That code has already been used. Wait for your app to show the next code and enter that one."
+    ),
     "throttled": "Too many wrong codes in a row: wait a few seconds before trying again.",
 }
 
@@ -214,7 +218,9 @@ def mfa_self_reset(*, request: HttpRequest, user: User, password: str, code: str
     The user stays signed in with the password only and is sent to enrol a new one.
     """
     if not user.check_password(password):
-        audit_record(action="mfa.reset.failure", request=request, obj=user, details={"reason": "bad_password"})
+        audit_record(
+            action="mfa.reset.failure", request=request, obj=user, details={"reason": "bad_password"}
+        )
         user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
         raise MFAError("Your password is not right; nothing was changed.", reason="bad_password")
     with transaction.atomic():
@@ -259,7 +265,9 @@ def mfa_regenerate_backup_codes(*, request: HttpRequest, user: User, code: str) 
                 action="mfa.backup_codes.issued", request=request, obj=user, details={"count": len(codes)}
             )
             return codes
-        audit_record(action="mfa.backup_codes.failure", request=request, obj=user, details={"reason": "wrong_code"})
+        audit_record(
+            action="mfa.backup_codes.failure", request=request, obj=user, details={"reason": "wrong_code"}
+        )
     raise MFAError(_FAILURE_MESSAGES["wrong_code"], reason="wrong_code")
 
 
@@ -280,7 +288,10 @@ def record_login_failure(*, request: HttpRequest, username: str, locked_out: boo
         action="auth.login.failure",
         request=request,
         actor_username=username[:150],
-        details={"reason": login_failure_reason(username=username, locked_out=locked_out), "step": "password"},
+        details={
+            "reason": login_failure_reason(username=username, locked_out=locked_out),
+            "step": "password",
+        },
     )
 
 

@@ -199,7 +199,10 @@ def self_reset_view(request: HttpRequest) -> HttpResponse:
     if form.is_valid():
         try:
             services.mfa_self_reset(
-                request=request, user=user, password=form.cleaned_data["password"], code=form.cleaned_data["code"]
+                request=request,
+                user=user,
+                password=form.cleaned_data["password"],
+                code=form.cleaned_data["code"],
             )
         except services.MFAError as exc:
             AxesProxyHandler.update_request(request)
@@ -226,7 +229,9 @@ def backup_codes_view(request: HttpRequest) -> HttpResponse:
     form = BackupCodesForm(request.POST)
     if form.is_valid():
         try:
-            codes = services.mfa_regenerate_backup_codes(request=request, user=user, code=form.cleaned_data["code"])
+            codes = services.mfa_regenerate_backup_codes(
+                request=request, user=user, code=form.cleaned_data["code"]
+            )
         except services.MFAError as exc:
             form.add_error("code", str(exc))
         else:

@@ -35,9 +35,7 @@ def env_secret(name: str, default: str = "", *, environ: Mapping[str, str] | Non
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ImproperlyConfigured(
-                f"{file_var}: cannot read {path}: {exc.strerror or exc}"
-            ) from None
+            raise ImproperlyConfigured(f"{file_var}: cannot read {path}: {exc.strerror or exc}") from None
     return environ.get(name, default)
 
 

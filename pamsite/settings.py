@@ -24,7 +24,8 @@ MODE = env_choice("PAMSITE_MODE", "dev", ("dev", "production"))
 PRODUCTION = MODE == "production"
 
 # --- Core -------------------------------------------------------------------------
-_DEV_SECRET_KEY = "dev-only-insecure-key-never-use-in-production-0123456789abcdef"
+# Dev only: production refuses to start with it (below).
+_DEV_SECRET_KEY = "dev-only-insecure-key-never-use-in-production-0123456789abcdef"  # noqa: S105  # nosec B105
 SECRET_KEY = env_secret("SECRET_KEY", "" if PRODUCTION else _DEV_SECRET_KEY)
 if PRODUCTION and (len(SECRET_KEY) < 50 or SECRET_KEY == _DEV_SECRET_KEY):
     raise ImproperlyConfigured(
@@ -99,7 +100,11 @@ TEMPLATES = [
 # --- Database ---------------------------------------------------------------------
 DATABASE_URL = env_secret("DATABASE_URL", f"sqlite:///{VAR_DIR / 'pamsite.sqlite3'}")
 try:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0))}
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+        )
+    }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL this site understands: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -158,7 +163,9 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1, maximum=24 * 60))
 # A username is locked after too many failures; so is a client address (password
 # spraying across many usernames). LOGIN_LOCKOUT_BY_IP=false where a whole site shares one NAT address.
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"] if env_bool("LOGIN_LOCKOUT_BY_IP", True) else ["username"]
+AXES_LOCKOUT_PARAMETERS = (
+    ["username", "ip_address"] if env_bool("LOGIN_LOCKOUT_BY_IP", True) else ["username"]
+)
 # Only a complete login (password and code) clears the failure count, so a stolen
 # password cannot be used to reset the count of wrong codes.
 AXES_RESET_ON_SUCCESS = False
@@ -175,7 +182,7 @@ AXES_ENABLE_ACCESS_FAILURE_LOG = True
 # --- Vault / OpenBao ----------------------------------------------------------------
 VAULT_ADDR = env_str("VAULT_ADDR", "http://127.0.0.1:8200")
 # Only for the embedded dev server: production authenticates with AppRole.
-VAULT_DEV_ROOT_TOKEN = "pamsite-dev-root"
+VAULT_DEV_ROOT_TOKEN = "pamsite-dev-root"  # noqa: S105  # nosec B105
 VAULT_TOKEN = env_secret("VAULT_TOKEN", "" if PRODUCTION else VAULT_DEV_ROOT_TOKEN)
 VAULT_ROLE_ID = env_secret("VAULT_ROLE_ID", "")
 VAULT_SECRET_ID = env_secret("VAULT_SECRET_ID", "")

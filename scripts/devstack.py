@@ -24,7 +24,7 @@ VAR = Path(os.environ.get("PAMSITE_VAR_DIR", ROOT / "var"))
 LOGS = VAR / "log"
 WEB_HOST, WEB_PORT = "127.0.0.1", int(os.environ.get("PAMSITE_WEB_PORT", "8000"))
 VAULT_DEV_ADDR = "127.0.0.1:8200"
-VAULT_DEV_TOKEN = "pamsite-dev-root"  # the dev server's root token: settings' dev default
+VAULT_DEV_TOKEN = "pamsite-dev-root"  # noqa: S105  # the dev server's root token: settings' dev default
 
 children: list[tuple[str, subprocess.Popen]] = []
 
@@ -41,7 +41,10 @@ def port_busy(host: str, port: int) -> bool:
 
 def start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     log = open(LOGS / f"{name}.log", "ab")  # noqa: SIM115  (kept open for the child's life)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Own process group: Ctrl-C reaches only this script, which stops the children in order.
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     children.append((name, proc))
     say(f"started {name} (pid {proc.pid}, log {log.name})")
     return proc
@@ -60,11 +63,20 @@ def wait_for_vault(addr: str, timeout: float = 20.0) -> None:
                     return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit(f"OpenBao did not become ready at {addr} within {timeout:.0f} s: see {LOGS / 'openbao.log'}")
+    raise SystemExit(
+        f"OpenBao did not become ready at {addr} within {timeout:.0f} s: see {LOGS / 'openbao.log'}"
+    )
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_all(*_args) -> None:
-    for name, proc in reversed(children):
+    # A second Ctrl-C (or the terminal's SIGTERM) must not cut the clean-up short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _name, proc in reversed(children):
         if proc.poll() is None:
             proc.terminate()
     for name, proc in reversed(children):
@@ -80,7 +92,7 @@ def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
 
     if port_busy(WEB_HOST, WEB_PORT):
         raise SystemExit(f"Port {WEB_PORT} on {WEB_HOST} is already in use: stop what runs there first.")

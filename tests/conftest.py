@@ -39,6 +39,7 @@ def browser_type_launch_args(browser_type_launch_args):
         ],
     }
 
+
 PASSWORD = "correct horse battery staple 7"
 
 

@@ -44,11 +44,17 @@ def test_secret_from_file(tmp_path):
     with pytest.raises(ImproperlyConfigured, match="VAULT_SECRET_ID_FILE: cannot read"):
         env_secret("VAULT_SECRET_ID", environ={"VAULT_SECRET_ID_FILE": str(tmp_path / "missing")})
     with pytest.raises(ImproperlyConfigured, match="either VAULT_SECRET_ID or VAULT_SECRET_ID_FILE"):
-        env_secret("VAULT_SECRET_ID", environ={"VAULT_SECRET_ID": "a", "VAULT_SECRET_ID_FILE": str(secret_file)})
+        env_secret(
+            "VAULT_SECRET_ID", environ={"VAULT_SECRET_ID": "a", "VAULT_SECRET_ID_FILE": str(secret_file)}
+        )
 
 
 def _check(env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "PAMSITE_MODE", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "PAMSITE_MODE", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    }
     return subprocess.run(
         [sys.executable, "manage.py", "check"],
         cwd=ROOT,
@@ -71,7 +77,9 @@ def test_bad_value_stops_startup_naming_the_variable(tmp_path):
 
 
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):
-    result = _check({"PAMSITE_VAR_DIR": str(tmp_path), "PAMSITE_MODE": "production", "ALLOWED_HOSTS": "pam.example"})
+    result = _check(
+        {"PAMSITE_VAR_DIR": str(tmp_path), "PAMSITE_MODE": "production", "ALLOWED_HOSTS": "pam.example"}
+    )
     assert result.returncode != 0
     assert "SECRET_KEY" in result.stderr
 
@@ -100,7 +108,11 @@ def test_production_deploy_check_is_clean(tmp_path):
         "VAULT_ROLE_ID": "role",
         "VAULT_SECRET_ID": "secret",
     }
-    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,

@@ -62,14 +62,18 @@ def test_password_only_user_is_sent_to_the_code_step(client, db, url):
     match = resolve(url)
     if match.view_name in PUBLIC_VIEWS | MFA_PENDING_VIEWS:
         return
-    user = make_user("halfway", "pam-admin", "auditor", "approver", "requester", is_staff=True, is_superuser=True)
+    user = make_user(
+        "halfway", "pam-admin", "auditor", "approver", "requester", is_staff=True, is_superuser=True
+    )
     client.force_login(user)  # password done, no code
     for method in (client.get, client.post):
         response = method(url)
         assert response.status_code == 302, f"{method.__name__.upper()} {url} answered {response.status_code}"
-        assert response["Location"].startswith("/login/verify/"), f"{url} redirected to {response['Location']}"
+        assert response["Location"].startswith("/login/verify/"), (
+            f"{url} redirected to {response['Location']}"
+        )
 
 
 def test_public_views_are_only_the_login_pages():
-    assert PUBLIC_VIEWS == {"identity:login", "identity:logout", "healthz"}
-    assert MFA_PENDING_VIEWS == {"identity:verify", "identity:enrol"}
+    assert {"identity:login", "identity:logout", "healthz"} == PUBLIC_VIEWS
+    assert {"identity:verify", "identity:enrol"} == MFA_PENDING_VIEWS

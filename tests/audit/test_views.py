@@ -57,7 +57,7 @@ def test_everyone_but_auditors_is_refused(client, persona, request, mixed_events
 
 
 @pytest.mark.parametrize("persona", ["alice", "pat"])
-def test_everyone_but_auditors_is_refused_even_with_bad_filters(client, persona, request):
+def test_everyone_but_auditors_is_refused_even_with_bad_filters(db, client, persona, request):
     user = request.getfixturevalue(persona)
     assert verified_client(client, user).get(URL, {"before": "x"}).status_code == 403
 

@@ -138,7 +138,12 @@ def test_only_pam_admins_reset_other_users_devices(client, request, persona, pat
     user = request.getfixturevalue(persona)
     verified_client(client, user)
     assert client.get(reverse("identity:users")).status_code == 403
-    assert client.post(reverse("identity:admin_reset", args=[pat.pk]), {"reason": "takeover attempt"}).status_code == 403
+    assert (
+        client.post(
+            reverse("identity:admin_reset", args=[pat.pk]), {"reason": "takeover attempt"}
+        ).status_code
+        == 403
+    )
     assert TOTPDevice.objects.filter(user=pat).exists()
 
 

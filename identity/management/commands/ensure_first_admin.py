@@ -28,7 +28,9 @@ class Command(BaseCommand):
             self.stderr.write(f"User {username!r} exists but is not an active pam-admin; nothing changed.")
             return
         password = secrets.token_urlsafe(12)
-        user = User.objects.create_user(username=username, password=password, display_name="First administrator")
+        user = User.objects.create_user(
+            username=username, password=password, display_name="First administrator"
+        )
         user.groups.set(Group.objects.filter(name__in=Role.values))
         from audit.services import audit_record
 
