@@ -9,7 +9,15 @@ from audit.models import AuditEvent
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only: nobody adds, changes or deletes an audit event, superusers included."""
 
-    list_display = ("sequence", "created_at", "actor_username", "source_ip", "action", "object_type", "object_id")
+    list_display = (
+        "sequence",
+        "created_at",
+        "actor_username",
+        "source_ip",
+        "action",
+        "object_type",
+        "object_id",
+    )
     ordering = ("-sequence",)
     # No list_filter, search or date hierarchy: each would scan or group the whole table.
     show_full_result_count = False

@@ -43,7 +43,8 @@ def verify_chain(*, from_sequence: int = 1, chunk_size: int = 5000) -> ChainVeri
     Finds the first of: a missing sequence number (a deleted event), a number out of
     order or repeated (an inserted or renumbered event), a ``prev_hash`` that is not
     the previous event's hash (inserted, deleted or reordered), a hash that does not
-    match the event's contents (an edited event), and a head that does not name the
+    match the event's contents (an edited event), a time not after the one before
+    (``audit_record`` makes times increase), and a head that does not name the
     last event (events deleted from, or added behind the back of, the end).
 
     Rows are streamed in chunks, so memory stays flat over millions of events, and
@@ -66,9 +67,11 @@ def verify_chain(*, from_sequence: int = 1, chunk_size: int = 5000) -> ChainVeri
 def _verify(from_sequence: int, chunk_size: int) -> ChainVerification:
     head = ChainHead.objects.filter(pk=1).values_list("last_sequence", "last_hash").first()
     events = AuditEvent.objects.order_by("sequence")
-    expected_sequence, expected_prev = 1, GENESIS_HASH
+    expected_sequence, expected_prev, previous_time = 1, GENESIS_HASH, None
     if from_sequence > 1:
-        previous = AuditEvent.objects.filter(sequence=from_sequence - 1).values_list("hash", flat=True).first()
+        previous = (
+            AuditEvent.objects.filter(sequence=from_sequence - 1).values_list("hash", "created_at").first()
+        )
         if previous is None:
             return ChainVerification(
                 ok=False,
@@ -77,7 +80,7 @@ def _verify(from_sequence: int, chunk_size: int) -> ChainVerification:
                 reason=f"cannot start at {from_sequence}: event {from_sequence - 1} does not exist",
                 from_sequence=from_sequence,
             )
-        expected_sequence, expected_prev = from_sequence, previous
+        expected_sequence, (expected_prev, previous_time) = from_sequence, previous
         events = events.filter(sequence__gte=from_sequence)
     # From 1, no lower bound: a row inserted with sequence 0 or below is found too.
 
@@ -107,7 +110,8 @@ def _verify(from_sequence: int, chunk_size: int) -> ChainVerification:
             return broken(expected_sequence, f"{missing} missing (deleted): the chain jumps to {sequence}")
         if sequence < expected_sequence:
             return broken(
-                sequence, f"event {sequence} is out of order or repeated (expected {expected_sequence}): inserted"
+                sequence,
+                f"event {sequence} is out of order or repeated (expected {expected_sequence}): inserted",
             )
         if values["prev_hash"] != expected_prev:
             before = f"event {sequence - 1}" if sequence > 1 else "the start of the chain"
@@ -118,7 +122,13 @@ def _verify(from_sequence: int, chunk_size: int) -> ChainVerification:
             )
         if event_hash(values) != values["hash"]:
             return broken(sequence, f"event {sequence} was altered: its hash does not match its contents")
-        expected_sequence, expected_prev = sequence + 1, values["hash"]
+        if previous_time is not None and values["created_at"] <= previous_time:
+            return broken(
+                sequence,
+                f"event {sequence} is dated {values['created_at'].isoformat()}, "
+                f"not after the event before it ({previous_time.isoformat()}): inserted or forged",
+            )
+        expected_sequence, expected_prev, previous_time = sequence + 1, values["hash"], values["created_at"]
         last_sequence = sequence
 
     if head is None:
@@ -135,7 +145,8 @@ def _verify(from_sequence: int, chunk_size: int) -> ChainVerification:
     if head_sequence < last_sequence:
         return broken(
             head_sequence + 1,
-            f"event {head_sequence + 1} is beyond the chain head ({head_sequence}): added outside audit_record",
+            f"event {head_sequence + 1} is beyond the chain head ({head_sequence}): "
+            "added outside audit_record",
         )
     if head_hash != expected_prev:
         return broken(last_sequence, f"the chain head's hash differs from event {last_sequence}'s")

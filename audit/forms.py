@@ -11,7 +11,13 @@ from audit.selectors import AuditEventFilters
 MAX_SEQUENCE = 2**63 - 1
 MIN_YEAR, MAX_YEAR = 1970, 9000
 
-DATETIME_LOCAL_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+DATETIME_LOCAL_FORMATS = [
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S.%f",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+]
 
 
 class DateTimeLocalInput(forms.DateTimeInput):

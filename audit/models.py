@@ -37,7 +37,9 @@ class AuditEvent(models.Model):
     ``audit.chain.verify_chain`` detects any edited, inserted or deleted row.
     """
 
-    sequence = models.BigIntegerField(primary_key=True, help_text="1, 2, 3… without gaps, in order of recording.")
+    sequence = models.BigIntegerField(
+        primary_key=True, help_text="1, 2, 3… without gaps, in order of recording."
+    )
     created_at = models.DateTimeField(db_index=True)
     # Users are deactivated, never deleted, so the actor of an event always exists.
     actor = models.ForeignKey(
@@ -79,7 +81,9 @@ class AuditEvent(models.Model):
         if not self._state.adding or kwargs.get("update_fields") or kwargs.get("force_update"):
             raise AppendOnlyError("Audit events are append-only: an existing event cannot be changed.")
         if not self.hash or self.hash != event_hash(self.hashed_values()):
-            raise AppendOnlyError("Audit events are recorded with audit.services.audit_record(), which chains them.")
+            raise AppendOnlyError(
+                "Audit events are recorded with audit.services.audit_record(), which chains them."
+            )
         kwargs["force_insert"] = True
         super().save(**kwargs)
 

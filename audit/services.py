@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +19,8 @@ from pamsite.net import client_ip
 # A details key containing any of these is refused, at any depth: secrets never go
 # into the audit trail (which auditors read, export and forward to a SIEM).
 SECRET_KEY_MARKERS = ("password", "secret", "token", "otp", "key", "code")
+
+logger = logging.getLogger(__name__)
 
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 
@@ -58,7 +62,9 @@ def audit_record(
     with it, and its sequence number is reused: no gap.
     """
     if not isinstance(action, str) or len(action) > 100 or not ACTION_RE.match(action):
-        raise ValueError(f'Audit action {action!r} is not a dotted lower-case name like "auth.login.success".')
+        raise ValueError(
+            f'Audit action {action!r} is not a dotted lower-case name like "auth.login.success".'
+        )
     details = json_normalise(details or {})
     if not isinstance(details, dict):
         raise ValueError("Audit details must be a dict.")
@@ -86,8 +92,7 @@ def audit_record(
     head = _locked_head()
     event = AuditEvent(
         sequence=head.last_sequence + 1,
-        # Taken under the lock, so times follow sequence order on one clock.
-        created_at=timezone.now(),
+        created_at=_next_time(head),
         actor=actor,
         # Truncated here, not by the database: SQLite would keep the excess and
         # PostgreSQL refuse it, and the hash must match what is stored.
@@ -130,6 +135,29 @@ def _locked_head() -> ChainHead:
         [ChainHead(pk=1, last_sequence=0, last_hash=GENESIS_HASH)], ignore_conflicts=True
     )
     return ChainHead.objects.select_for_update().get(pk=1)
+
+
+def _next_time(head: ChainHead) -> dt.datetime:
+    """Now, but strictly after the last event's time: times increase along the chain.
+
+    Taken under the lock, the clock already follows sequence order on one machine;
+    this makes it hold across machines whose clocks disagree, so that a time range
+    is a sequence range (the auditor's page relies on it) and verification can
+    check it. A server whose clock runs ahead makes the others' events carry its
+    time until their clocks catch up: that is logged.
+    """
+    now = timezone.now()
+    if not head.last_sequence:
+        return now
+    last = AuditEvent.objects.filter(sequence=head.last_sequence).values_list("created_at", flat=True).first()
+    if last is None or now > last:
+        return now
+    if last - now > dt.timedelta(seconds=1):
+        logger.warning(
+            "Audit event time held at the previous event's: this clock is %.3f s behind it.",
+            (last - now).total_seconds(),
+        )
+    return last + dt.timedelta(microseconds=1)
 
 
 def _refuse_secret_keys(value: Any, *, path: str) -> None:

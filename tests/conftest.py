@@ -49,7 +49,8 @@ def make_user(username: str, *roles: str, password: str = PASSWORD, totp: bool =
 
     user = User.objects.create_user(username=username, password=password, **fields)
     for role in roles:
-        user.groups.add(Group.objects.get(name=role))
+        # get_or_create: a transactional test's flush also empties the groups the migration made.
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     if totp:
         TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
     return user

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.utils import timezone
 
 from audit.chain import verify_chain
 from audit.hashing import GENESIS_HASH, event_hash
@@ -13,11 +14,17 @@ from audit.services import audit_record
 from tests.audit.conftest import record_events, tamper
 
 
-def forged_event(*, sequence: int, prev_hash: str, action: str = "access.grant.approved") -> AuditEvent:
+def forged_event(
+    *,
+    sequence: int,
+    prev_hash: str,
+    action: str = "access.grant.approved",
+    created_at: dt.datetime | None = None,
+) -> AuditEvent:
     """An event with a correct hash for its contents, as an attacker who knows the format makes it."""
     event = AuditEvent(
         sequence=sequence,
-        created_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+        created_at=created_at or timezone.now(),
         actor_username="mallory",
         action=action,
         details={"forged": True},
@@ -142,6 +149,22 @@ def test_an_event_inserted_with_a_random_hash_is_found(events):
     event.hash = "a" * 64
     insert_behind_the_service(event)
     assert_broken_at(2, "altered")
+
+
+def test_a_backdated_event_is_found_even_with_a_correct_hash_and_head(events):
+    forged = forged_event(
+        sequence=8, prev_hash=events[-1].hash, created_at=events[-1].created_at - dt.timedelta(seconds=1)
+    )
+    insert_behind_the_service(forged)
+    ChainHead.objects.update(last_sequence=8, last_hash=forged.hash)
+    assert_broken_at(8, "not after the event before it")
+
+
+def test_an_event_dated_like_the_one_before_is_found(events):
+    forged = forged_event(sequence=8, prev_hash=events[-1].hash, created_at=events[-1].created_at)
+    insert_behind_the_service(forged)
+    ChainHead.objects.update(last_sequence=8, last_hash=forged.hash)
+    assert_broken_at(8, "not after")
 
 
 def test_reordered_events_are_found(events):

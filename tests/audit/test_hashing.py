@@ -45,12 +45,15 @@ def test_genesis_hash_is_64_zeros():
 
 def test_canonical_form_is_sorted_compact_utf8_json_of_every_field():
     data = canonical_bytes(sample())
-    assert data == (
-        '{"action":"auth.login.success","actor_id":3,"actor_username":"alice",'
-        '"created_at":"2025-03-04T05:06:07.000890Z","details":{"a":"é","b":1},'
-        '"object_id":"3","object_repr":"Alice","object_type":"identity.user",'
-        f'"prev_hash":"{GENESIS_HASH}","sequence":1,"source_ip":"192.0.2.7"}}'
-    ).encode()
+    assert (
+        data
+        == (
+            '{"action":"auth.login.success","actor_id":3,"actor_username":"alice",'
+            '"created_at":"2025-03-04T05:06:07.000890Z","details":{"a":"é","b":1},'
+            '"object_id":"3","object_repr":"Alice","object_type":"identity.user",'
+            f'"prev_hash":"{GENESIS_HASH}","sequence":1,"source_ip":"192.0.2.7"}}'
+        ).encode()
+    )
     assert event_hash(sample()) == hashlib.sha256(data).hexdigest()
 
 
@@ -101,7 +104,16 @@ def test_details_become_json_that_jsonb_returns_unchanged():
     when = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     ident = uuid.UUID(int=7)
     assert json_normalise(
-        {"t": (1, 2), "f": 1e20, "z": -0.0, "x": 0.5, "w": when, "u": ident, "d": decimal.Decimal("1.5"), "s": "a\x00b"}
+        {
+            "t": (1, 2),
+            "f": 1e20,
+            "z": -0.0,
+            "x": 0.5,
+            "w": when,
+            "u": ident,
+            "d": decimal.Decimal("1.5"),
+            "s": "a\x00b",
+        }
     ) == {
         "t": [1, 2],
         "f": 10**20,
@@ -114,7 +126,9 @@ def test_details_become_json_that_jsonb_returns_unchanged():
     }
 
 
-@pytest.mark.parametrize("bad", [{1: "x"}, {"n": float("nan")}, {"i": float("inf")}, {"o": object()}, {"s": {1, 2}}])
+@pytest.mark.parametrize(
+    "bad", [{1: "x"}, {"n": float("nan")}, {"i": float("inf")}, {"o": object()}, {"s": {1, 2}}]
+)
 def test_details_that_are_not_json_are_refused(bad):
     with pytest.raises(ValueError):
         json_normalise(bad)

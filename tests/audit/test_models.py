@@ -41,7 +41,11 @@ def test_bulk_update_and_delete_are_refused(events):
 def test_an_event_not_chained_by_audit_record_is_refused(db):
     with pytest.raises(AppendOnlyError, match="audit_record"):
         AuditEvent.objects.create(
-            sequence=1, created_at=timezone.now(), action="auth.login.success", prev_hash=GENESIS_HASH, hash="f" * 64
+            sequence=1,
+            created_at=timezone.now(),
+            action="auth.login.success",
+            prev_hash=GENESIS_HASH,
+            hash="f" * 64,
         )
     assert not AuditEvent.objects.exists()
 
@@ -56,7 +60,11 @@ def test_an_event_not_chained_by_audit_record_is_refused(db):
     ],
 )
 def test_the_database_refuses_updates_and_deletes(events, sql):
-    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+    with (
+        pytest.raises(IntegrityError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(sql)
     assert AuditEvent.objects.count() == 7
     assert AuditEvent.objects.get(sequence=3).action == "auth.login.success"

@@ -1,0 +1,337 @@
+"""Benchmark the audit trail at scale: page views and chain verification over a million events.
+
+Run from the repository root with the project's Python:
+
+    .venv/bin/python bench/audit_bench.py [--rows 1000000] [--keep]
+
+It never touches the site's own database: it makes a throwaway one beside it, the
+way Django's test runner does (SQLite: var/bench/audit_bench.sqlite3; PostgreSQL
+when DATABASE_URL names one: "<name>_audit_bench"), fills it with valid chained
+events through bulk inserts (the real chain, but not one locked transaction per
+event), times the auditor's page and a full verify_chain, prints a Markdown table
+and writes it into bench/RESULTS.md under its own heading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Audit trail (bench/audit_bench.py)"
+
+# (action, weight): roughly what a PAM site records.
+ACTIONS = [
+    ("auth.login.password_ok", 20),
+    ("auth.login.success", 20),
+    ("auth.login.failure", 6),
+    ("auth.mfa.failure", 2),
+    ("auth.logout", 15),
+    ("access.request.created", 6),
+    ("access.request.approved", 5),
+    ("access.request.denied", 1),
+    ("access.grant.checked-out", 5),
+    ("access.grant.checked-in", 4),
+    ("access.grant.expired", 1),
+    ("session.started", 5),
+    ("session.ended", 5),
+    ("vault.secret.shown", 1),
+    ("vault.password.rotated", 2),
+    ("mfa.enrolled", 1),
+    ("audit.viewed", 1),
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="events to insert (default 1,000,000)")
+    parser.add_argument("--batch", type=int, default=5000, help="events per bulk insert (default 5000)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per page, median reported (default 5)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the throwaway database afterwards")
+    parser.add_argument(
+        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
+    )
+    parser.add_argument(
+        "--no-results", action="store_true", help="print only; do not update the results file"
+    )
+    return parser.parse_args()
+
+
+def setup_django():
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
+    # DEBUG would keep the SQL of every bulk insert in memory.
+    os.environ["DEBUG"] = "false"
+    os.environ.setdefault("PAMSITE_VAR_DIR", str(ROOT / "var"))
+    os.environ.setdefault("LOG_LEVEL", "warning")  # not a line per login of the benchmark's auditor
+    import django
+
+    django.setup()
+
+
+def create_throwaway_database(keep: bool):
+    """Point the default connection at a fresh, migrated database that is not the site's."""
+    from django.db import connection
+
+    bench_dir = ROOT / "var" / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    test_settings = connection.settings_dict.setdefault("TEST", {})
+    if connection.vendor == "sqlite":
+        test_settings["NAME"] = str(bench_dir / "audit_bench.sqlite3")
+    else:
+        test_settings["NAME"] = f"{connection.settings_dict['NAME']}_audit_bench"
+    original_name = connection.settings_dict["NAME"]
+    name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False, keepdb=False)
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            # A throwaway database: durability does not matter, insert speed does.
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = OFF")
+
+    def destroy():
+        if not keep:
+            connection.creation.destroy_test_db(original_name, verbosity=0, keepdb=False)
+
+    return name, destroy
+
+
+def make_users(count: int):
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import Group
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from identity.models import User
+
+    unusable = make_password(None)
+    users = User.objects.bulk_create([User(username=f"user{n:03d}", password=unusable) for n in range(count)])
+    auditor = User.objects.create(username="bench-auditor", password=unusable)
+    auditor.groups.add(Group.objects.get(name="auditor"))
+    device = TOTPDevice.objects.create(user=auditor, name="bench", confirmed=True)
+    return users, auditor, device
+
+
+def insert_events(rows: int, batch: int, users) -> float:
+    """Insert ``rows`` valid chained events in bulk; return the seconds it took."""
+    from django.db import transaction
+
+    from audit.hashing import GENESIS_HASH, event_hash
+    from audit.models import AuditEvent, ChainHead
+
+    rng = random.Random(20240611)  # the same events every run
+    actions = [a for a, _ in ACTIONS]
+    weights = [w for _, w in ACTIONS]
+    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start = end - dt.timedelta(days=365)
+    step_us = int(365 * 24 * 3600 * 1_000_000 / rows)
+    prev_hash = GENESIS_HASH
+    began = time.perf_counter()
+    sequence = 0
+    while sequence < rows:
+        chunk = []
+        for _ in range(min(batch, rows - sequence)):
+            sequence += 1
+            action = rng.choices(actions, weights)[0]
+            if action == "auth.login.failure" and rng.random() < 0.5:
+                actor, username = None, f"guess{rng.randrange(10_000)}"
+            else:
+                actor = users[rng.randrange(len(users))]
+                username = actor.username
+            event = AuditEvent(
+                sequence=sequence,
+                created_at=start
+                + dt.timedelta(microseconds=sequence * step_us + rng.randrange(step_us or 1)),
+                actor_id=actor.pk if actor else None,
+                actor_username=username,
+                source_ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+                action=action,
+                object_type="access.grant" if action.startswith("access.") else "",
+                object_id=str(rng.randrange(100_000)) if action.startswith("access.") else "",
+                object_repr=f"grant {sequence}" if action.startswith("access.") else "",
+                details={"n": sequence, "reason": "bench"} if rng.random() < 0.5 else {},
+                prev_hash=prev_hash,
+            )
+            event.hash = prev_hash = event_hash(event.hashed_values())
+            chunk.append(event)
+        with transaction.atomic():
+            AuditEvent.objects.bulk_create(chunk)
+        if sequence % 100_000 < batch:
+            print(f"  {sequence:>9,} events, {time.perf_counter() - began:6.1f} s", flush=True)
+    ChainHead.objects.update_or_create(pk=1, defaults={"last_sequence": rows, "last_hash": prev_hash})
+    return time.perf_counter() - began
+
+
+def analyse():
+    """Give the planner statistics, as autovacuum (PostgreSQL) or a periodic ANALYZE would."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE audit_auditevent" if connection.vendor == "postgresql" else "ANALYZE")
+
+
+def verified_client(auditor, device):
+    from django.test import Client
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    client = Client(SERVER_NAME="localhost")
+    client.force_login(auditor)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
+def time_page(client, params: dict, repeat: int) -> tuple[float, int, int, bool]:
+    """Median milliseconds over ``repeat`` views (after a warm-up); events shown; SQL queries; any COUNT."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.urls import reverse
+
+    url = reverse("audit:events")
+    response = client.get(url, params)
+    assert response.status_code == 200, response.status_code
+    samples = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        response = client.get(url, params)
+        samples.append((time.perf_counter() - began) * 1000)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, params)
+    counted = any("COUNT(" in q["sql"].upper() for q in queries.captured_queries)
+    shown = max(response.content.count(b"<tr>") - 1, 0)  # less the header row
+    return statistics.median(samples), shown, len(queries.captured_queries), counted
+
+
+def machine_info() -> dict:
+    from django.db import connection
+
+    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+        else:
+            cursor.execute("SELECT sqlite_version()")
+        version = cursor.fetchone()[0]
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "uname": uname or platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "database": f"{connection.vendor} {version}",
+    }
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace this benchmark's section of the results file (or add it), leaving other sections alone."""
+    existing = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(existing):
+        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", existing)
+    else:
+        updated = existing.rstrip() + "\n\n" + text.rstrip() + "\n"
+    path.write_text(updated.rstrip() + "\n")
+
+
+def main() -> int:
+    args = parse_args()
+    setup_django()
+    from django.db import connection
+    from django.utils import timezone
+
+    from audit.chain import verify_chain
+
+    name, destroy = create_throwaway_database(args.keep)
+    try:
+        print(f"Throwaway {connection.vendor} database: {name}")
+        users, auditor, device = make_users(50)
+        print(f"Inserting {args.rows:,} chained events in batches of {args.batch:,}…")
+        insert_seconds = insert_events(args.rows, args.batch, users)
+        analyse()
+        client = verified_client(auditor, device)
+
+        middle = args.rows // 2
+        # The page reads datetime-local values in the site's time zone.
+        now = timezone.localtime()
+        mid_day = now - dt.timedelta(days=182)
+        fmt = "%Y-%m-%dT%H:%M"
+        day = {"since": mid_day.strftime(fmt), "until": (mid_day + dt.timedelta(days=1)).strftime(fmt)}
+        month = {"since": (now - dt.timedelta(days=30)).strftime(fmt), "until": now.strftime(fmt)}
+        year = {"since": (now - dt.timedelta(days=366)).strftime(fmt), "until": now.strftime(fmt)}
+        scenarios = [
+            ("First page (newest)", {}),
+            (f"Deep keyset page (before={middle:,})", {"before": middle}),
+            ("Oldest page (before=100)", {"before": 100}),
+            ("Actor (user017)", {"actor": "user017"}),
+            ("Actor, deep page", {"actor": "user017", "before": middle}),
+            ('Action prefix ("access.")', {"action": "access."}),
+            ('Rare action prefix ("vault.")', {"action": "vault."}),
+            ("Time range (one day, mid-history)", day),
+            ("Time range (last 30 days, both ends given)", month),
+            ("Time range (whole year, both ends given)", year),
+            ("From a year ago (one end given)", {"since": year["since"]}),
+            ('Actor + action prefix ("auth.") + time range', {"actor": "user017", "action": "auth.", **day}),
+        ]
+        rows = []
+        for label, params in scenarios:
+            ms, shown, queries, counted = time_page(client, params, args.repeat)
+            rows.append((label, ms, shown, queries, counted))
+            print(f"  {label}: {ms:.1f} ms")
+
+        print("Verifying the whole chain…")
+        began = time.perf_counter()
+        result = verify_chain()
+        verify_seconds = time.perf_counter() - began
+        if not result.ok:
+            print(f"verify_chain failed: {result.summary}", file=sys.stderr)
+            return 1
+
+        info = machine_info()
+        lines = [
+            SECTION,
+            "",
+            f"- Date: {info['date']}",
+            f"- Machine: `{info['uname']}`, {info['cpus']} CPUs, Python {info['python']}",
+            f"- Database: {info['database']} (throwaway, analysed after loading)",
+            f"- Events: {args.rows:,}; bulk insert with the real chain: {insert_seconds:.1f} s "
+            f"({args.rows / insert_seconds:,.0f} events/s)",
+            f"- Page size: AUDIT_PAGE_SIZE; each page time is the median of {args.repeat} views through the "
+            "whole Django stack (middleware, selector, recording the view as audit.viewed, template)",
+            "",
+            "| Page | Median (ms) | Events shown | SQL queries | COUNT(*) |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
+        lines += [
+            f"| {label} | {ms:.1f} | {shown} | {queries} | {'yes' if counted else 'no'} |"
+            for label, ms, shown, queries, counted in rows
+        ]
+        lines += [
+            "",
+            "| Verification | Seconds | Events/s |",
+            "| --- | ---: | ---: |",
+            f"| verify_chain() over {result.checked:,} events | {verify_seconds:.1f} | "
+            f"{result.checked / verify_seconds:,.0f} |",
+        ]
+        text = "\n".join(lines) + "\n"
+        print()
+        print(text)
+        if not args.no_results:
+            write_results(Path(args.results), text)
+            print(f"Written to {args.results}")
+        return 0
+    finally:
+        connection.close()
+        destroy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
