@@ -130,7 +130,7 @@ def _locked_head() -> ChainHead:
     if AuditEvent.objects.exists():
         raise AuditChainError(
             "The audit chain head is missing although events exist; run `manage.py verify_audit`."
-        ) from None
+        )
     ChainHead.objects.bulk_create(
         [ChainHead(pk=1, last_sequence=0, last_hash=GENESIS_HASH)], ignore_conflicts=True
     )

@@ -43,6 +43,12 @@ def browser_type_launch_args(browser_type_launch_args):
 PASSWORD = "correct horse battery staple 7"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Personas are made with a password; the production hasher would take most of the run."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def make_user(username: str, *roles: str, password: str = PASSWORD, totp: bool = True, **fields):
     """A user with the given roles and, unless totp=False, a confirmed TOTP device."""
     from identity.models import User

@@ -33,12 +33,6 @@ def record_events(count: int, **fields) -> list:
     return [audit_record(details={"n": i}, **fields) for i in range(count)]
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """Personas are made with a password; the production hasher would take most of the run."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def events(db):
     """Seven chained events."""

@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""`make bench`: run every benchmark in bench/ (each writes its section of bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    failed = []
+    for script in sorted(BENCH.glob("*_bench.py")):
+        print(f"== {script.name}", flush=True)
+        if subprocess.run([sys.executable, str(script)], cwd=BENCH.parent).returncode:
+            failed.append(script.name)
+    if failed:
+        print("failed: " + ", ".join(failed))
+        return 1
+    print(f"results: {BENCH / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
