@@ -11,7 +11,7 @@ from tests.conftest import make_user, verified_client
 
 @pytest.fixture
 def admin_client(client, db):
-    root = make_user("root", is_staff=True, is_superuser=True)
+    root = make_user("root", "pam-admin", is_staff=True, is_superuser=True)
     return verified_client(client, root)
 
 
