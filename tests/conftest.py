@@ -157,3 +157,33 @@ def _audit_triggers_survive_sqlite_flush(request):
         with connection.cursor() as cursor:
             for sql in remove:
                 cursor.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def live_server(live_server, django_db_setup, django_db_blocker):
+    """pytest-django's live server, stopped before the test database is dropped.
+
+    The server's request threads may still hold database connections (a browser's
+    keep-alive socket); on PostgreSQL they would stop the test database from being
+    dropped, so they are ended first.
+    """
+    yield live_server
+    live_server.stop()
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        import time
+
+        with django_db_blocker.unblock():
+            with connection.cursor() as cursor:
+                others = (
+                    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                cursor.execute(f"SELECT pg_terminate_backend(pid) {others}")  # noqa: S608
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    cursor.execute(f"SELECT count(*) {others}")  # noqa: S608
+                    if cursor.fetchone()[0] == 0:
+                        break
+                    time.sleep(0.05)
+            connection.close()
