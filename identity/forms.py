@@ -12,56 +12,42 @@ class LoginForm(AuthenticationForm):
     }
 
 
-class CodeForm(forms.Form):
-    code = forms.CharField(
-        label="Code",
-        max_length=20,
+def code_field(
+    label: str, *, max_length: int, autofocus: bool = False, help_text: str = ""
+) -> forms.CharField:
+    """A field for a TOTP or backup code, as authenticator-aware browsers expect it."""
+    attrs = {"autocomplete": "one-time-code", "inputmode": "numeric", "class": "code"}
+    if autofocus:
+        attrs["autofocus"] = True
+    return forms.CharField(
+        label=label,
+        max_length=max_length,
         strip=True,
-        widget=forms.TextInput(
-            attrs={
-                "autocomplete": "one-time-code",
-                "inputmode": "numeric",
-                "autofocus": True,
-                "class": "code",
-            }
-        ),
+        widget=forms.TextInput(attrs=attrs),
+        help_text=help_text,
+    )
+
+
+class CodeForm(forms.Form):
+    code = code_field(
+        "Code",
+        max_length=20,
+        autofocus=True,
         help_text="The 6-digit code from your authenticator app, or one of your backup codes.",
     )
 
 
 class EnrolForm(forms.Form):
-    code = forms.CharField(
-        label="Code from the app",
-        max_length=10,
-        strip=True,
-        widget=forms.TextInput(
-            attrs={
-                "autocomplete": "one-time-code",
-                "inputmode": "numeric",
-                "autofocus": True,
-                "class": "code",
-            }
-        ),
-    )
+    code = code_field("Code from the app", max_length=10, autofocus=True)
 
 
 class SelfResetForm(forms.Form):
     password = forms.CharField(label="Your password", strip=False, widget=forms.PasswordInput)
-    code = forms.CharField(
-        label="A current code or backup code",
-        max_length=20,
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "class": "code"}),
-    )
+    code = code_field("A current code or backup code", max_length=20)
 
 
 class BackupCodesForm(forms.Form):
-    code = forms.CharField(
-        label="Current code from your authenticator app",
-        max_length=10,
-        widget=forms.TextInput(
-            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "class": "code"}
-        ),
-    )
+    code = code_field("Current code from your authenticator app", max_length=10)
 
 
 class AdminResetForm(forms.Form):

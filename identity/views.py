@@ -177,16 +177,21 @@ def logout_view(request: HttpRequest) -> HttpResponse:
     return render(request, "identity/logout.html")
 
 
+def _account_page(
+    request: HttpRequest, *, reset_form=None, codes_form=None, status: int = 200
+) -> HttpResponse:
+    context = {
+        "backup_codes_left": services.mfa_backup_codes_left(user=request.user),
+        "reset_form": reset_form or SelfResetForm(),
+        "codes_form": codes_form or BackupCodesForm(),
+    }
+    return render(request, "identity/account.html", context, status=status)
+
+
 @never_cache
 def account_view(request: HttpRequest) -> HttpResponse:
     """The user's own account: second factor status, backup codes, reset."""
-    user = request.user
-    context = {
-        "backup_codes_left": services.mfa_backup_codes_left(user=user),
-        "reset_form": SelfResetForm(),
-        "codes_form": BackupCodesForm(),
-    }
-    return render(request, "identity/account.html", context)
+    return _account_page(request)
 
 
 @sensitive_post_parameters("password", "code")
@@ -212,12 +217,7 @@ def self_reset_view(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, "Your authenticator was removed. Set up the new one now.")
             return redirect("identity:enrol")
-    context = {
-        "backup_codes_left": services.mfa_backup_codes_left(user=user),
-        "reset_form": form,
-        "codes_form": BackupCodesForm(),
-    }
-    return render(request, "identity/account.html", context, status=400)
+    return _account_page(request, reset_form=form, status=400)
 
 
 @sensitive_post_parameters("code")
@@ -240,12 +240,7 @@ def backup_codes_view(request: HttpRequest) -> HttpResponse:
                 "identity/backup_codes.html",
                 {"codes": codes, "continue_url": reverse("identity:account"), "first_time": False},
             )
-    context = {
-        "backup_codes_left": services.mfa_backup_codes_left(user=user),
-        "reset_form": SelfResetForm(),
-        "codes_form": form,
-    }
-    return render(request, "identity/account.html", context, status=400)
+    return _account_page(request, codes_form=form, status=400)
 
 
 @never_cache

@@ -179,10 +179,10 @@ def live_server(live_server, django_db_setup, django_db_blocker):
                 others = (
                     "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
-                cursor.execute(f"SELECT pg_terminate_backend(pid) {others}")  # noqa: S608
+                cursor.execute(f"SELECT pg_terminate_backend(pid) {others}")
                 deadline = time.monotonic() + 5
                 while time.monotonic() < deadline:
-                    cursor.execute(f"SELECT count(*) {others}")  # noqa: S608
+                    cursor.execute(f"SELECT count(*) {others}")
                     if cursor.fetchone()[0] == 0:
                         break
                     time.sleep(0.05)
