@@ -13,6 +13,10 @@ class Role(models.TextChoices):
     PAM_ADMIN = "pam-admin", "PAM administrator"
 
 
+# Members may activate an emergency grant without approval (always reviewed after).
+BREAK_GLASS_GROUP = "break-glass"
+
+
 def roles_of(user) -> frozenset[str]:
     """The role names the user holds; none for an anonymous or deactivated user.
 
@@ -22,7 +26,7 @@ def roles_of(user) -> frozenset[str]:
         return frozenset()
     cached = getattr(user, "_pamsite_roles", None)
     if cached is None:
-        names = user.groups.filter(name__in=Role.values).values_list("name", flat=True)
+        names = user.groups.filter(name__in=[*Role.values, BREAK_GLASS_GROUP]).values_list("name", flat=True)
         cached = frozenset(names)
         user._pamsite_roles = cached
     return cached

@@ -195,6 +195,27 @@ def mfa_verify(*, request: HttpRequest, user: User, code: str) -> VerifyResult:
     raise MFAError(_FAILURE_MESSAGES[reason], reason=reason)
 
 
+def mfa_check_fresh_code(*, request: HttpRequest, user: User, purpose: str, code: str) -> None:
+    """Require a fresh TOTP code from an already signed-in user before a sensitive step.
+
+    Backup codes are not accepted here. A failure is audited, counted towards the
+    lockout, and raises MFAError.
+    """
+    normalised = _normalise(code)
+    with transaction.atomic():
+        if _is_totp_shape(normalised):
+            device, reason = _verify_code(user, normalised)
+        else:
+            device, reason = None, "wrong_code"
+        if device is not None:
+            return
+        audit_record(
+            action="auth.mfa.failure", request=request, details={"reason": reason, "purpose": purpose}
+        )
+    user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
+    raise MFAError(_FAILURE_MESSAGES[reason], reason=reason)
+
+
 def end_user_sessions(*, user: User, keep_session_key: str | None = None) -> int:
     """Delete every web session of the user (but the one named); returns how many."""
     ended = 0

@@ -8,6 +8,7 @@ hardened defaults and refuses to start without a real SECRET_KEY and ALLOWED_HOS
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -109,6 +110,9 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL this site understands: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Tests on a file, not in memory, so a worker process started by a test can share
+    # it; one per test run, so two runs side by side do not clash.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-pamsite-{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -215,6 +219,29 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Access workflow ----------------------------------------------------------------
+ACCESS_REQUEST_PENDING_HOURS = env_int("ACCESS_REQUEST_PENDING_HOURS", 24, minimum=1, maximum=24 * 30)
+ACCESS_EXPIRY_WARNING_MINUTES = env_int("ACCESS_EXPIRY_WARNING_MINUTES", 10, minimum=1, maximum=120)
+ACCESS_BREAK_GLASS_MAX_MINUTES = env_int("ACCESS_BREAK_GLASS_MAX_MINUTES", 60, minimum=5, maximum=240)
+ACCESS_SWEEP_SECONDS = env_int("ACCESS_SWEEP_SECONDS", 15, minimum=1, maximum=3600)
+CELERY_BEAT_SCHEDULE = {"access-sweep": {"task": "access.sweep", "schedule": float(ACCESS_SWEEP_SECONDS)}}
+
+# --- E-mail (notifications) ----------------------------------------------------------
+PAMSITE_BASE_URL = env_str("PAMSITE_BASE_URL", "http://127.0.0.1:8000")
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if PRODUCTION
+    else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pamsite <pamsite@localhost>")
 
 # --- Audit ------------------------------------------------------------------------
 AUDIT_PAGE_SIZE = env_int("AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)

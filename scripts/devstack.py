@@ -135,6 +135,7 @@ def main() -> int:
             [str(BIN / "daphne"), "-b", WEB_HOST, "-p", str(WEB_PORT), "pamsite.asgi:application"],
             app_env,
         )
+        start("worker", [sys.executable, "manage.py", "access_sweep", "--loop"], app_env)
         say("")
         say(f"pamsite is running: open http://{WEB_HOST}:{WEB_PORT}/ and sign in with the account above")
         say("(first sign-in: scan the QR code with an authenticator app, then keep the backup codes).")

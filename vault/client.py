@@ -60,6 +60,10 @@ class VaultNotFound(VaultError):
     """Nothing at that path (no such secret, key or role)."""
 
 
+class VaultConflict(VaultError):
+    """A check-and-set write lost: the KV secret changed since it was read (or already exists)."""
+
+
 @dataclass(frozen=True)
 class VaultConfig:
     """Where Vault is and how to authenticate; secrets are left out of the repr."""
@@ -241,6 +245,38 @@ class VaultClient:
         )
         return resp["data"]["data"]
 
+    def kv_read_version(self, path: str) -> tuple[dict[str, Any], int]:
+        """The latest data of a KV v2 secret and its version number (for a check-and-set write)."""
+        _check_path(path, "KV path")
+        resp = self._call(
+            f"{self.config.kv_mount}/data/{path}",
+            lambda c: c.secrets.kv.v2.read_secret_version(
+                path, mount_point=self.config.kv_mount, raise_on_deleted_version=True
+            ),
+        )
+        return resp["data"]["data"], int(resp["data"]["metadata"]["version"])
+
+    def kv_destroy(self, path: str, versions: Iterable[int]) -> None:
+        """Destroy versions of a KV v2 secret for good (their data cannot be undeleted)."""
+        _check_path(path, "KV path")
+        versions = [int(v) for v in versions]
+        self._call(
+            f"{self.config.kv_mount}/destroy/{path}",
+            lambda c: c.secrets.kv.v2.destroy_secret_versions(
+                path, versions=versions, mount_point=self.config.kv_mount
+            ),
+        )
+
+    def kv_delete_all(self, path: str) -> None:
+        """Remove a KV v2 secret with every version and its metadata; nothing there is fine."""
+        _check_path(path, "KV path")
+        self._call(
+            f"{self.config.kv_mount}/metadata/{path}",
+            lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
+                path, mount_point=self.config.kv_mount
+            ),
+        )
+
     @sensitive_variables("data")
     def kv_write(self, path: str, data: dict[str, Any], *, cas: int | None = None) -> int:
         """Write a new version of a KV v2 secret; returns the version number."""
@@ -343,10 +379,15 @@ class VaultClient:
         resp = self._call(path, lambda c: c.read(path))
         return resp if isinstance(resp, dict) else None
 
-    @sensitive_variables("data")
-    def write(self, path: str, data: dict[str, Any] | None = None) -> dict | None:
-        """POST /v1/<path> with a JSON body; Vault's answer, or None when it has no body."""
-        resp = self._call(path, lambda c: c.write_data(path, data=data or {}))
+    @sensitive_variables("data", "sensitive")
+    def write(
+        self, path: str, data: dict[str, Any] | None = None, *, sensitive: Iterable[str] = ()
+    ) -> dict | None:
+        """POST /v1/<path> with a JSON body; Vault's answer, or None when it has no body.
+
+        Values listed in ``sensitive`` (a password in the body) are scrubbed from errors.
+        """
+        resp = self._call(path, lambda c: c.write_data(path, data=data or {}), sensitive=tuple(sensitive))
         return resp if isinstance(resp, dict) else None
 
     def delete(self, path: str) -> None:
@@ -488,6 +529,10 @@ class VaultClient:
         if isinstance(exc, hx.InvalidPath):
             hint = detail or "check the path, and that manage.py vault_bootstrap has run"
             return VaultNotFound(f"Nothing found in Vault at {path}: {hint}")
+        if isinstance(exc, hx.InvalidRequest) and "check-and-set" in detail:
+            return VaultConflict(
+                f"The secret at {path} changed meanwhile (check-and-set failed): read it again and retry"
+            )
         if isinstance(exc, hx.RateLimitExceeded):
             return VaultUnavailable(f"Vault at {addr} is rate-limiting requests for {path}: retry later")
         return VaultError(f"Vault rejected the request for {path}: {detail or type(exc).__name__}")

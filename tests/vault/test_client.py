@@ -167,7 +167,10 @@ def test_approle_can_have_an_ssh_key_signed_by_the_ca(approle_settings):
         ("auth/approle/role/pamsite/secret-id", {}),
         ("pamsite-transit/keys/pamsite-recordings/config", {"deletion_allowed": True}),
         ("pamsite-ssh/config/ca", {"generate_signing_key": True}),
-        ("pamsite-database/config/evil", {"plugin_name": "postgresql-database-plugin"}),
+        ("pamsite-database/rotate-root/pacsdb", {}),
+        ("pamsite-ssh/roles/pamsite-gateway", {"key_type": "ca", "allowed_users": "root"}),
+        ("pamsite-kv/destroy/accounts/pacs01-root", {"versions": [1]}),
+        ("other-database/config/evil", {"plugin_name": "postgresql-database-plugin"}),
     ],
 )
 def test_approle_is_denied_outside_its_policy(approle_settings, path, data):

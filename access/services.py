@@ -1,0 +1,547 @@
+"""The access workflow: request → approve → check out → check in / revoke / expire → release.
+
+Each state change is one function, atomic, taking the acting user and writing its
+audit event in the same transaction. Calls to Vault are arranged so that a
+rollback never leaves one half done: a lease created for a checkout that does not
+commit is revoked at once, and releases and rotations run after the commit that
+ended the grant (retried until they succeed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from access import notifications
+from access.models import AccessPolicy, AccessRequest, Account, Approval, Grant, InvalidTransition
+from access.selectors import policy_for
+from audit.services import audit_record
+from identity.models import User
+from identity.roles import BREAK_GLASS_GROUP, Role, has_role, roles_of
+from vault import sources
+from vault.client import VaultError
+
+
+class CheckoutFailed(Exception):
+    """Vault could not hand out the credential; the request stays approved for a retry."""
+
+
+def account_ref(account: Account) -> sources.AccountRef:
+    """What the credential sources need to know of an account (no secret)."""
+    target = account.target
+    return sources.AccountRef(
+        slug=account.slug,
+        kind=account.kind,
+        username=account.username,
+        vault_role=account.vault_role or account.slug,
+        kv_path=account.kv_path or f"accounts/{account.slug}",
+        host=target.host,
+        port=target.port,
+        host_key=target.host_key,
+        database=account.database_name,
+        connection=target.name,
+    )
+
+
+def _ticket_problem(policy: AccessPolicy, ticket: str) -> str | None:
+    if not ticket:
+        return "This account needs a ticket reference (e.g. INC-123)." if policy.ticket_required else None
+    if policy.ticket_pattern and not re.fullmatch(policy.ticket_pattern, ticket):
+        return (
+            f"The ticket reference {ticket!r} does not look like one this policy accepts "
+            f"({policy.ticket_pattern})."
+        )
+    return None
+
+
+def request_create(
+    *,
+    requester: User,
+    account: Account,
+    reason: str,
+    ticket: str,
+    duration_minutes: int,
+    http_request: HttpRequest | None = None,
+) -> AccessRequest:
+    """Ask for an account. Checked against the policy; auto-approved when it needs no approver."""
+    policy = policy_for(user=requester, account=account)
+    if policy is None:
+        raise PermissionDenied(f"No policy lets you request {account.slug}. Ask a pam-admin if you need it.")
+    errors = {}
+    if not reason.strip():
+        errors["reason"] = "Say what the access is for."
+    if duration_minutes < 5 or duration_minutes > policy.max_duration_minutes:
+        errors["duration_minutes"] = (
+            f"Choose between 5 and {policy.max_duration_minutes} minutes for this account."
+        )
+    problem = _ticket_problem(policy, ticket.strip())
+    if problem:
+        errors["ticket"] = problem
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        req = AccessRequest.objects.create(
+            requester=requester,
+            account=account,
+            policy=policy,
+            reason=reason.strip(),
+            ticket=ticket.strip(),
+            duration_minutes=duration_minutes,
+            approvals_required=policy.approvals_required,
+        )
+        audit_record(
+            action="access.request.created",
+            actor=requester,
+            request=http_request,
+            obj=req,
+            details={
+                "account": account.slug,
+                "ticket": req.ticket,
+                "duration_minutes": duration_minutes,
+                "approvals_required": policy.approvals_required,
+                "policy": policy.name,
+            },
+        )
+        if policy.approvals_required == 0:
+            req.transition_to(AccessRequest.State.APPROVED)
+            req.decided_at = timezone.now()
+            req.save(update_fields=["state", "decided_at"])
+            audit_record(action="access.request.approved", actor=None, obj=req, details={"by": "policy"})
+        else:
+            transaction.on_commit(lambda: notifications.new_request(req))
+    if req.state == AccessRequest.State.APPROVED:
+        _try_checkout(req, acting_user=requester)
+    return req
+
+
+def request_cancel(*, access_request: AccessRequest, acting_user: User, http_request=None) -> None:
+    """The requester withdraws a request that is not granted yet."""
+    with transaction.atomic():
+        req = AccessRequest.objects.select_for_update().get(pk=access_request.pk)
+        if req.requester_id != acting_user.pk:
+            raise PermissionDenied("Only the requester can cancel a request.")
+        req.transition_to(AccessRequest.State.CANCELLED)
+        req.decided_at = timezone.now()
+        req.save(update_fields=["state", "decided_at"])
+        audit_record(action="access.request.cancelled", actor=acting_user, request=http_request, obj=req)
+    access_request.refresh_from_db()
+
+
+def request_decide(
+    *, access_request: AccessRequest, approver: User, approve: bool, comment: str, http_request=None
+) -> AccessRequest:
+    """An approver approves or denies. Never one's own request; each approver counts once.
+
+    The request row is locked, so two approvers deciding at once never produce two
+    grants or lose a decision. Enough approvals approve the request and check out
+    the credential (after this transaction commits).
+    """
+    if not has_role(approver, Role.APPROVER):
+        raise PermissionDenied("Only approvers decide on requests.")
+    with transaction.atomic():
+        req = AccessRequest.objects.select_for_update().get(pk=access_request.pk)
+        if req.requester_id == approver.pk:
+            raise PermissionDenied("You cannot decide on your own request: another approver must.")
+        if req.state != AccessRequest.State.PENDING:
+            raise InvalidTransition(f"This request is already {req.get_state_display().lower()}.")
+        if Approval.objects.filter(request=req, approver=approver).exists():
+            raise InvalidTransition("You have already decided on this request; another approver is needed.")
+        decision = Approval.Decision.APPROVE if approve else Approval.Decision.DENY
+        Approval.objects.create(request=req, approver=approver, decision=decision, comment=comment.strip())
+        if not approve:
+            req.transition_to(AccessRequest.State.DENIED)
+        elif req.approvals.filter(decision=Approval.Decision.APPROVE).count() >= req.approvals_required:
+            req.transition_to(AccessRequest.State.APPROVED)
+        if req.state != AccessRequest.State.PENDING:
+            req.decided_at = timezone.now()
+            req.save(update_fields=["state", "decided_at"])
+        audit_record(
+            action="access.request.approved" if approve else "access.request.denied",
+            actor=approver,
+            request=http_request,
+            obj=req,
+            details={"comment": comment.strip()[:500], "state": req.state},
+        )
+        if req.state in (AccessRequest.State.APPROVED, AccessRequest.State.DENIED):
+            transaction.on_commit(lambda: notifications.decision(req))
+    if req.state == AccessRequest.State.APPROVED:
+        _try_checkout(req, acting_user=approver)
+    access_request.refresh_from_db()
+    return access_request
+
+
+def _try_checkout(req: AccessRequest, *, acting_user: User) -> None:
+    # A failure is recorded on the request; its page offers a retry.
+    with contextlib.suppress(CheckoutFailed):
+        grant_checkout(access_request=req, acting_user=acting_user)
+
+
+def grant_checkout(*, access_request: AccessRequest, acting_user: User, vault=None) -> Grant:
+    """Check the credential out of Vault and start the grant.
+
+    Vault down or sealed: nothing is created, the request stays approved with the
+    reason on it, and CheckoutFailed is raised; calling this again retries.
+    """
+    checked_out = None
+    ref = None
+    try:
+        with transaction.atomic():
+            req = (
+                AccessRequest.objects.select_for_update()
+                .select_related("account__target")
+                .get(pk=access_request.pk)
+            )
+            if req.state != AccessRequest.State.APPROVED:
+                raise InvalidTransition(
+                    f"This request is {req.get_state_display().lower()}: nothing to check out."
+                )
+            now = timezone.now()
+            ends_at = now + timedelta(minutes=req.duration_minutes)
+            grant = Grant(
+                request=req,
+                user=req.requester,
+                account=req.account,
+                starts_at=now,
+                ends_at=ends_at,
+                break_glass=req.break_glass,
+            )
+            grant.save()
+            ref = account_ref(req.account)
+            checked_out = sources.checkout(
+                account=ref, grant_ref=str(grant.pk), ttl_seconds=req.duration_minutes * 60, vault=vault
+            )
+            grant.lease_id = checked_out.lease_id
+            grant.login = checked_out.login
+            grant.save(update_fields=["lease_id", "login"])
+            req.transition_to(AccessRequest.State.FULFILLED)
+            req.checkout_error = ""
+            req.save(update_fields=["state", "checkout_error"])
+            audit_record(
+                action="access.grant.checked_out",
+                actor=acting_user,
+                obj=grant,
+                details={
+                    "account": req.account.slug,
+                    "kind": req.account.kind,
+                    "login": grant.login,
+                    "ends_at": ends_at.isoformat(),
+                    "break_glass": req.break_glass,
+                    "request": req.pk,
+                },
+            )
+    except VaultError as exc:
+        _record_checkout_failure(access_request, acting_user, str(exc))
+        raise CheckoutFailed(str(exc)) from None
+    except Exception:
+        # The transaction rolled back: give back whatever Vault handed out.
+        if checked_out is not None and ref is not None:
+            sources.release(account=ref, grant_ref=str(grant.pk), checked_out=checked_out, vault=vault)
+        raise
+    access_request.refresh_from_db()
+    return grant
+
+
+def _record_checkout_failure(access_request: AccessRequest, acting_user: User, message: str) -> None:
+    with transaction.atomic():
+        AccessRequest.objects.filter(pk=access_request.pk).update(checkout_error=message[:1000])
+        audit_record(
+            action="access.grant.checkout_failed",
+            actor=acting_user,
+            obj=access_request,
+            details={"error": message[:500]},
+        )
+    access_request.refresh_from_db()
+
+
+def _end(
+    grant: Grant, *, new_state: str, acting_user: User | None, reason: str, action: str, http_request=None
+):
+    with transaction.atomic():
+        locked = Grant.objects.select_for_update().get(pk=grant.pk)
+        locked.transition_to(new_state)
+        locked.ended_at = timezone.now()
+        locked.ended_by = acting_user
+        locked.end_reason = reason
+        locked.cleanup = Grant.Cleanup.PENDING
+        locked.cleanup_next_at = locked.ended_at
+        locked.save(
+            update_fields=["state", "ended_at", "ended_by", "end_reason", "cleanup", "cleanup_next_at"]
+        )
+        audit_record(
+            action=action,
+            actor=acting_user,
+            request=http_request,
+            obj=locked,
+            details={"account": locked.account.slug, "reason": reason[:500], "user": locked.user.username},
+        )
+        pk = locked.pk
+        transaction.on_commit(lambda: _schedule_cleanup(pk))
+    grant.refresh_from_db()
+
+
+def _schedule_cleanup(grant_pk: int) -> None:
+    from access.tasks import grant_cleanup_task
+
+    grant_cleanup_task.delay(grant_pk)
+
+
+def grant_checkin(*, grant: Grant, acting_user: User, http_request=None) -> None:
+    """The holder ends the grant early."""
+    if grant.user_id != acting_user.pk:
+        raise PermissionDenied("Only the holder checks a grant in; approvers revoke.")
+    _end(
+        grant,
+        new_state=Grant.State.CHECKED_IN,
+        acting_user=acting_user,
+        reason="checked in",
+        action="access.grant.checked_in",
+        http_request=http_request,
+    )
+
+
+def grant_revoke(*, grant: Grant, acting_user: User | None, reason: str, http_request=None) -> None:
+    """An approver or pam-admin (or the directory sync, with no user) ends someone's grant."""
+    if acting_user is not None and not has_role(acting_user, Role.APPROVER, Role.PAM_ADMIN):
+        raise PermissionDenied("Only approvers and pam-admins revoke grants.")
+    if not reason.strip():
+        raise ValidationError({"reason": "Give the reason for revoking (it is kept in the audit trail)."})
+    _end(
+        grant,
+        new_state=Grant.State.REVOKED,
+        acting_user=acting_user,
+        reason=reason.strip(),
+        action="access.grant.revoked",
+        http_request=http_request,
+    )
+
+
+def grants_expire_due(*, now=None) -> int:
+    """End every active grant whose time is up; returns how many."""
+    now = now or timezone.now()
+    ended = 0
+    for grant in Grant.objects.filter(state=Grant.State.ACTIVE, ends_at__lte=now).order_by("ends_at")[:1000]:
+        try:
+            _end(
+                grant,
+                new_state=Grant.State.EXPIRED,
+                acting_user=None,
+                reason="time is up",
+                action="access.grant.expired",
+            )
+            ended += 1
+        except InvalidTransition:
+            continue  # ended meanwhile by someone else
+    return ended
+
+
+def requests_expire_stale(*, now=None) -> int:
+    """Pending or approved-but-not-granted requests older than the setting lapse."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.ACCESS_REQUEST_PENDING_HOURS)
+    expired = 0
+    stale = AccessRequest.objects.filter(
+        state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED], created_at__lte=cutoff
+    )
+    for req in stale[:1000]:
+        with transaction.atomic():
+            locked = AccessRequest.objects.select_for_update().get(pk=req.pk)
+            try:
+                locked.transition_to(AccessRequest.State.EXPIRED)
+            except InvalidTransition:
+                continue
+            locked.decided_at = now
+            locked.save(update_fields=["state", "decided_at"])
+            audit_record(
+                action="access.request.expired", obj=locked, details={"account": locked.account.slug}
+            )
+            expired += 1
+    return expired
+
+
+def grant_cleanup(*, grant_pk: int, vault=None) -> bool:
+    """Release the credential of an ended grant (revoke lease; rotate a static password).
+
+    Returns True when done. A failure is recorded and retried with back-off; after
+    a few failures pam-admins are alerted. Never raises for Vault or target errors.
+    """
+    grant = Grant.objects.select_related("account__target", "user").get(pk=grant_pk)
+    if grant.cleanup not in (Grant.Cleanup.PENDING, Grant.Cleanup.FAILED):
+        return grant.cleanup == Grant.Cleanup.DONE
+    ref = account_ref(grant.account)
+    try:
+        sources.release(
+            account=ref,
+            grant_ref=str(grant.pk),
+            checked_out=sources.CheckedOut(
+                lease_id=grant.lease_id, login=grant.login, expires_at=grant.ends_at
+            ),
+            vault=vault,
+        )
+        rotated_version = None
+        if grant.account.kind == Account.Kind.STATIC:
+            rotated_version = sources.static_rotate(account=ref, vault=vault)
+    except Exception as exc:
+        message = str(exc)[:1000] or exc.__class__.__name__
+        with transaction.atomic():
+            attempts = grant.cleanup_attempts + 1
+            delay = min(60 * 2 ** min(attempts, 6), 3600)
+            Grant.objects.filter(pk=grant.pk).update(
+                cleanup=Grant.Cleanup.FAILED,
+                cleanup_attempts=attempts,
+                cleanup_error=message,
+                cleanup_next_at=timezone.now() + timedelta(seconds=delay),
+            )
+            audit_record(
+                action="access.grant.release_failed",
+                obj=grant,
+                details={"account": grant.account.slug, "error": message[:500], "attempt": attempts},
+            )
+            if attempts in (1, 3) or attempts % 10 == 0:
+                transaction.on_commit(lambda: notifications.cleanup_failed(grant, message, attempts))
+        return False
+    with transaction.atomic():
+        Grant.objects.filter(pk=grant.pk).update(
+            cleanup=Grant.Cleanup.DONE, cleanup_error="", cleanup_next_at=None
+        )
+        details = {"account": grant.account.slug, "kind": grant.account.kind}
+        if rotated_version is not None:
+            details["kv_version"] = rotated_version
+        audit_record(
+            action="access.password.rotated" if rotated_version is not None else "access.grant.released",
+            obj=grant,
+            details=details,
+        )
+    return True
+
+
+def grants_cleanup_due(*, now=None, vault=None) -> int:
+    """Retry every release/rotation that is due; returns how many succeeded."""
+    now = now or timezone.now()
+    due = Grant.objects.filter(
+        cleanup__in=[Grant.Cleanup.PENDING, Grant.Cleanup.FAILED], cleanup_next_at__lte=now
+    ).values_list("pk", flat=True)
+    return sum(1 for pk in list(due[:500]) if grant_cleanup(grant_pk=pk, vault=vault))
+
+
+def grants_warn_expiring(*, now=None) -> int:
+    """Tell holders their grant ends soon (once per grant)."""
+    now = now or timezone.now()
+    soon = now + timedelta(minutes=settings.ACCESS_EXPIRY_WARNING_MINUTES)
+    warned = 0
+    for grant in Grant.objects.filter(
+        state=Grant.State.ACTIVE, ends_at__lte=soon, ends_at__gt=now, expiry_warned_at__isnull=True
+    ).select_related("user", "account"):
+        if Grant.objects.filter(pk=grant.pk, expiry_warned_at__isnull=True).update(expiry_warned_at=now):
+            notifications.expiring(grant)
+            warned += 1
+    return warned
+
+
+def grant_reveal(*, grant: Grant, acting_user: User, code: str, http_request: HttpRequest, vault=None):
+    """Show a database/static secret once to the holder, after a fresh TOTP code.
+
+    Returns the secret for this one response; pamsite keeps no copy.
+    """
+    from identity.services import mfa_check_fresh_code
+
+    if grant.user_id != acting_user.pk:
+        raise PermissionDenied("Only the holder of a grant can see its secret.")
+    policy = grant.request.policy
+    if not grant.account.revealable or policy is None or not policy.allow_reveal:
+        raise PermissionDenied("This account's secret is never shown: connect through the gateway.")
+    if not grant.is_live:
+        raise InvalidTransition("This grant has ended: its secret is no longer valid.")
+    mfa_check_fresh_code(request=http_request, user=acting_user, purpose="reveal", code=code)
+    with transaction.atomic():
+        locked = Grant.objects.select_for_update().get(pk=grant.pk)
+        if locked.revealed_at is not None:
+            raise InvalidTransition("The secret of this grant was already shown once.")
+        secret = sources.reveal(account=account_ref(grant.account), grant_ref=str(grant.pk), vault=vault)
+        locked.revealed_at = timezone.now()
+        locked.save(update_fields=["revealed_at"])
+        audit_record(
+            action="access.secret.revealed",
+            actor=acting_user,
+            request=http_request,
+            obj=locked,
+            details={"account": grant.account.slug, "login": secret.login},
+        )
+    return secret
+
+
+def break_glass_activate(
+    *, user: User, account: Account, justification: str, duration_minutes: int, http_request=None
+) -> Grant:
+    """Emergency access without approval: members of break-glass, at most an hour, reviewed after."""
+    if BREAK_GLASS_GROUP not in roles_of(user):
+        raise PermissionDenied("Only members of the break-glass group can use emergency access.")
+    limit = settings.ACCESS_BREAK_GLASS_MAX_MINUTES
+    errors = {}
+    if len(justification.strip()) < 10:
+        errors["justification"] = "Explain the emergency (at least a sentence): it is reviewed afterwards."
+    if not 5 <= duration_minutes <= limit:
+        errors["duration_minutes"] = f"Emergency access lasts between 5 and {limit} minutes."
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        req = AccessRequest.objects.create(
+            requester=user,
+            account=account,
+            policy=None,
+            reason=justification.strip(),
+            ticket="",
+            duration_minutes=duration_minutes,
+            approvals_required=0,
+            break_glass=True,
+            state=AccessRequest.State.APPROVED,
+            decided_at=timezone.now(),
+        )
+        audit_record(
+            action="access.break_glass.activated",
+            actor=user,
+            request=http_request,
+            obj=req,
+            details={
+                "account": account.slug,
+                "duration_minutes": duration_minutes,
+                "justification": req.reason[:500],
+            },
+        )
+    grant = grant_checkout(access_request=req, acting_user=user)
+    transaction.on_commit(lambda: notifications.break_glass(grant))
+    return grant
+
+
+def grant_review(*, grant: Grant, reviewer: User, comment: str, http_request=None) -> None:
+    """An approver records the after-the-fact review of an emergency grant."""
+    if not has_role(reviewer, Role.APPROVER):
+        raise PermissionDenied("Only approvers review emergency access.")
+    if not grant.break_glass:
+        raise InvalidTransition("Only emergency (break-glass) grants are reviewed after the fact.")
+    if grant.user_id == reviewer.pk:
+        raise PermissionDenied("Another approver must review your own emergency access.")
+    if len(comment.strip()) < 5:
+        raise ValidationError({"comment": "Write what the review found."})
+    with transaction.atomic():
+        locked = Grant.objects.select_for_update().get(pk=grant.pk)
+        if locked.reviewed_at is not None:
+            raise InvalidTransition("This emergency grant has already been reviewed.")
+        locked.reviewed_by = reviewer
+        locked.reviewed_at = timezone.now()
+        locked.review_comment = comment.strip()
+        locked.save(update_fields=["reviewed_by", "reviewed_at", "review_comment"])
+        audit_record(
+            action="access.break_glass.reviewed",
+            actor=reviewer,
+            request=http_request,
+            obj=locked,
+            details={"comment": comment.strip()[:500]},
+        )
+    grant.refresh_from_db()

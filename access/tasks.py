@@ -1,0 +1,24 @@
+"""Background jobs of the access workflow: thin wrappers over the services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from access import services
+
+
+@shared_task(name="access.sweep")
+def sweep_task() -> dict:
+    """Expire grants whose time is up, lapse stale requests, warn holders, retry releases."""
+    return {
+        "grants_expired": services.grants_expire_due(),
+        "requests_expired": services.requests_expire_stale(),
+        "warned": services.grants_warn_expiring(),
+        "released": services.grants_cleanup_due(),
+    }
+
+
+@shared_task(name="access.grant_cleanup")
+def grant_cleanup_task(grant_pk: int) -> bool:
+    """Release or rotate the credential of one ended grant."""
+    return services.grant_cleanup(grant_pk=grant_pk)

@@ -1,0 +1,800 @@
+"""Credential sources: how each kind of account gets, shows and gives back its credential.
+
+Pure of Django models: the access workflow describes an account with an ``AccountRef``
+and calls these functions; every Vault call goes through ``vault.client.VaultClient``,
+every call to a target through ``sessions.upstream``.
+
+| kind     | checkout                        | reveal (show once)         | release                    |
+| -------- | ------------------------------- | -------------------------- | -------------------------- |
+| ssh-ca   | checks the account's SSH role   | nothing to show            | nothing (certs expire)     |
+| database | dynamic role, lease = the grant | the stashed password, once | lease revoked, role dropped |
+| static   | checks the KV secret            | the KV password            | none; ``static_rotate``    |
+
+A dynamic database password is handed out by Vault only when the role is created, and
+pamsite's database must never hold it: it is stashed in Vault's KV (``grants/<grant>``),
+destroyed when shown, and the stash is removed at release.
+
+Callers catch ``VaultError`` (Vault down, sealed, refused, misconfigured; ``CredentialError``
+and ``RotationError`` are subclasses) and ``UpstreamError`` (the target). No message, log
+line or repr here holds a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from sessions import upstream
+from vault.client import VaultClient, VaultConflict, VaultError, VaultNotFound, get_client
+
+logger = logging.getLogger(__name__)
+
+SSH_CA, DATABASE, STATIC = "ssh-ca", "database", "static"
+KINDS = (SSH_CA, DATABASE, STATIC)
+
+# A checkout whose lease Vault caps below the grant by more than this is refused.
+LEASE_SLACK_SECONDS = 5
+# The per-account SSH roles: a certificate only has to be valid when the gateway logs in.
+SSH_CERT_TTL = 300
+SSH_CERT_MAX_TTL = 3600
+# A pending_password younger than this belongs to a rotation that may still be running (its
+# logins and passwd each time out well within it); older, it is a crashed one to reconcile.
+ROTATION_RUNNING_SECONDS = 300
+
+PASSWORD_LENGTH = 32
+# The symbols generated passwords draw from (an alphabet, not a password): no ':' (chpasswd's
+# separator), no quotes, backslash, space or control characters.
+PASSWORD_SYMBOLS = "-_.,+=@%^*!#~"  # noqa: S105  # nosec B105
+PASSWORD_ALPHABET = string.ascii_letters + string.digits + PASSWORD_SYMBOLS
+
+# PostgreSQL identifiers we put inside double quotes ourselves: plain names only, so that
+# neither a quote nor a Vault template ({{...}}) can get into the statements.
+_PG_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$.-]{0,62}$")
+_VAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_HOSTNAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_PG_SCRAM = "scram-sha-256"  # how Vault hashes the passwords it sets
+
+# A dynamic database user: a LOGIN role valid until its lease ends, member of the group role.
+_CREATION_STATEMENTS = (
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    'GRANT "<group>" TO "{{name}}";',
+)
+# Its end, in one guarded block: a role a DBA already dropped must not make the revocation
+# fail (Vault would retry it for ever). Its sessions are ended first (DROP ROLE alone leaves
+# a live connection working); REVOKE on the database comes before DROP ROLE (else 2BP01);
+# what it created is handed to the group role rather than blocking the drop.
+_REVOCATION_STATEMENTS = (
+    "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{{name}}') THEN "
+    "PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; "
+    'REVOKE ALL PRIVILEGES ON DATABASE "<database>" FROM "{{name}}"; '
+    'REASSIGN OWNED BY "{{name}}" TO "<group>"; '
+    'DROP OWNED BY "{{name}}"; '
+    'DROP ROLE "{{name}}"; '
+    "END IF; END $$;",
+)
+
+
+class CredentialError(VaultError):
+    """An account's credential cannot be handed out, shown or configured; the message says why."""
+
+
+class SecretAlreadyShown(CredentialError):
+    """The show-once secret of a grant was already shown."""
+
+
+class RotationError(CredentialError):
+    """A static password rotation failed; Vault's KV and the target still agree (see message)."""
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    """What the credential sources need to know of an account; never a secret."""
+
+    slug: str
+    kind: str  # "ssh-ca" | "database" | "static"
+    # ssh principal / static login / for database: the DB role the dynamic user is granted.
+    username: str
+    vault_role: str = ""  # Vault role name (database, ssh-ca); default: the slug
+    kv_path: str = ""  # KV path (static); default f"accounts/{slug}"
+    host: str = ""
+    port: int = 22
+    host_key: str = ""  # pinned OpenSSH line (static rotation)
+    database: str = ""  # database name (database kind)
+    connection: str = ""  # Vault database connection name (database kind)
+
+    @property
+    def role_name(self) -> str:
+        """The Vault role (database or SSH) of the account."""
+        return self.vault_role or self.slug
+
+    @property
+    def secret_path(self) -> str:
+        """The KV path of a static account's password."""
+        return self.kv_path or f"accounts/{self.slug}"
+
+
+@dataclass(frozen=True)
+class CheckedOut:
+    """What a checkout handed out: the lease (database), the login, when it ends. No secret."""
+
+    lease_id: str
+    login: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RevealedSecret:
+    """A login and its password, to show once; the password stays out of the repr."""
+
+    login: str
+    password: str = field(repr=False)
+
+
+# --- Checkout, reveal, release --------------------------------------------------------
+
+
+def checkout(
+    *, account: AccountRef, grant_ref: str, ttl_seconds: int, vault: VaultClient | None = None
+) -> CheckedOut:
+    """Hand out the account's credential for a grant of ``ttl_seconds``.
+
+    database: new dynamic credentials whose lease lasts exactly the grant (renewed to it;
+    refused when the role's max_ttl would cut it short), the password stashed in Vault for
+    one reveal. Anything failing after the lease exists revokes it before raising.
+    ssh-ca: checks the account's SSH role (the gateway signs a certificate at connect).
+    static: checks that Vault holds the password.
+    """
+    vault = vault or get_client()
+    _check_kind(account)
+    _check_grant_ref(grant_ref)
+    if ttl_seconds <= 0:
+        raise CredentialError(f"A checkout of {account.slug} needs a positive duration, not {ttl_seconds} s")
+    if account.kind == DATABASE:
+        return _database_checkout(account, grant_ref, ttl_seconds, vault)
+    if account.kind == SSH_CA:
+        _ssh_role(account, vault)
+        return CheckedOut(
+            lease_id="", login=account.username, expires_at=_now() + timedelta(seconds=ttl_seconds)
+        )
+    _static_secret(account, vault)
+    return CheckedOut(lease_id="", login=account.username, expires_at=None)
+
+
+@sensitive_variables("creds")
+def _database_checkout(
+    account: AccountRef, grant_ref: str, ttl_seconds: int, vault: VaultClient
+) -> CheckedOut:
+    role = account.role_name
+    try:
+        creds = vault.database_credentials(role)
+    except VaultNotFound:
+        raise CredentialError(
+            f"No database role {role} in Vault for {account.slug}: a pam-admin must configure the "
+            "account (configure_database_role)"
+        ) from None
+    try:
+        # Vault sets the lease's TTL to the increment, within the role's max_ttl.
+        ttl = vault.lease_renew(creds.lease_id, ttl_seconds)
+        if ttl < ttl_seconds - LEASE_SLACK_SECONDS:
+            raise CredentialError(
+                f"The Vault database role of {account.slug} ({role}) allows leases of at most about {ttl} s, "
+                f"shorter than the grant ({ttl_seconds} s): ask a pam-admin to raise its max_ttl"
+            )
+        expires_at = _now() + timedelta(seconds=ttl)
+        try:
+            vault.kv_write(
+                _stash_path(grant_ref),
+                {
+                    "login": creds.username,
+                    "password": creds.password,
+                    "lease_id": creds.lease_id,
+                    "expires_at": expires_at.isoformat(),
+                },
+                cas=0,  # only if absent: never overwrite another checkout's stash
+            )
+        except VaultConflict:
+            raise CredentialError(
+                f"Grant {grant_ref} already has database credentials checked out: release them first"
+            ) from None
+    except BaseException:
+        _revoke_quietly(vault, creds.lease_id, account)
+        raise
+    logger.info(
+        "Checked out %s for grant %s as %s until %s", account.slug, grant_ref, creds.username, expires_at
+    )
+    return CheckedOut(lease_id=creds.lease_id, login=creds.username, expires_at=expires_at)
+
+
+def _revoke_quietly(vault: VaultClient, lease_id: str, account: AccountRef) -> None:
+    try:
+        vault.lease_revoke(lease_id)
+    except VaultError as exc:
+        # Vault itself is failing; the lease still ends at its TTL. Say which one, loudly.
+        logger.error(
+            "Could not revoke lease %s of %s after a failed checkout: %s", lease_id, account.slug, exc
+        )
+
+
+@sensitive_variables("data")
+def reveal(*, account: AccountRef, grant_ref: str, vault: VaultClient | None = None) -> RevealedSecret:
+    """The secret to show the grant's holder: once for a database grant, the KV password for static.
+
+    database: the stash is consumed (check-and-set, so two concurrent reveals cannot both
+    succeed) and its password destroyed; a second reveal raises ``SecretAlreadyShown``.
+    static: a rotation left half done is settled first (``static_reconcile``).
+    """
+    vault = vault or get_client()
+    _check_kind(account)
+    _check_grant_ref(grant_ref)
+    if account.kind == SSH_CA:
+        raise CredentialError(f"{account.slug} has no secret to show: connect through the gateway")
+    if account.kind == STATIC:
+        data = _static_secret(account, vault)
+        if data.get("pending_password"):
+            if static_reconcile(account=account, vault=vault) == "unknown":
+                raise CredentialError(
+                    f"A password rotation of {account.slug} is running or was interrupted, and pamsite "
+                    "cannot tell which password the target takes now: retry in a few minutes; if it "
+                    "persists, a pam-admin must check the target and reset the password"
+                )
+            data = _static_secret(account, vault)
+        return RevealedSecret(login=account.username, password=data["password"])
+
+    path = _stash_path(grant_ref)
+    try:
+        data, version = vault.kv_read_version(path)
+    except VaultNotFound:
+        raise CredentialError(
+            f"No database credentials for grant {grant_ref} of {account.slug}: not checked out, or "
+            "already released"
+        ) from None
+    if "password" not in data:
+        raise SecretAlreadyShown(
+            f"The password of grant {grant_ref} was already shown: it is shown only once"
+        )
+    try:
+        shown = {"shown_at": _now().isoformat(), "login": data["login"], "lease_id": data.get("lease_id", "")}
+        vault.kv_write(path, shown, cas=version)
+    except VaultConflict:
+        raise SecretAlreadyShown(
+            f"The password of grant {grant_ref} was already shown: it is shown only once"
+        ) from None
+    try:
+        vault.kv_destroy(path, [version])
+    except VaultError as exc:
+        # Marked shown already; release removes every version anyway.
+        logger.warning("Could not destroy the shown password of grant %s yet: %s", grant_ref, exc)
+    return RevealedSecret(login=data["login"], password=data["password"])
+
+
+def release(
+    *, account: AccountRef, grant_ref: str, checked_out: CheckedOut, vault: VaultClient | None = None
+) -> None:
+    """Give back what a checkout handed out. Safe to call again (and after a failed checkout).
+
+    database: the lease is revoked (Vault drops the role and its sessions; an expired or
+    already revoked lease is fine) and the stash removed. ssh-ca, static: nothing (a
+    static password is rotated separately, ``static_rotate``).
+    """
+    vault = vault or get_client()
+    _check_kind(account)
+    _check_grant_ref(grant_ref)
+    if account.kind != DATABASE:
+        return
+    path = _stash_path(grant_ref)
+    lease_ids = [checked_out.lease_id] if checked_out.lease_id else []
+    try:
+        # The stash knows the lease too: a caller that lost lease_id still gives it back.
+        stashed = vault.kv_read(path).get("lease_id", "")
+    except VaultNotFound:
+        stashed = ""
+    if stashed and stashed not in lease_ids:
+        lease_ids.append(stashed)
+    prefix = f"{vault.config.database_mount}/creds/{account.role_name}/"
+    for lease_id in lease_ids:
+        if not lease_id.startswith(prefix):
+            raise CredentialError(f"Lease {lease_id[:120]!r} is not one of {account.slug}'s: not revoked")
+    for lease_id in lease_ids:
+        vault.lease_revoke(lease_id)
+    vault.kv_delete_all(path)
+    logger.info("Released %s for grant %s (lease revoked)", account.slug, grant_ref)
+
+
+def ssh_sign(
+    *, account: AccountRef, public_key: str, ttl_seconds: int, vault: VaultClient | None = None
+) -> str:
+    """A user certificate for public_key, valid only for the account's principal, for at most ttl_seconds."""
+    vault = vault or get_client()
+    _check_kind(account, SSH_CA)
+    if ttl_seconds <= 0:
+        raise CredentialError(
+            f"A certificate for {account.slug} needs a positive lifetime, not {ttl_seconds} s"
+        )
+    try:
+        return vault.ssh_sign_public_key(account.role_name, public_key, [account.username], ttl_seconds)
+    except VaultNotFound:
+        raise CredentialError(
+            f"No SSH role {account.role_name} in Vault for {account.slug}: a pam-admin must configure "
+            "the account (configure_ssh_role)"
+        ) from None
+
+
+# --- Configuration (pam-admin pages) -----------------------------------------------------
+
+
+@sensitive_variables("admin_password", "body")
+def configure_database_connection(
+    *,
+    name: str,
+    host: str,
+    port: int,
+    database: str,
+    admin_username: str,
+    admin_password: str,
+    allowed_roles: Iterable[str] = (),
+    sslmode: str = "require",
+    vault: VaultClient | None = None,
+) -> None:
+    """Create or update a Vault database connection (PostgreSQL) to a target's database.
+
+    Vault checks the connection at once (``verify_connection``). The admin password goes
+    to Vault only (Vault never returns it). Roles already allowed on the connection stay
+    allowed; ``configure_database_role`` adds each account's role. The admin user needs
+    CREATEROLE, the ADMIN option on the accounts' group roles and pg_signal_backend
+    (to end a revoked role's sessions), or is a superuser.
+    """
+    vault = vault or get_client()
+    _vault_name(name, "connection name")
+    _pg_identifier(database, "database name")
+    _pg_identifier(admin_username, "admin user name")
+    if not _HOSTNAME.match(host or ""):
+        raise CredentialError(f"Not a host name or address: {host[:80]!r}")
+    if not 0 < int(port) < 65536:
+        raise CredentialError(f"Not a TCP port: {port!r}")
+    if sslmode not in _SSLMODES:
+        raise CredentialError(f"sslmode must be one of {', '.join(_SSLMODES)}, not {sslmode!r}")
+    if not admin_password:
+        raise CredentialError("The database admin password is empty")
+    path = f"{vault.config.database_mount}/config/{name}"
+    current = vault.read(path)
+    allowed = list(
+        dict.fromkeys([*((current or {}).get("data", {}).get("allowed_roles") or []), *allowed_roles])
+    )
+    for role in allowed:
+        _vault_name(role, "role name")
+    host_part = host if ":" not in host or host.startswith("[") else f"[{host}]"
+    body = {
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": f"postgresql://{{{{username}}}}:{{{{password}}}}@{host_part}:{int(port)}/{database}"
+        f"?sslmode={sslmode}",
+        "username": admin_username,
+        "password": admin_password,
+        "allowed_roles": allowed,
+        "verify_connection": True,
+        # Vault hashes the passwords it sets: no plaintext password in PostgreSQL's logs.
+        "password_authentication": _PG_SCRAM,
+    }
+    vault.write(path, body, sensitive=[admin_password])
+    logger.info("Configured database connection %s (%s:%s/%s)", name, host, port, database)
+
+
+def configure_database_role(
+    *, account: AccountRef, default_ttl: int = 3600, max_ttl: int = 86400, vault: VaultClient | None = None
+) -> None:
+    """Create or update the Vault role that makes the account's dynamic database users.
+
+    Each user is a LOGIN role, valid until its lease ends, granted membership of the
+    account's group role (``account.username``). At revocation its sessions are ended,
+    what it created is handed to the group role, and it is dropped. The role is also
+    added to the connection's ``allowed_roles``.
+    """
+    vault = vault or get_client()
+    _check_kind(account, DATABASE)
+    group = _pg_identifier(account.username, "group role (account username)")
+    database = _pg_identifier(account.database, "database name")
+    connection = _vault_name(account.connection, "connection name")
+    role = _vault_name(account.role_name, "role name")
+    if not 0 < default_ttl <= max_ttl:
+        raise CredentialError(f"Need 0 < default_ttl <= max_ttl, not {default_ttl} and {max_ttl}")
+    mount = vault.config.database_mount
+    conn = vault.read(f"{mount}/config/{connection}")
+    if conn is None:
+        raise CredentialError(
+            f"No database connection {connection} in Vault: configure it first "
+            "(configure_database_connection)"
+        )
+    # Only names checked against _PG_IDENTIFIER above go in (no quote can); Vault fills in
+    # {{name}}, {{password}} and {{expiration}} itself.
+    creation = [stmt.replace("<group>", group) for stmt in _CREATION_STATEMENTS]
+    revocation = [
+        stmt.replace("<database>", database).replace("<group>", group) for stmt in _REVOCATION_STATEMENTS
+    ]
+    vault.write(
+        f"{mount}/roles/{role}",
+        {
+            "db_name": connection,
+            "creation_statements": creation,
+            "revocation_statements": revocation,
+            "default_ttl": default_ttl,
+            "max_ttl": max_ttl,
+        },
+    )
+    allowed = conn["data"].get("allowed_roles") or []
+    if role not in allowed and "*" not in allowed:
+        vault.write(f"{mount}/config/{connection}", {"allowed_roles": [*allowed, role]})
+    logger.info("Configured database role %s for %s (group %s in %s)", role, account.slug, group, database)
+
+
+def configure_ssh_role(
+    *,
+    account: AccountRef,
+    ttl: int = SSH_CERT_TTL,
+    max_ttl: int = SSH_CERT_MAX_TTL,
+    vault: VaultClient | None = None,
+) -> None:
+    """Create or update the account's CA-mode SSH role: user certificates for its principal only."""
+    vault = vault or get_client()
+    _check_kind(account, SSH_CA)
+    role = _vault_name(account.role_name, "role name")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$", account.username):
+        raise CredentialError(f"Not a login name for an SSH principal: {account.username[:40]!r}")
+    if not 0 < ttl <= max_ttl:
+        raise CredentialError(f"Need 0 < ttl <= max_ttl, not {ttl} and {max_ttl}")
+    if role == settings.VAULT_SSH_ROLE:
+        raise CredentialError(f"{role} is the gateway's own SSH role: choose another Vault role name")
+    vault.write(
+        f"{vault.config.ssh_mount}/roles/{role}",
+        {
+            "key_type": "ca",
+            "allow_user_certificates": True,
+            "allow_host_certificates": False,
+            "allowed_users": account.username,
+            "allowed_users_template": False,
+            "default_user": account.username,
+            "allowed_extensions": "permit-pty,permit-port-forwarding",
+            "default_extensions": {"permit-pty": "", "permit-port-forwarding": ""},
+            "allowed_critical_options": "",
+            "allow_user_key_ids": False,
+            "ttl": ttl,
+            "max_ttl": max_ttl,
+        },
+    )
+    logger.info("Configured SSH role %s for %s (principal %s)", role, account.slug, account.username)
+
+
+@sensitive_variables("password")
+def static_set_password(*, account: AccountRef, password: str, vault: VaultClient | None = None) -> int:
+    """Store a static account's current password (onboarding); returns the KV version."""
+    vault = vault or get_client()
+    _check_kind(account, STATIC)
+    if not password:
+        raise CredentialError(f"The password for {account.slug} is empty")
+    version = vault.kv_write(account.secret_path, {"username": account.username, "password": password})
+    logger.info("Stored the password of %s (KV version %d)", account.slug, version)
+    return version
+
+
+# --- Rotation of static passwords ----------------------------------------------------------
+
+
+def generate_password(*, length: int = PASSWORD_LENGTH, unlike: str = "") -> str:
+    """A random password with every character class, safe for chpasswd and passwd.
+
+    ``unlike``: the password it replaces. PAM's ``obscure`` check refuses a new password
+    that shares more than half its characters with the old one, so such draws are redone.
+    """
+    while True:
+        password = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+        if (
+            any(c.islower() for c in password)
+            and any(c.isupper() for c in password)
+            and any(c.isdigit() for c in password)
+            and any(c in PASSWORD_SYMBOLS for c in password)
+            and not _too_similar(unlike, password)
+        ):
+            return password
+
+
+def _too_similar(old: str, new: str) -> bool:
+    """pam_unix's ``obscure`` similarity rule (as in Debian's pam_unix and shadow's obscure.c)."""
+    n = min(len(old), len(new))
+    shared = sum(1 for c in old[:n] if c in new)
+    return n > 0 and n < shared * 2
+
+
+@sensitive_variables("data", "current", "new")
+def static_rotate(*, account: AccountRef, vault: VaultClient | None = None) -> int:
+    """Give a static account a new random password on its target; returns the new KV version.
+
+    KV and the target never disagree without KV knowing both candidates: first a KV
+    version holds the current password and the new one as ``pending_password``; then the
+    target changes it (logged in with the current one); then a fresh login with the new
+    one must work and one with the old must not; only then a KV version holds just the
+    new password. Any failure raises ``RotationError`` after settling KV to what the
+    target takes (or, when that cannot be known, keeping the pending state for
+    ``static_reconcile``, which runs first here to repair an earlier crashed rotation).
+    A rotation younger than ``ROTATION_RUNNING_SECONDS`` is taken to be still running:
+    a second one is refused rather than racing it.
+    """
+    vault = vault or get_client()
+    _check_kind(account, STATIC)
+    _check_rotatable(account)
+    slug = account.slug
+    try:
+        data, _ = _static_secret_version(account, vault)
+        if _rotation_running(data):
+            raise RotationError(
+                f"A rotation of {slug} started at {data.get('pending_since')} is still running: retry later"
+            )
+        if static_reconcile(account=account, vault=vault) == "unknown":
+            raise RotationError(
+                f"Cannot rotate {slug}: an earlier rotation was interrupted and neither the old nor the "
+                "new password logs in (or the target is unreachable): check the target, then retry"
+            )
+        data, version = _static_secret_version(account, vault)
+        current = data["password"]
+        new = generate_password(unlike=current)
+        pending = {**_settled(data, current), "pending_password": new, "pending_since": _now().isoformat()}
+        try:
+            pending_version = vault.kv_write(account.secret_path, pending, cas=version)
+        except VaultConflict:
+            raise RotationError(f"The password of {slug} changed in Vault while rotating: retry") from None
+    except RotationError:
+        raise
+    except VaultError as exc:
+        raise RotationError(f"Rotation of {slug} failed before the target was touched: {exc}") from exc
+    outcome = _Outcome(vault, account, data, pending_version)
+
+    target = _target_kwargs(account)
+    try:
+        upstream.change_password(**target, current_password=current, new_password=new)
+    except upstream.UpstreamNotLoggedIn as exc:
+        # The login failed: nothing ran on the target, the current password is still the one.
+        outcome.settle(current, verified=False)
+        raise RotationError(f"Rotation of {slug} failed; the password was not changed: {exc}") from exc
+    except upstream.UpstreamError as exc:
+        # passwd or chpasswd failed, or the connection dropped: ask the target what it takes now.
+        said = outcome.settle_by_probing(target, current, new)
+        raise RotationError(f"Rotation of {slug} failed ({exc}); {said}") from exc
+
+    try:
+        new_works = upstream.check_password_login(**target, password=new)
+        old_works = upstream.check_password_login(**target, password=current)
+    except upstream.UpstreamError as exc:
+        raise RotationError(
+            f"Rotation of {slug}: the target changed the password but the check failed ({exc}); Vault "
+            "keeps both passwords until static_reconcile settles it"
+        ) from exc
+    if new_works and not old_works:
+        final = outcome.settle(new, verified=True)
+        logger.info("Rotated the password of %s (KV version %d)", slug, final)
+        return final
+    if new_works:
+        outcome.settle(new, verified=True)
+        raise RotationError(
+            f"Rotation of {slug}: the new password works but the old one still logs in too; Vault now "
+            "holds the new one. Check the target's authentication (another password source?)"
+        )
+    if old_works:
+        outcome.settle(current, verified=True)
+        raise RotationError(
+            f"Rotation of {slug}: the target said the password was changed but still takes only the old "
+            "one; Vault keeps the old one"
+        )
+    raise RotationError(
+        f"Rotation of {slug}: neither the old nor the new password logs in after the change; Vault "
+        "keeps both until static_reconcile settles it. Check the target"
+    )
+
+
+class _Outcome:
+    """Records in KV which password the target takes at the end of a rotation."""
+
+    def __init__(self, vault: VaultClient, account: AccountRef, data: dict[str, Any], pending_version: int):
+        self.vault = vault
+        self.account = account
+        self.data = data
+        self.pending_version = pending_version
+
+    @sensitive_variables("password")
+    def settle(self, password: str, *, verified: bool) -> int | None:
+        """Write a KV version holding only ``password``; the new version (None: left to another writer).
+
+        ``verified``: the target was just asked, so its answer wins over whatever was written
+        to KV meanwhile. Otherwise (nothing was done on the target) a later write stands.
+        """
+        path, slug = self.account.secret_path, self.account.slug
+        settled = _settled(self.data, password)
+        try:
+            try:
+                return self.vault.kv_write(path, settled, cas=self.pending_version)
+            except VaultConflict:
+                if not verified:
+                    logger.warning("Rotation of %s: KV changed meanwhile; the target was not touched", slug)
+                    return None
+                logger.warning("Rotation of %s: KV changed meanwhile; recording what the target takes", slug)
+                return self.vault.kv_write(path, settled)
+        except VaultError as exc:
+            raise RotationError(
+                f"Rotation of {slug}: Vault could not record the outcome ({exc}); it keeps both passwords "
+                "until static_reconcile settles it"
+            ) from exc
+
+    @sensitive_variables("current", "new")
+    def settle_by_probing(self, target: dict[str, Any], current: str, new: str) -> str:
+        """After a change that may or may not have happened: ask the target, record what works."""
+        try:
+            if upstream.check_password_login(**target, password=new):
+                self.settle(new, verified=True)
+                return "the target took the new password anyway, and Vault now holds it"
+            if upstream.check_password_login(**target, password=current):
+                self.settle(current, verified=True)
+                return "the target still takes the old password, which Vault keeps"
+        except upstream.UpstreamError:
+            pass
+        return "Vault keeps both passwords until static_reconcile settles it"
+
+
+@sensitive_variables("data", "current", "pending")
+def static_reconcile(*, account: AccountRef, vault: VaultClient | None = None) -> str:
+    """Settle a static account whose rotation was left half done; "current", "rotated" or "unknown".
+
+    Without a ``pending_password`` in KV there is nothing to do ("current"). Otherwise the
+    target is asked which of the two logs in: the pending one → KV holds it ("rotated");
+    the current one → the pending one is dropped ("current"); neither, or the target is
+    unreachable → KV is left as it is ("unknown"). So is a rotation that started less than
+    ``ROTATION_RUNNING_SECONDS`` ago: it may still be running, and is left alone ("unknown").
+    """
+    vault = vault or get_client()
+    _check_kind(account, STATIC)
+    data, version = _static_secret_version(account, vault)
+    pending = data.get("pending_password")
+    if not pending:
+        return "current"
+    if _rotation_running(data):
+        logger.info(
+            "Reconcile %s: a rotation started at %s may still run", account.slug, data["pending_since"]
+        )
+        return "unknown"
+    _check_rotatable(account)
+    current = data["password"]
+    target = _target_kwargs(account)
+    try:
+        if upstream.check_password_login(**target, password=pending):
+            password, state = pending, "rotated"
+        elif upstream.check_password_login(**target, password=current):
+            password, state = current, "current"
+        else:
+            logger.warning("Reconcile %s: neither the current nor the pending password logs in", account.slug)
+            return "unknown"
+    except upstream.UpstreamError as exc:
+        logger.warning("Reconcile %s: cannot ask the target: %s", account.slug, exc)
+        return "unknown"
+    try:
+        vault.kv_write(account.secret_path, _settled(data, password), cas=version)
+    except VaultConflict:
+        raise RotationError(
+            f"The password of {account.slug} changed in Vault while reconciling: retry"
+        ) from None
+    logger.info("Reconciled %s: %s", account.slug, state)
+    return state
+
+
+@sensitive_variables("data", "password")
+def _settled(data: dict[str, Any], password: str) -> dict[str, Any]:
+    """The KV data of a static account holding only ``password`` (no rotation pending)."""
+    kept = {k: v for k, v in data.items() if k not in ("password", "pending_password", "pending_since")}
+    return {**kept, "password": password}
+
+
+def _rotation_running(data: dict[str, Any]) -> bool:
+    """Whether KV shows a rotation that started so recently it may still be running."""
+    if not data.get("pending_password"):
+        return False
+    try:
+        since = datetime.fromisoformat(str(data.get("pending_since")))
+    except ValueError:
+        return False  # no usable time: treat it as an old, crashed rotation
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return _now() - since < timedelta(seconds=ROTATION_RUNNING_SECONDS)
+
+
+# --- Helpers ----------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stash_path(grant_ref: str) -> str:
+    return f"grants/{grant_ref}"
+
+
+def _check_kind(account: AccountRef, *expected: str) -> None:
+    if account.kind not in KINDS:
+        raise CredentialError(f"{account.slug} has an unknown account kind {account.kind!r}")
+    if expected and account.kind not in expected:
+        raise CredentialError(f"{account.slug} is a {account.kind} account, not {' or '.join(expected)}")
+
+
+def _check_grant_ref(grant_ref: str) -> None:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", grant_ref or ""):
+        raise CredentialError(f"Not a grant reference: {grant_ref[:40]!r}")
+
+
+def _check_rotatable(account: AccountRef) -> None:
+    if not account.host or not account.host_key:
+        raise RotationError(
+            f"{account.slug} cannot be rotated: its target has no host or no pinned host key "
+            "(a pam-admin must fetch and confirm it)"
+        )
+
+
+def _target_kwargs(account: AccountRef) -> dict[str, Any]:
+    return {
+        "host": account.host,
+        "port": account.port,
+        "username": account.username,
+        "host_key": account.host_key,
+        "target": account.slug,
+    }
+
+
+def _ssh_role(account: AccountRef, vault: VaultClient) -> dict:
+    role = _vault_name(account.role_name, "role name")
+    resp = vault.read(f"{vault.config.ssh_mount}/roles/{role}")
+    if resp is None:
+        raise CredentialError(
+            f"No SSH role {role} in Vault for {account.slug}: a pam-admin must configure the account "
+            "(configure_ssh_role)"
+        )
+    allowed = [u.strip() for u in str(resp["data"].get("allowed_users", "")).split(",")]
+    if account.username not in allowed and "*" not in allowed:
+        raise CredentialError(
+            f"The SSH role {role} does not allow the principal {account.username}: "
+            "configure the account again"
+        )
+    return resp["data"]
+
+
+def _static_secret(account: AccountRef, vault: VaultClient) -> dict[str, Any]:
+    return _static_secret_version(account, vault)[0]
+
+
+def _static_secret_version(account: AccountRef, vault: VaultClient) -> tuple[dict[str, Any], int]:
+    try:
+        data, version = vault.kv_read_version(account.secret_path)
+    except VaultNotFound:
+        raise CredentialError(
+            f"No password in Vault for {account.slug} (at {vault.config.kv_mount}/{account.secret_path}): "
+            "a pam-admin must store it first (static_set_password)"
+        ) from None
+    if not data.get("password"):
+        raise CredentialError(f"The Vault secret of {account.slug} holds no password")
+    return data, version
+
+
+def _pg_identifier(value: str, what: str) -> str:
+    if not _PG_IDENTIFIER.match(value or ""):
+        raise CredentialError(
+            f"Not a plain PostgreSQL {what}: {value[:70]!r} "
+            "(letters, digits, _ $ . -; starting with a letter or _)"
+        )
+    return value
+
+
+def _vault_name(value: str, what: str) -> str:
+    if not _VAULT_NAME.match(value or ""):
+        raise CredentialError(f"Not a plain Vault {what}: {value[:70]!r} (letters, digits, _ . -)")
+    return value
