@@ -113,7 +113,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests on a file, not in memory, so a worker process started by a test can share
     # it; one per test run, so two runs side by side do not clash.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-pamsite-{os.getpid()}.sqlite3")}
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20})
+    # BEGIN IMMEDIATE: a transaction takes the write lock when it starts, so concurrent
+    # writers (threads, the worker) wait their turn instead of failing half-way.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (login throttling, rate limits); Redis when REDIS_URL is set -----------
