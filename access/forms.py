@@ -63,3 +63,24 @@ class ReviewForm(forms.Form):
 class HostKeyConfirmForm(forms.Form):
     fingerprint = forms.CharField(widget=forms.HiddenInput)
     host_key = forms.CharField(widget=forms.HiddenInput)
+
+
+class DatabaseSetupForm(forms.Form):
+    host = forms.CharField(max_length=255)
+    port = forms.IntegerField(min_value=1, max_value=65535, initial=5432)
+    database = forms.CharField(max_length=63)
+    admin_username = forms.CharField(label="Administrative user (for Vault)", max_length=63)
+    admin_password = forms.CharField(
+        label="Its password (goes to Vault only)", strip=False, widget=forms.PasswordInput
+    )
+    sslmode = forms.ChoiceField(
+        choices=[(m, m) for m in ("verify-full", "verify-ca", "require", "prefer", "disable")],
+        initial="require",
+    )
+    max_hours = forms.IntegerField(label="Longest grant (hours)", min_value=1, max_value=168, initial=24)
+
+
+class StaticSetupForm(forms.Form):
+    current_password = forms.CharField(
+        label="The account's current password (goes to Vault only)", strip=False, widget=forms.PasswordInput
+    )

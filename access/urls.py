@@ -20,4 +20,5 @@ urlpatterns = [
     path("break-glass/", views.break_glass, name="break_glass"),
     path("targets/", views.target_list, name="targets"),
     path("targets/<int:pk>/host-key/", views.target_host_key, name="target"),
+    path("accounts/<int:pk>/setup/", views.account_setup, name="account_setup"),
 ]

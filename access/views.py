@@ -11,7 +11,16 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from access import selectors, services
-from access.forms import BreakGlassForm, DecisionForm, RequestForm, RevealForm, ReviewForm, RevokeForm
+from access.forms import (
+    BreakGlassForm,
+    DatabaseSetupForm,
+    DecisionForm,
+    RequestForm,
+    RevealForm,
+    ReviewForm,
+    RevokeForm,
+    StaticSetupForm,
+)
 from access.models import AccessRequest, Account, InvalidTransition, Target
 from identity.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
@@ -305,9 +314,8 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
     """pam-admins: fetch the target's SSH host key, check its fingerprint, pin it."""
     require_role(request.user, Role.PAM_ADMIN)
     target = get_object_or_404(Target, pk=pk)
-    from sessions.upstream import UpstreamError
-
     from access import targets as target_services
+    from sessions.upstream import UpstreamError
 
     if request.method == "POST":
         try:
@@ -329,3 +337,67 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
     except UpstreamError as exc:
         error = str(exc)
     return render(request, "access/host_key.html", {"target": target, "fetched": fetched, "error": error})
+
+
+@sensitive_post_parameters("admin_password", "current_password")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def account_setup(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: connect an account to Vault (SSH role, database connection, or stored password)."""
+    require_role(request.user, Role.PAM_ADMIN)
+    account = get_object_or_404(Account.objects.select_related("target"), pk=pk)
+    from access import targets as target_services
+    from sessions.upstream import UpstreamError
+
+    form = None
+    if account.kind == Account.Kind.DATABASE:
+        initial = {"host": account.target.host, "database": account.database_name, "port": 5432}
+        form = DatabaseSetupForm(request.POST or None, initial=initial)
+    elif account.kind == Account.Kind.STATIC:
+        form = StaticSetupForm(request.POST or None)
+    if request.method == "POST" and (form is None or form.is_valid()):
+        try:
+            if account.kind == Account.Kind.SSH_CA:
+                target_services.account_setup_ssh(
+                    account=account, acting_user=request.user, http_request=request
+                )
+                messages.success(
+                    request, f"Vault now signs certificates for {account.username} ({account.slug})."
+                )
+            elif account.kind == Account.Kind.DATABASE:
+                data = form.cleaned_data
+                target_services.account_setup_database(
+                    account=account,
+                    acting_user=request.user,
+                    host=data["host"],
+                    port=data["port"],
+                    database=data["database"],
+                    admin_username=data["admin_username"],
+                    admin_password=data["admin_password"],
+                    sslmode=data["sslmode"],
+                    max_ttl_seconds=data["max_hours"] * 3600,
+                    http_request=request,
+                )
+                messages.success(request, f"Vault manages database users for {account.slug}.")
+            else:
+                verified = target_services.account_setup_static(
+                    account=account,
+                    acting_user=request.user,
+                    current_password=form.cleaned_data["current_password"],
+                    http_request=request,
+                )
+                messages.success(
+                    request,
+                    "Password stored in Vault"
+                    + (
+                        " and checked on the target."
+                        if verified
+                        else "; pin the host key to check and rotate it."
+                    ),
+                )
+            return redirect("access:targets")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        except (VaultError, UpstreamError) as exc:
+            messages.error(request, f"Not done: {exc}")
+    return render(request, "access/account_setup.html", {"account": account, "form": form})

@@ -126,15 +126,18 @@ def _locked_head() -> ChainHead:
     except ChainHead.DoesNotExist:
         pass
     # The migration creates the head; it is missing only after a flush of the whole
-    # database (tests) or if someone deleted it, which must not silently restart the chain.
-    if AuditEvent.objects.exists():
-        raise AuditChainError(
-            "The audit chain head is missing although events exist; run `manage.py verify_audit`."
-        )
+    # database (tests) or if someone deleted it. Create it (a concurrent creator makes
+    # this insert wait, then do nothing), lock it, and refuse to restart a chain that
+    # already has events.
     ChainHead.objects.bulk_create(
         [ChainHead(pk=1, last_sequence=0, last_hash=GENESIS_HASH)], ignore_conflicts=True
     )
-    return ChainHead.objects.select_for_update().get(pk=1)
+    head = ChainHead.objects.select_for_update().get(pk=1)
+    if head.last_sequence == 0 and AuditEvent.objects.exists():
+        raise AuditChainError(
+            "The audit chain head is missing although events exist; run `manage.py verify_audit`."
+        )
+    return head
 
 
 def _next_time(head: ChainHead) -> dt.datetime:

@@ -43,7 +43,6 @@ import re
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,7 +112,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def ms(seconds: float) -> str:
-    return "–" if seconds != seconds else f"{seconds * 1000:.1f}"  # NaN: no sample
+    return "-" if seconds != seconds else f"{seconds * 1000:.1f}"  # NaN: no sample
 
 
 # --- Environment and Django -------------------------------------------------------------------
@@ -458,14 +457,14 @@ def measure_latency(site: Site, kind: str, runs: int, timer: SourceTimer) -> Lat
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from access import services
+
     account = site.accounts[kind]
     requester, approver = site.requesters[0], site.approvers[0]
     result = LatencyResult(kind)
 
     # Warm-up (connections, AppRole login, caches), with its SQL queries counted.
     with CaptureQueriesContext(connection) as asked:
-        from access import services
-
         req = services.request_create(
             requester=requester,
             account=account,
@@ -643,7 +642,8 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
             batch_size=1000,
         )
     result.insert_s = time.perf_counter() - began
-    pks = [g.pk for g in grants]
+    # Inserted together: one range of primary keys.
+    mine = Grant.objects.filter(pk__gte=min(g.pk for g in grants), pk__lte=max(g.pk for g in grants))
     say(f"  inserted {count:,} active grants that ended an hour ago in {result.insert_s:.1f} s")
 
     began = time.perf_counter()
@@ -653,19 +653,17 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
         result.expire_calls.append((ended_now, time.perf_counter() - call))
         result.expired += ended_now
         if ended_now:
-            say(f"  grants_expire_due(): {ended_now} ({result.expired:,} so far, {time.perf_counter() - began:.1f} s)")
+            elapsed = time.perf_counter() - began
+            say(f"  grants_expire_due(): {ended_now} ({result.expired:,} so far, {elapsed:.1f} s)")
         if ended_now == 0:
             break
     result.expire_s = time.perf_counter() - began
-    mine = Grant.objects.filter(pk__in=pks) if count <= 50_000 else Grant.objects.filter(account=account)
     result.released_inline = mine.filter(state=Grant.State.EXPIRED, cleanup=Grant.Cleanup.DONE).count()
     result.cleanup_after = services.grants_cleanup_due()
 
     # The release sweep itself: the same grants' releases queued again, as after a broker
     # outage or failed attempts (grants_cleanup_due takes 500 per call).
-    Grant.objects.filter(pk__in=pks).update(
-        cleanup=Grant.Cleanup.PENDING, cleanup_next_at=timezone.now(), cleanup_attempts=0
-    )
+    mine.update(cleanup=Grant.Cleanup.PENDING, cleanup_next_at=timezone.now(), cleanup_attempts=0)
     began = time.perf_counter()
     while True:
         call = time.perf_counter()
@@ -673,7 +671,8 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
         result.cleanup_calls.append((done, time.perf_counter() - call))
         result.cleaned += done
         if done:
-            say(f"  grants_cleanup_due(): {done} ({result.cleaned:,} so far, {time.perf_counter() - began:.1f} s)")
+            elapsed = time.perf_counter() - began
+            say(f"  grants_cleanup_due(): {done} ({result.cleaned:,} so far, {elapsed:.1f} s)")
         if done == 0:
             break
     result.cleanup_s = time.perf_counter() - began
@@ -710,7 +709,7 @@ def machine_info(bao_version: str, sshd_version: str, pg_version: str) -> dict:
 
 def error_summary(errors: list[str], limit: int = 3) -> list[str]:
     counted = Counter(re.sub(r"\d+", "N", e)[:200] for e in errors)
-    return [f"{n}× {message}" for message, n in counted.most_common(limit)]
+    return [f"{n} x {message}" for message, n in counted.most_common(limit)]
 
 
 def report(args, info, latency, concurrency, sweeps) -> str:
@@ -723,7 +722,7 @@ def report(args, info, latency, concurrency, sweeps) -> str:
         f"- Servers: {info['servers']}",
         "- Through `access.services` (not HTTP); no broker, so a grant's release or rotation runs right "
         "after the commit that ended it, in the same call (the embedded default); e-mail to the "
-        "in-memory backend. \"Vault\" = time inside `vault.sources` (Vault; the target over SSH for a "
+        'in-memory backend. "Vault" = time inside `vault.sources` (Vault; the target over SSH for a '
         "rotation).",
     ]
     if latency:
@@ -738,7 +737,6 @@ def report(args, info, latency, concurrency, sweeps) -> str:
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in latency:
-            release = {"ssh-ca": "release (nothing)", "database": "lease revoked", "static": "rotation"}
             lines.append(
                 f"| {r.kind} | {ms(percentile(r.request, 50))} | {ms(percentile(r.approve, 50))} "
                 f"| {ms(percentile(r.total, 50))} | {ms(percentile(r.total, 95))} "
@@ -746,7 +744,6 @@ def report(args, info, latency, concurrency, sweeps) -> str:
                 f"| {ms(percentile(r.checkin, 95))} | {ms(percentile(r.checkin_source, 50))} "
                 f"| {'/'.join(map(str, r.queries))} | {len(r.errors)} |"
             )
-            del release
     if concurrency:
         lines += [
             "",
@@ -760,7 +757,8 @@ def report(args, info, latency, concurrency, sweeps) -> str:
         for r in concurrency:
             ok = len(r.latencies)
             lines.append(
-                f"| {r.kind} | {r.threads} | {r.wall:.2f} | {ok / r.wall:.1f} | {ms(percentile(r.latencies, 50))} "
+                f"| {r.kind} | {r.threads} | {r.wall:.2f} | {ok / r.wall:.1f} "
+                f"| {ms(percentile(r.latencies, 50))} "
                 f"| {ms(percentile(r.latencies, 95))} | {ms(max(r.latencies, default=float('nan')))} "
                 f"| {len(r.errors)} |"
             )
@@ -778,7 +776,7 @@ def report(args, info, latency, concurrency, sweeps) -> str:
             "| --- | ---: | ---: | ---: | ---: |",
             f"| `grants_expire_due()` until 0 (each release runs inline after its commit) | {s.expired:,} "
             f"| {len(s.expire_calls)} | {s.expire_s:.1f} | {expire_rate:,.0f} |",
-            f"| `grants_cleanup_due()` right after (releases left over) | {s.cleanup_after:,} | 1 | – | – |",
+            f"| `grants_cleanup_due()` right after (releases left over) | {s.cleanup_after:,} | 1 | - | - |",
             f"| `grants_cleanup_due()` until 0 over the same {s.grants:,} releases queued again "
             f"| {s.cleaned:,} | {len(s.cleanup_calls)} | {s.cleanup_s:.1f} | {clean_rate:,.0f} |",
         ]
@@ -843,9 +841,11 @@ def main() -> int:
         from vault.client import get_client
 
         bao_version = get_client().health().version
-        sshd_version = subprocess.run(
-            ["/usr/sbin/sshd", "-V"], capture_output=True, text=True, check=False
-        ).stderr.split(",")[0].strip()
+        sshd_version = (
+            subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True, check=False)
+            .stderr.split(",")[0]
+            .strip()
+        )
 
         timer = SourceTimer()
         timer.install()
