@@ -213,3 +213,16 @@ def test_approvers_are_told_of_new_requests(alice, bob, policy, ssh_account, mai
     ask(alice, ssh_account)
     assert [m.to for m in mailoutbox] == [["bob@hospital.example"]]
     assert "INC-123" in mailoutbox[0].body
+
+
+def test_holders_are_warned_once_before_expiry(alice, bob, policy, ssh_account, vault_ready, mailoutbox):
+    req = ask(alice, ssh_account, minutes=30)
+    services.request_decide(access_request=req, approver=bob, approve=True, comment="")
+    grant = Grant.objects.get()
+    mailoutbox.clear()
+    assert services.grants_warn_expiring() == 0  # 30 minutes left: not yet
+    soon = grant.ends_at - timedelta(minutes=5)
+    assert services.grants_warn_expiring(now=soon) == 1
+    assert services.grants_warn_expiring(now=soon) == 0
+    assert [m.to for m in mailoutbox] == [["alice@hospital.example"]]
+    assert "ends at" in mailoutbox[0].subject

@@ -121,3 +121,15 @@ def test_reveal_is_refused_where_the_policy_does_not_allow_it(client, alice, pen
     verified_client(client, alice)
     response = client.post(reverse("access:grant_reveal", args=[grant.pk]), {"code": "123456"})
     assert response.status_code == 403
+
+
+def test_people_without_the_requester_role_cannot_ask(client, mallory, carol, policy, ssh_account):
+    for user in (mallory, carol):
+        verified_client(client, user)
+        assert client.get(reverse("access:request_new")).status_code == 403
+        response = client.post(
+            reverse("access:request_new"),
+            {"account": "pacs01-root", "duration_minutes": "30", "ticket": "INC-1", "reason": "x"},
+        )
+        assert response.status_code == 403
+    assert not AccessRequest.objects.exists()
