@@ -69,6 +69,10 @@ def wait_for_vault(addr: str, timeout: float = 20.0) -> None:
 
 
 def _interrupt(signum, frame) -> None:
+    # One interrupt is enough: ignore the rest (a terminal sends SIGINT to the whole
+    # group, `timeout` or systemd may follow with SIGTERM) while everything stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -93,6 +97,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     if port_busy(WEB_HOST, WEB_PORT):
         raise SystemExit(f"Port {WEB_PORT} on {WEB_HOST} is already in use: stop what runs there first.")
