@@ -27,6 +27,17 @@ from identity.services import MFAError
 from vault.client import VaultError
 
 
+def _attempt(request: HttpRequest, back_to, action, success: str) -> HttpResponse:
+    """Run a workflow step; say what happened; go back to the object's page."""
+    try:
+        action()
+    except InvalidTransition as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, success)
+    return redirect(back_to)
+
+
 def _form_errors(form, exc: ValidationError) -> None:
     for field, errors in exc.message_dict.items():
         form.add_error(field if field in form.fields else None, errors)
@@ -96,13 +107,12 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     req = selectors.get_request_for(user=request.user, pk=pk)
-    try:
-        services.request_cancel(access_request=req, acting_user=request.user, http_request=request)
-    except InvalidTransition as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, "Request cancelled.")
-    return redirect(req)
+    return _attempt(
+        request,
+        req,
+        lambda: services.request_cancel(access_request=req, acting_user=request.user, http_request=request),
+        "Request cancelled.",
+    )
 
 
 @require_POST
@@ -191,13 +201,12 @@ def grant_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def grant_checkin(request: HttpRequest, pk: int) -> HttpResponse:
     grant = selectors.get_grant_for(user=request.user, pk=pk)
-    try:
-        services.grant_checkin(grant=grant, acting_user=request.user, http_request=request)
-    except InvalidTransition as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, "Checked in: the credential is being released.")
-    return redirect(grant)
+    return _attempt(
+        request,
+        grant,
+        lambda: services.grant_checkin(grant=grant, acting_user=request.user, http_request=request),
+        "Checked in: the credential is being released.",
+    )
 
 
 @require_POST
@@ -207,17 +216,14 @@ def grant_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "Give the reason for revoking.")
         return redirect(grant)
-    try:
-        services.grant_revoke(
+    return _attempt(
+        request,
+        grant,
+        lambda: services.grant_revoke(
             grant=grant, acting_user=request.user, reason=form.cleaned_data["reason"], http_request=request
-        )
-    except InvalidTransition as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(
-            request, f"Grant revoked: {grant.user.username} loses access to {grant.account.slug}."
-        )
-    return redirect(grant)
+        ),
+        f"Grant revoked: {grant.user.username} loses access to {grant.account.slug}.",
+    )
 
 
 @sensitive_post_parameters("code")
@@ -252,15 +258,14 @@ def grant_review(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "Write what the review found.")
         return redirect(grant)
-    try:
-        services.grant_review(
+    return _attempt(
+        request,
+        grant,
+        lambda: services.grant_review(
             grant=grant, reviewer=request.user, comment=form.cleaned_data["comment"], http_request=request
-        )
-    except InvalidTransition as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, "Review recorded.")
-    return redirect(grant)
+        ),
+        "Review recorded.",
+    )
 
 
 @never_cache

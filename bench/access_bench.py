@@ -590,12 +590,25 @@ class SweepResult:
     released_inline: int = 0
     cleanup_after: int = 0
     cleanup_s: float = 0.0
+    expire_queries: int = 0
+    cleanup_queries: int = 0
     cleanup_calls: list[tuple[int, float]] = field(default_factory=list)
     cleaned: int = 0
 
 
+class QueryCounter:
+    """A database execute wrapper that counts statements (without keeping them)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
 def measure_sweeps(site: Site, count: int) -> SweepResult:
-    from django.db import transaction
+    from django.db import connection, transaction
     from django.utils import timezone
 
     from access import services
@@ -646,10 +659,12 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
     mine = Grant.objects.filter(pk__gte=min(g.pk for g in grants), pk__lte=max(g.pk for g in grants))
     say(f"  inserted {count:,} active grants that ended an hour ago in {result.insert_s:.1f} s")
 
+    counter = QueryCounter()
     began = time.perf_counter()
     while True:
         call = time.perf_counter()
-        ended_now = services.grants_expire_due()
+        with connection.execute_wrapper(counter):
+            ended_now = services.grants_expire_due()
         result.expire_calls.append((ended_now, time.perf_counter() - call))
         result.expired += ended_now
         if ended_now:
@@ -658,16 +673,19 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
         if ended_now == 0:
             break
     result.expire_s = time.perf_counter() - began
+    result.expire_queries = counter.count
     result.released_inline = mine.filter(state=Grant.State.EXPIRED, cleanup=Grant.Cleanup.DONE).count()
     result.cleanup_after = services.grants_cleanup_due()
 
     # The release sweep itself: the same grants' releases queued again, as after a broker
     # outage or failed attempts (grants_cleanup_due takes 500 per call).
     mine.update(cleanup=Grant.Cleanup.PENDING, cleanup_next_at=timezone.now(), cleanup_attempts=0)
+    counter = QueryCounter()
     began = time.perf_counter()
     while True:
         call = time.perf_counter()
-        done = services.grants_cleanup_due()
+        with connection.execute_wrapper(counter):
+            done = services.grants_cleanup_due()
         result.cleanup_calls.append((done, time.perf_counter() - call))
         result.cleaned += done
         if done:
@@ -676,6 +694,7 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
         if done == 0:
             break
     result.cleanup_s = time.perf_counter() - began
+    result.cleanup_queries = counter.count
     return result
 
 
@@ -695,7 +714,7 @@ def machine_info(bao_version: str, sshd_version: str, pg_version: str) -> dict:
             version = cursor.fetchone()[0]
             cursor.execute("PRAGMA journal_mode")
             journal = cursor.fetchone()[0]
-            database = f"sqlite {version} (journal_mode={journal}, the site's settings)"
+            database = f"sqlite {version}, journal_mode={journal} as the site configures it"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "uname": uname or platform.platform(),
@@ -705,6 +724,10 @@ def machine_info(bao_version: str, sshd_version: str, pg_version: str) -> dict:
         "servers": f"OpenBao {bao_version} (dev server, in memory, AppRole); {sshd_version}; "
         f"PostgreSQL {pg_version} (database target)",
     }
+
+
+def per_grant(queries: int, grants: int) -> str:
+    return f"{queries / grants:.1f}" if grants else "-"
 
 
 def error_summary(errors: list[str], limit: int = 3) -> list[str]:
@@ -772,13 +795,16 @@ def report(args, info, latency, concurrency, sweeps) -> str:
             f"{s.insert_s:.1f} s; `grants_expire_due()` ends at most 1000 per call, "
             "`grants_cleanup_due()` releases at most 500):",
             "",
-            "| Sweep | Grants | Calls | Seconds | Grants/s |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| Sweep | Grants | Calls | Seconds | Grants/s | SQL statements per grant |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
             f"| `grants_expire_due()` until 0 (each release runs inline after its commit) | {s.expired:,} "
-            f"| {len(s.expire_calls)} | {s.expire_s:.1f} | {expire_rate:,.0f} |",
-            f"| `grants_cleanup_due()` right after (releases left over) | {s.cleanup_after:,} | 1 | - | - |",
+            f"| {len(s.expire_calls)} | {s.expire_s:.1f} | {expire_rate:,.0f} "
+            f"| {per_grant(s.expire_queries, s.expired)} |",
+            f"| `grants_cleanup_due()` right after (releases left over) | {s.cleanup_after:,} "
+            "| 1 | - | - | - |",
             f"| `grants_cleanup_due()` until 0 over the same {s.grants:,} releases queued again "
-            f"| {s.cleaned:,} | {len(s.cleanup_calls)} | {s.cleanup_s:.1f} | {clean_rate:,.0f} |",
+            f"| {s.cleaned:,} | {len(s.cleanup_calls)} | {s.cleanup_s:.1f} | {clean_rate:,.0f} "
+            f"| {per_grant(s.cleanup_queries, s.cleaned)} |",
         ]
     notes = []
     if any(r.errors for r in latency):
