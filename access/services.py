@@ -194,7 +194,9 @@ def grant_checkout(*, access_request: AccessRequest, acting_user: User, vault=No
     try:
         with transaction.atomic():
             req = (
-                AccessRequest.objects.select_for_update()
+                # of=self: lock the request row only, not the joined account and target
+                # (locking those too deadlocked concurrent checkouts on PostgreSQL).
+                AccessRequest.objects.select_for_update(of=("self",))
                 .select_related("account__target")
                 .get(pk=access_request.pk)
             )

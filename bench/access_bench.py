@@ -407,15 +407,21 @@ def request_approve_checkout(requester, approver, account, timer: SourceTimer) -
 
     timer.reset()
     began = time.perf_counter()
-    req = services.request_create(
-        requester=requester,
-        account=account,
-        reason="bench: rotate the DICOM router certificate",
-        ticket=TICKET,
-        duration_minutes=DURATION_MINUTES,
-    )
+    try:
+        req = services.request_create(
+            requester=requester,
+            account=account,
+            reason="bench: rotate the DICOM router certificate",
+            ticket=TICKET,
+            duration_minutes=DURATION_MINUTES,
+        )
+    except Exception as exc:
+        raise FlowError(f"request_create: {type(exc).__name__}: {exc}") from exc
     asked = time.perf_counter()
-    services.request_decide(access_request=req, approver=approver, approve=True, comment="ok")
+    try:
+        services.request_decide(access_request=req, approver=approver, approve=True, comment="ok")
+    except Exception as exc:
+        raise FlowError(f"request_decide (with the checkout): {type(exc).__name__}: {exc}") from exc
     approved = time.perf_counter()
     if req.state != AccessRequest.State.FULFILLED:
         raise FlowError(f"request {req.pk} is {req.state}, not fulfilled: {req.checkout_error or '-'}")
@@ -714,7 +720,11 @@ def machine_info(bao_version: str, sshd_version: str, pg_version: str) -> dict:
             version = cursor.fetchone()[0]
             cursor.execute("PRAGMA journal_mode")
             journal = cursor.fetchone()[0]
-            database = f"sqlite {version}, journal_mode={journal} as the site configures it"
+            mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode") or "DEFERRED"
+            database = (
+                f"sqlite {version}, journal_mode={journal}, transactions BEGIN {mode} "
+                "(as the site configures it)"
+            )
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "uname": uname or platform.platform(),
@@ -731,7 +741,7 @@ def per_grant(queries: int, grants: int) -> str:
 
 
 def error_summary(errors: list[str], limit: int = 3) -> list[str]:
-    counted = Counter(re.sub(r"\d+", "N", e)[:200] for e in errors)
+    counted = Counter(" ".join(re.sub(r"\d+", "N", e).split())[:240] for e in errors)
     return [f"{n} x {message}" for message, n in counted.most_common(limit)]
 
 
@@ -914,4 +924,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("Interrupted: servers stopped, throwaway data removed.", file=sys.stderr)
+        sys.exit(130)

@@ -67,3 +67,30 @@ def test_one_approval_needed_two_approvers_at_once(alice, bob, policy, ssh_accou
     assert sorted(o == "ok" for o in outcomes) == [False, True], outcomes
     assert Grant.objects.filter(request=req).count() == 1
     assert Approval.objects.filter(request=req).count() == 1
+
+
+def test_many_checkouts_of_one_account_at_once_all_succeed(alice, policy, ssh_account, vault_ready):
+    """Each flow its own request and approver, all on the same account, started together."""
+    pairs = [(make_user(f"req{i}", "requester"), make_user(f"apr{i}", "approver")) for i in range(8)]
+    barrier = threading.Barrier(len(pairs))
+    errors = []
+
+    def flow(requester, approver):
+        try:
+            barrier.wait()
+            req = services.request_create(
+                requester=requester, account=ssh_account, reason="load", ticket="INC-3", duration_minutes=30
+            )
+            services.request_decide(access_request=req, approver=approver, approve=True, comment="")
+        except Exception as exc:
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=flow, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert Grant.objects.filter(account=ssh_account).count() == len(pairs)
