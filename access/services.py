@@ -266,7 +266,9 @@ def _end(
     grant: Grant, *, new_state: str, acting_user: User | None, reason: str, action: str, http_request=None
 ):
     with transaction.atomic():
-        locked = Grant.objects.select_for_update().get(pk=grant.pk)
+        locked = (
+            Grant.objects.select_for_update(of=("self",)).select_related("account", "user").get(pk=grant.pk)
+        )
         locked.transition_to(new_state)
         locked.ended_at = timezone.now()
         locked.ended_by = acting_user
