@@ -99,7 +99,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         and req.state == AccessRequest.State.PENDING
         and not req.approvals.filter(approver=request.user).exists(),
         "decision_form": DecisionForm(),
-        "history": selectors.recent_history_of(user=req.requester),
+        "history": selectors.recent_history_of(user=req.requester, excluding=req.pk),
     }
     return render(request, "access/request_detail.html", context)
 
@@ -137,7 +137,7 @@ def request_retry(request: HttpRequest, pk: int) -> HttpResponse:
 def approval_queue(request: HttpRequest) -> HttpResponse:
     """Pending requests, oldest first, with each requester's recent history."""
     queue = list(selectors.approval_queue_for(user=request.user)[:100])
-    rows = [(req, selectors.recent_history_of(user=req.requester)) for req in queue]
+    rows = [(req, selectors.recent_history_of(user=req.requester, excluding=req.pk)) for req in queue]
     live = selectors.live_grants(user=request.user)[:100]
     return render(request, "access/approval_queue.html", {"rows": rows, "live": live, "form": DecisionForm()})
 
