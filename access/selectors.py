@@ -93,10 +93,10 @@ def approval_queue_for(*, user: User) -> QuerySet[AccessRequest]:
     )
 
 
-def recent_history_of(*, user: User, limit: int = 5) -> list[AccessRequest]:
-    return list(
-        AccessRequest.objects.filter(requester=user).select_related("account").order_by("-created_at")[:limit]
-    )
+def recent_history_of(*, user: User, excluding: int | None = None, limit: int = 5) -> list[AccessRequest]:
+    """The user's latest requests (but the one being decided), for approvers."""
+    requests = AccessRequest.objects.filter(requester=user).exclude(pk=excluding)
+    return list(requests.select_related("account").order_by("-created_at")[:limit])
 
 
 def my_grants(*, user: User) -> QuerySet[Grant]:
