@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+
 SECTION = "## Access workflow (bench/access_bench.py)"
 KINDS = ("ssh-ca", "database", "static")
 DURATION_MINUTES = 60
@@ -138,30 +139,6 @@ def setup_django() -> None:
     import django
 
     django.setup()
-
-
-def create_throwaway_database(keep: bool):
-    """Point the default connection at a fresh, migrated database that is not the site's."""
-    from django.db import connection
-
-    bench_dir = ROOT / "var" / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    test_settings = connection.settings_dict.setdefault("TEST", {})
-    if connection.vendor == "sqlite":
-        test_settings["NAME"] = str(bench_dir / "access_bench.sqlite3")
-    else:
-        test_settings["NAME"] = f"{connection.settings_dict['NAME']}_access_bench"
-    original_name = connection.settings_dict["NAME"]
-    name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False, keepdb=False)
-
-    def destroy():
-        from django.db import connections
-
-        connections.close_all()
-        if not keep:
-            connection.creation.destroy_test_db(original_name, verbosity=0, keepdb=False)
-
-    return name, destroy
 
 
 # --- The servers ------------------------------------------------------------------------------
@@ -829,17 +806,6 @@ def report(args, info, latency, concurrency, sweeps) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the results file (or add it), leaving other sections alone."""
-    existing = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(existing):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", existing)
-    else:
-        updated = existing.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(updated.rstrip() + "\n")
-
-
 # --- Main -------------------------------------------------------------------------------------
 
 
@@ -864,7 +830,7 @@ def main() -> int:
         setup_django()
         from django.db import connection
 
-        name, destroy = create_throwaway_database(args.keep)
+        name, destroy = create_throwaway_database("access_bench", keep=args.keep)
         stack.callback(destroy)
         say(f"Throwaway {connection.vendor} database: {name}")
         bootstrap = bootstrap_vault(workdir)
@@ -916,7 +882,7 @@ def main() -> int:
         say("")
         say(text)
         if not args.no_results:
-            write_results(Path(args.results), text)
+            write_results(Path(args.results), SECTION, text)
             say(f"Written to {args.results}")
         failed = sum(len(r.errors) for r in latency) + sum(len(r.errors) for r in concurrency)
     say(f"Done in {time.perf_counter() - began:.0f} s (servers stopped, throwaway data removed)")

@@ -19,14 +19,14 @@ import datetime as dt
 import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+
 SECTION = "## Audit trail (bench/audit_bench.py)"
 
 # (action, weight): roughly what a PAM site records.
@@ -78,32 +78,6 @@ def setup_django():
     import django
 
     django.setup()
-
-
-def create_throwaway_database(keep: bool):
-    """Point the default connection at a fresh, migrated database that is not the site's."""
-    from django.db import connection
-
-    bench_dir = ROOT / "var" / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    test_settings = connection.settings_dict.setdefault("TEST", {})
-    if connection.vendor == "sqlite":
-        test_settings["NAME"] = str(bench_dir / "audit_bench.sqlite3")
-    else:
-        test_settings["NAME"] = f"{connection.settings_dict['NAME']}_audit_bench"
-    original_name = connection.settings_dict["NAME"]
-    name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False, keepdb=False)
-    if connection.vendor == "sqlite":
-        with connection.cursor() as cursor:
-            # A throwaway database: durability does not matter, insert speed does.
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = OFF")
-
-    def destroy():
-        if not keep:
-            connection.creation.destroy_test_db(original_name, verbosity=0, keepdb=False)
-
-    return name, destroy
 
 
 def make_users(count: int):
@@ -231,17 +205,6 @@ def machine_info() -> dict:
     }
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the results file (or add it), leaving other sections alone."""
-    existing = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(existing):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", existing)
-    else:
-        updated = existing.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(updated.rstrip() + "\n")
-
-
 def main() -> int:
     args = parse_args()
     setup_django()
@@ -250,7 +213,7 @@ def main() -> int:
 
     from audit.chain import verify_chain
 
-    name, destroy = create_throwaway_database(args.keep)
+    name, destroy = create_throwaway_database("audit_bench", keep=args.keep, fast_sqlite=True)
     try:
         print(f"Throwaway {connection.vendor} database: {name}")
         users, auditor, device = make_users(50)
@@ -325,7 +288,7 @@ def main() -> int:
         print()
         print(text)
         if not args.no_results:
-            write_results(Path(args.results), text)
+            write_results(Path(args.results), SECTION, text)
             print(f"Written to {args.results}")
         return 0
     finally:
