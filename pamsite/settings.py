@@ -248,6 +248,10 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pamsite <pamsite@localhost>"
 # --- Audit ------------------------------------------------------------------------
 AUDIT_PAGE_SIZE = env_int("AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
 
+# --- Session recordings -----------------------------------------------------------
+# One folder, shared by every gateway process of a node; the files are named from ids only.
+RECORDINGS_ROOT = Path(env_str("RECORDINGS_ROOT", str(VAR_DIR / "recordings")))
+
 # --- First administrator (make run) -----------------------------------------------
 PAMSITE_SITE_NAME = env_str("PAMSITE_SITE_NAME", "pamsite")
 

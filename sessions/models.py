@@ -1,1 +1,107 @@
-"""Gateway sessions and their recordings (built in a later step)."""
+"""Gateway sessions and their recordings.
+
+A Session is one SSH connection relayed by the gateway for one user and account; each of
+its channels is recorded to its own file (a Recording) under ``RECORDINGS_ROOT``, and the
+session's events (exec commands and exit codes, file transfers, forwarded connections) go
+to one more. ``sessions/recorder.py`` writes the files and finalises the rows.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Session(models.Model):
+    """One gateway connection: who, to which account, under which grant, from where, how long.
+
+    ``grant`` is empty for a session refused before a grant was found (no live grant,
+    unknown account); every session that reached a target has one.
+    """
+
+    class EndReason(models.TextChoices):
+        CLOSED = "closed", "Closed by the user or the target"
+        GRANT_ENDED = "grant-ended", "The grant expired or was checked in"
+        REVOKED = "revoked", "The grant was revoked"
+        TERMINATED = "terminated", "Terminated by an approver or pam-admin"
+        REFUSED = "refused", "Refused at connect"
+        ERROR = "error", "Ended by an error (target, recording)"
+        INTERRUPTED = "interrupted", "The gateway stopped without closing it"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="gateway_sessions"
+    )
+    grant = models.ForeignKey(
+        "access.Grant", null=True, blank=True, on_delete=models.PROTECT, related_name="sessions"
+    )
+    # The account's slug as asked for ("pacs01-root"), kept even if the account is renamed.
+    account = models.CharField(max_length=63)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    gateway_node = models.CharField(max_length=255, blank=True, help_text="The gateway host that relayed it.")
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=12, choices=EndReason.choices, blank=True)
+    bytes_in = models.PositiveBigIntegerField(default=0, help_text="From the user to the target.")
+    bytes_out = models.PositiveBigIntegerField(default=0, help_text="From the target to the user.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["gateway_node", "ended_at"])]
+
+    def __str__(self) -> str:
+        return f"session {self.pk}: {self.user} on {self.account}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.ended_at is None
+
+
+class Recording(models.Model):
+    """One recorded file of a session, with its sha256 and Vault transit signature.
+
+    ``path`` is relative to ``RECORDINGS_ROOT`` and built from ids only. For ``exec``
+    recordings ``path`` holds the raw output bytes and ``index_path`` its timing index;
+    the signature covers both (see ``sessions.recorder.signed_manifest``). A recording
+    with no ``finalized_at`` is being written, or its gateway died (``finalize_interrupted``).
+    """
+
+    class Kind(models.TextChoices):
+        TERMINAL = "terminal", "Terminal (asciicast v2)"
+        EXEC = "exec", "Exec output (raw bytes + timing index)"
+        EVENTS = "events", "Session events (JSON lines)"
+
+    session = models.ForeignKey(Session, on_delete=models.PROTECT, related_name="recordings")
+    # The SSH channel number; empty for the session's events file.
+    channel = models.PositiveIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    path = models.CharField(max_length=255, unique=True)
+    index_path = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    size = models.PositiveBigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    index_sha256 = models.CharField(max_length=64, blank=True)
+    signature = models.TextField(blank=True, help_text="Vault transit signature of the manifest.")
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    interrupted = models.BooleanField(
+        default=False, help_text="Finalised after the gateway stopped or failed: the end may be missing."
+    )
+
+    class Meta:
+        ordering = ["session", "channel", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "channel"],
+                condition=models.Q(channel__isnull=False),
+                name="recordings_one_file_per_channel",
+            ),
+            models.UniqueConstraint(
+                fields=["session"],
+                condition=models.Q(kind="events"),
+                name="recordings_one_events_file_per_session",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = "events" if self.channel is None else f"channel {self.channel}"
+        return f"session {self.session_id} {where} ({self.kind})"

@@ -1,0 +1,542 @@
+"""Session recording: the files the gateway writes as a session goes, and their sealing.
+
+Three writers, one file (or pair of files) each, under ``RECORDINGS_ROOT``:
+
+- ``TerminalRecorder``: a pty channel as asciicast v2 (``asciinema cat`` plays it). A header
+  line ``{"version": 2, "width", "height", "timestamp", "title", "env"?}`` then one JSON
+  array per line: ``[t, "o", text]`` output, ``[t, "r", "COLSxROWS"]`` resize. Output is
+  decoded as UTF-8 with one incremental decoder per channel, so a character split across
+  two reads stays whole; invalid bytes become U+FFFD; escape sequences are kept (JSON
+  escapes them, e.g. ``\\u001b``). Output chunks less than 10 ms apart share one event.
+- ``ExecRecorder``: a non-pty exec channel's output, which may be binary (tar, DICOM), as
+  the exact raw bytes in ``channel-N.bin`` plus a text timing index ``channel-N.idx`` with
+  one line ``"<t> <offset> <length> <stream>"`` per chunk (stream ``o`` stdout, ``e``
+  stderr). Chunks of one stream less than 10 ms apart share a line. No JSON escaping of
+  binary data, so the recording is the data's size plus ~30 bytes per index line.
+- ``EventLog``: the session's events as JSON lines: a header
+  ``{"format": "pamsite-events", "version": 1, "session", "timestamp"}`` then objects with
+  ``t`` and ``event``: ``exec`` (channel, command), ``exit`` (channel, status),
+  ``file-transfer`` (channel, direction, path, size, sha256), ``forward`` (channel, host,
+  port, bytes_in, bytes_out).
+
+``t`` is seconds since the file was opened (monotonic clock), 6 decimals.
+
+Buffering, and why there is no thread: ``write()`` is called on the relay's hot path, so it
+only appends a reference to an in-memory list (conversion to asciicast JSON and index lines
+is deferred to the flush). File I/O happens in ``write()`` only when 1 s has passed since the
+last flush or 64 KiB are pending. A channel that goes quiet right after some output would
+keep it in memory, so the gateway calls ``flush_due()`` from its one housekeeping loop (it
+already wakes every few seconds to enforce grant ends) to flush every recorder that is due:
+one timer per process, not one thread per recorder (the prototype measured 5 threads and
+~10 MB per recorder process; recorders must be cheap and shared). A flush hands the bytes to
+the kernel (``write(2)``), so a killed gateway (SIGKILL) loses at most the last second; fsync
+is done at close only (a power cut may lose what the kernel had not written back yet).
+
+Sealing: ``close()`` (or ``finalize_interrupted()`` for files a dead gateway left) computes the
+sha256 of the file(s) and has Vault's transit key sign the canonical manifest line
+(``signed_manifest``), which names the recording, session, kind, paths, size, sha256(s) and
+the interrupted flag, so a signature cannot be moved to another row or file.
+``verify_recording()`` checks both. File names come from ids and dates only, never from
+anything a user typed; no secret is ever put in a Recording row.
+
+Errors: a recording that cannot be created (missing or read-only folder, disk nearly full)
+raises ``RecordingError`` at open, so the gateway refuses the session; a write that fails
+mid-session raises ``RecordingError`` from ``write()``/``flush()`` and every later call, so
+the gateway ends the session.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import weakref
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from sessions.models import Recording, Session
+from vault.client import VaultError, get_client
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0  # seconds: the most a killed gateway may lose
+MAX_BUFFER = 64 * 1024  # bytes pending before write() flushes regardless of time
+MIN_FREE_BYTES = 16 * 1024 * 1024  # refuse to start a recording on a nearly full disk
+COALESCE_SECONDS = 0.01  # exec chunks of one stream closer than this share an index line
+_HASH_BLOCK = 1024 * 1024
+
+_live: weakref.WeakSet[_Recorder] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+class RecordingError(Exception):
+    """A recording could not be created, written or sealed; the message says what and where."""
+
+
+def recordings_root() -> Path:
+    return Path(settings.RECORDINGS_ROOT)
+
+
+def _session_dir(session: Session) -> str:
+    # Dates and ids only: never a user name, account or command in a path.
+    started = session.started_at.astimezone(datetime.UTC)
+    return f"{started:%Y/%m/%d}/session-{session.pk}"
+
+
+def _create(root: Path, relative: str) -> int:
+    """A new file (never an existing one) opened for writing; RecordingError if impossible."""
+    path = root / relative
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        free = shutil.disk_usage(path.parent).free
+    except OSError as exc:
+        raise RecordingError(
+            f"Cannot create the recordings folder {path.parent}: {exc.strerror or exc}. "
+            "Check RECORDINGS_ROOT exists and the gateway may write to it"
+        ) from None
+    if free < MIN_FREE_BYTES:
+        raise RecordingError(
+            f"The disk holding {root} has {free // 1024} KiB free (at least "
+            f"{MIN_FREE_BYTES // (1024 * 1024)} MiB needed): free space under RECORDINGS_ROOT"
+        )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags, 0o640)
+    except OSError as exc:
+        raise RecordingError(f"Cannot create the recording {path}: {exc.strerror or exc}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def signed_manifest(recording: Recording) -> bytes:
+    """The exact bytes the transit key signs for a finalised recording (one ASCII line)."""
+    return (
+        f"pamsite-recording v1 id={recording.pk} session={recording.session_id} kind={recording.kind} "
+        f"path={recording.path} index={recording.index_path or '-'} size={recording.size} "
+        f"sha256={recording.sha256} index-sha256={recording.index_sha256 or '-'} "
+        f"interrupted={int(recording.interrupted)}"
+    ).encode("ascii")
+
+
+def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
+    """Hash the file(s) as they are on disk, sign the manifest with Vault, save the row."""
+    try:
+        recording.sha256, recording.size = _hash_file(root / recording.path)
+        recording.index_sha256 = _hash_file(root / recording.index_path)[0] if recording.index_path else ""
+    except OSError as exc:
+        raise RecordingError(
+            f"Cannot read back the recording {recording.path}: {exc.strerror or exc}"
+        ) from None
+    recording.interrupted = interrupted
+    try:
+        recording.signature = get_client().transit_sign(signed_manifest(recording))
+    except VaultError as exc:
+        # The row stays unfinalised: finalize_interrupted() signs it at the next gateway start.
+        raise RecordingError(
+            f"Recording {recording.path} was written but could not be signed: {exc}"
+        ) from None
+    recording.finalized_at = timezone.now()
+    recording.save(
+        update_fields=["sha256", "size", "index_sha256", "interrupted", "signature", "finalized_at"]
+    )
+
+
+class _Recorder:
+    """What the three writers share: create, buffer, flush, close and seal."""
+
+    kind: str
+
+    def __init__(self, *, session: Session, channel: int | None, root: Path | str | None = None):
+        if session.pk is None:
+            raise RecordingError("The session must be saved before its recordings are opened")
+        self.root = Path(root) if root is not None else recordings_root()
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._pending_bytes = 0
+        self._failed: str | None = None
+        self._closed = False
+        self._fds: list[int] = []
+        path, index_path = self._paths(_session_dir(session), channel)
+        created: list[str] = []
+        try:
+            self._fd = self._open(path)
+            created.append(path)
+            self._index_fd = self._open(index_path) if index_path else None
+            created.append(index_path)
+            self._write_header(session)
+            self.recording = Recording.objects.create(
+                session=session, channel=channel, kind=self.kind, path=path, index_path=index_path
+            )
+        except BaseException:
+            self._close_fds()
+            for name in created:  # only files this recorder made, never an existing one
+                if name:
+                    (self.root / name).unlink(missing_ok=True)
+            raise
+        self._start = time.monotonic()
+        self._last_flush = self._start
+        with _live_lock:
+            _live.add(self)
+
+    def _paths(self, folder: str, channel: int | None) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _open(self, relative: str) -> int:
+        fd = _create(self.root, relative)
+        self._fds.append(fd)
+        return fd
+
+    def _write_header(self, session: Session) -> None:
+        """Written at open, unbuffered, so a disk that cannot take it refuses the session."""
+
+    def _put_now(self, fd: int, data: bytes) -> None:
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            raise RecordingError(f"Cannot write the recording: {exc.strerror or exc}") from None
+
+    # --- Hot path -------------------------------------------------------------------
+
+    def _append(self, entry: tuple, size: int) -> None:
+        if self._failed or self._closed:
+            raise RecordingError(self._failed or "The recording is closed")
+        now = time.monotonic()
+        with self._lock:
+            self._pending.append((now - self._start, *entry))
+            self._pending_bytes += size
+            if self._pending_bytes >= MAX_BUFFER or now - self._last_flush >= FLUSH_INTERVAL:
+                self._flush_locked()
+
+    # --- Flushing -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything pending to the file(s) now."""
+        with self._lock:
+            if not self._closed:
+                self._flush_locked()
+
+    def flush_if_due(self) -> bool:
+        """Flush if something is pending and the last flush was 1 s ago or more; True if it did."""
+        if not self._pending or time.monotonic() - self._last_flush < FLUSH_INTERVAL:
+            return False
+        self.flush()
+        return True
+
+    def _flush_locked(self) -> None:
+        if self._failed:
+            raise RecordingError(self._failed)
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        data, index = self._encode(pending)
+        try:
+            if data:
+                _write_all(self._fd, data)
+            if index:
+                _write_all(self._index_fd, index)
+        except OSError as exc:
+            self._failed = f"Writing the recording {self.recording.path} failed: {exc.strerror or exc}"
+            raise RecordingError(self._failed) from None
+
+    def _encode(self, pending: list) -> tuple[bytes, bytes]:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Queue whatever the writer still holds (a decoder's tail) before the last flush."""
+
+    # --- Closing ----------------------------------------------------------------------
+
+    def close(self) -> Recording:
+        """Flush, fsync, close, then hash and sign the file(s); the finalised Recording.
+
+        If the last flush failed the file is still sealed as it is on disk, marked
+        interrupted, and RecordingError is raised. Calling close() again does nothing.
+        """
+        with self._lock:
+            if self._closed:
+                return self.recording
+            self._closed = True
+            error = None
+            try:
+                self._finish()
+                self._flush_locked()
+                for fd in self._fds:
+                    os.fsync(fd)
+            except RecordingError as exc:
+                error = exc
+            except OSError as exc:
+                error = RecordingError(
+                    f"Cannot sync the recording {self.recording.path}: {exc.strerror or exc}"
+                )
+            self._close_fds()
+        with _live_lock:
+            _live.discard(self)
+        _seal(self.recording, root=self.root, interrupted=error is not None)
+        if error is not None:
+            raise error
+        return self.recording
+
+    def _close_fds(self) -> None:
+        while self._fds:
+            try:
+                os.close(self._fds.pop())
+            except OSError:
+                logger.warning("Closing a recording file failed", exc_info=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class TerminalRecorder(_Recorder):
+    """A pty channel's output and resizes, as asciicast v2 (``channel-N.cast``)."""
+
+    kind = Recording.Kind.TERMINAL
+
+    def __init__(
+        self,
+        *,
+        session: Session,
+        channel: int,
+        width: int,
+        height: int,
+        term: str = "",
+        title: str = "",
+        root: Path | str | None = None,
+    ):
+        self._header = {"version": 2, "width": int(width), "height": int(height), "title": title}
+        if term:
+            self._header["env"] = {"TERM": term}
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        super().__init__(session=session, channel=channel, root=root)
+
+    def _paths(self, folder: str, channel: int | None) -> tuple[str, str]:
+        return f"{folder}/channel-{channel}.cast", ""
+
+    def _write_header(self, session: Session) -> None:
+        header = {**self._header, "timestamp": int(time.time())}
+        self._put_now(self._fd, json.dumps(header, ensure_ascii=False).encode() + b"\n")
+
+    def write(self, data: bytes) -> None:
+        """Output from the target to the user's terminal, exactly as relayed."""
+        if type(data) is not bytes:
+            data = bytes(data)  # the relay may reuse its buffer
+        self._append(("o", data), len(data))
+
+    def resize(self, width: int, height: int) -> None:
+        """The user's terminal changed size (a window-change request)."""
+        self._append(("r", f"{int(width)}x{int(height)}"), 16)
+
+    def _finish(self) -> None:
+        self._flush_locked()  # decode what is pending before asking the decoder for its tail
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            self._pending.append((time.monotonic() - self._start, "o", tail))
+
+    def _encode(self, pending: list) -> tuple[bytes, bytes]:
+        lines = []
+        group_t, group = 0.0, []  # output chunks less than 10 ms apart become one event
+        for t, code, payload in [*pending, (None, "", None)]:
+            if group and (code != "o" or t - group_t >= COALESCE_SECONDS):
+                text = self._decoder.decode(b"".join(group))
+                if text:  # empty when all we have is the start of a multibyte character
+                    lines.append(json.dumps([round(group_t, 6), "o", text], ensure_ascii=False))
+                group = []
+            if code == "o" and isinstance(payload, bytes):
+                if not group:
+                    group_t = t
+                group.append(payload)
+            elif code:
+                lines.append(json.dumps([round(t, 6), code, payload], ensure_ascii=False))
+        return ("\n".join(lines) + "\n").encode() if lines else b"", b""
+
+
+class ExecRecorder(_Recorder):
+    """A non-pty exec channel's output: raw bytes (``.bin``) plus a timing index (``.idx``)."""
+
+    kind = Recording.Kind.EXEC
+
+    def __init__(self, *, session: Session, channel: int, root: Path | str | None = None):
+        self._offset = 0
+        super().__init__(session=session, channel=channel, root=root)
+
+    def _paths(self, folder: str, channel: int | None) -> tuple[str, str]:
+        return f"{folder}/channel-{channel}.bin", f"{folder}/channel-{channel}.idx"
+
+    def write(self, data: bytes) -> None:
+        """Standard output from the target, any bytes."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._append(("o", data), len(data))
+
+    def write_stderr(self, data: bytes) -> None:
+        """Standard error from the target, any bytes."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._append(("e", data), len(data))
+
+    def _encode(self, pending: list) -> tuple[bytes, bytes]:
+        lines = []
+        group = None  # [t, offset, length, stream]
+        for t, stream, data in pending:
+            if not data:
+                continue
+            if group and group[3] == stream and t - group[0] < COALESCE_SECONDS:
+                group[2] += len(data)
+            else:
+                if group:
+                    lines.append(f"{group[0]:.6f} {group[1]} {group[2]} {group[3]}\n")
+                group = [t, self._offset, len(data), stream]
+            self._offset += len(data)
+        if group:
+            lines.append(f"{group[0]:.6f} {group[1]} {group[2]} {group[3]}\n")
+        return b"".join(data for _, _, data in pending), "".join(lines).encode("ascii")
+
+
+class EventLog(_Recorder):
+    """The session's events, one JSON object a line (``events.jsonl``)."""
+
+    kind = Recording.Kind.EVENTS
+
+    def __init__(self, *, session: Session, root: Path | str | None = None):
+        super().__init__(session=session, channel=None, root=root)
+
+    def _paths(self, folder: str, channel: int | None) -> tuple[str, str]:
+        return f"{folder}/events.jsonl", ""
+
+    def _write_header(self, session: Session) -> None:
+        header = {
+            "format": "pamsite-events",
+            "version": 1,
+            "session": session.pk,
+            "timestamp": int(time.time()),
+        }
+        self._put_now(self._fd, json.dumps(header).encode() + b"\n")
+
+    def _event(self, event: str, **fields) -> None:
+        line = json.dumps({"event": event, **fields}, ensure_ascii=False).encode()
+        self._append((line,), len(line))
+
+    def exec_started(self, *, channel: int, command: str) -> None:
+        self._event("exec", channel=channel, command=command)
+
+    def exit_status(self, *, channel: int, status: int) -> None:
+        self._event("exit", channel=channel, status=status)
+
+    def file_transfer(self, *, channel: int, direction: str, path: str, size: int, sha256: str) -> None:
+        """An SFTP/scp transfer; direction is "upload" (to the target) or "download"."""
+        if direction not in ("upload", "download"):
+            raise ValueError(f"direction must be upload or download, not {direction!r}")
+        self._event(
+            "file-transfer", channel=channel, direction=direction, path=path, size=size, sha256=sha256
+        )
+
+    def forwarded_connection(
+        self, *, channel: int, host: str, port: int, bytes_in: int, bytes_out: int
+    ) -> None:
+        self._event("forward", channel=channel, host=host, port=port, bytes_in=bytes_in, bytes_out=bytes_out)
+
+    def _encode(self, pending: list) -> tuple[bytes, bytes]:
+        # The event's time goes first; the line was built when the event happened.
+        out = b"".join(b'{"t": %.6f, ' % t + line[1:] + b"\n" for t, line in pending)
+        return out, b""
+
+
+def flush_due() -> int:
+    """Flush every open recorder of this process that is due; the number flushed.
+
+    The gateway calls this from its housekeeping loop at least once a second. A recorder
+    whose write fails is skipped here; its owner gets RecordingError at its next call.
+    """
+    with _live_lock:
+        recorders = list(_live)
+    flushed = 0
+    for recorder in recorders:
+        try:
+            flushed += recorder.flush_if_due()
+        except RecordingError:
+            logger.exception("Flushing a recording failed")
+    return flushed
+
+
+def finalize_interrupted(*, root: Path | str | None = None, gateway_node: str | None = None) -> int:
+    """Seal the recordings a killed gateway left unfinalised; the number sealed.
+
+    Call it when a gateway starts, with its node name when several gateway hosts share the
+    database (without it, every node's unfinalised recordings are sealed, live ones too).
+    Each is hashed and signed as it is on disk and marked interrupted; its session gets end
+    reason "interrupted" and, if unset, an end time from the files' last modification.
+    """
+    root = Path(root) if root is not None else recordings_root()
+    pending = Recording.objects.filter(finalized_at__isnull=True).select_related("session")
+    if gateway_node is not None:
+        pending = pending.filter(session__gateway_node=gateway_node)
+    sealed = 0
+    for recording in pending:
+        try:
+            _seal(recording, root=root, interrupted=True)
+        except RecordingError:
+            logger.exception("Could not seal the interrupted recording %s", recording.path)
+            continue
+        sealed += 1
+        session = recording.session
+        if not session.end_reason or session.ended_at is None:
+            if not session.end_reason:
+                session.end_reason = Session.EndReason.INTERRUPTED
+            if session.ended_at is None:
+                mtime = (root / recording.path).stat().st_mtime
+                session.ended_at = datetime.datetime.fromtimestamp(mtime, tz=datetime.UTC)
+            session.save(update_fields=["end_reason", "ended_at"])
+    return sealed
+
+
+def verify_recording(recording: Recording, *, root: Path | str | None = None) -> tuple[bool, str]:
+    """(True, why) if the file(s) match the sha256 kept at close and Vault's signature holds.
+
+    (False, why) for an unfinalised, missing or tampered recording. Raises RecordingError
+    when Vault cannot be asked (that is not a verdict).
+    """
+    root = Path(root) if root is not None else recordings_root()
+    if recording.finalized_at is None or not recording.signature:
+        return False, f"{recording.path} is not finalised: no sha256 or signature yet"
+    try:
+        sha256, size = _hash_file(root / recording.path)
+        index_sha256 = _hash_file(root / recording.index_path)[0] if recording.index_path else ""
+    except FileNotFoundError as exc:
+        return False, f"missing: {exc.filename} is not in the recordings folder"
+    if sha256 != recording.sha256 or size != recording.size:
+        return False, f"tampered: {recording.path} does not match the sha256 recorded at close"
+    if index_sha256 != recording.index_sha256:
+        return False, f"tampered: {recording.index_path} does not match the sha256 recorded at close"
+    try:
+        valid = get_client().transit_verify(signed_manifest(recording), recording.signature)
+    except VaultError as exc:
+        raise RecordingError(f"Cannot check the signature of {recording.path}: {exc}") from None
+    if not valid:
+        return False, f"tampered: the signature of {recording.path} does not cover its sha256 and details"
+    note = " (interrupted: the end of the session may be missing)" if recording.interrupted else ""
+    return True, f"intact: {recording.path} matches its sha256 and Vault signature{note}"
