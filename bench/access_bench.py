@@ -40,7 +40,6 @@ import datetime as dt
 import os
 import platform
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -51,7 +50,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
 
@@ -180,54 +178,17 @@ def start_sshd(stack: contextlib.ExitStack, workdir: Path, ca_public_key: str):
 
 
 def start_pg_target(stack: contextlib.ExitStack):
-    """A throwaway database and group role on the machine's PostgreSQL (as tests/fixtures/pgtarget.py)."""
+    """A throwaway database and group role on the machine's PostgreSQL (tests/fixtures/pgtarget.py)."""
     import psycopg
-    from psycopg import sql
 
-    from tests.fixtures.pgtarget import POSTGRES_URL, PgTarget
-
-    url = urlparse(POSTGRES_URL)
-    suffix = secrets.token_hex(4)
-    target = PgTarget(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        database=f"pacsdb_bench_{suffix}",
-        group_role=f"pacs_admin_bench_{suffix}",
-        admin_username=url.username or "postgres",
-        # Trust auth ignores it; Vault's connection still needs one.
-        admin_password=url.password or secrets.token_urlsafe(16),
-    )
-    maintenance = (url.path or "/postgres").lstrip("/") or "postgres"
-
-    def drop():
-        with target.admin(maintenance) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.database))
-            )
-            # Dynamic roles Vault made and did not drop (a run cut short) go too.
-            leftovers = conn.execute(
-                "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
-                "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s",
-                [target.group_role],
-            ).fetchall()
-            for (name,) in leftovers:
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(target.group_role)))
+    from tests.fixtures.pgtarget import POSTGRES_URL, create_pg_target, drop_pg_target
 
     try:
-        with target.admin(maintenance) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(target.group_role)))
-            stack.callback(drop)
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
+        target = create_pg_target("bench_")
     except psycopg.OperationalError as exc:
         raise SystemExit(f"PostgreSQL is not reachable at {POSTGRES_URL} ({exc}): start it") from None
+    stack.callback(drop_pg_target, target)
     with target.admin() as conn:
-        db, group = sql.Identifier(target.database), sql.Identifier(target.group_role)
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, group))
-        conn.execute("CREATE TABLE studies (id serial PRIMARY KEY, accession text NOT NULL)")
-        conn.execute(sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(group))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON studies TO {}").format(group))
         version = conn.execute("SHOW server_version").fetchone()[0]
     return target, version
 
