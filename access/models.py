@@ -59,6 +59,13 @@ class Target(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     host_key_confirmed_at = models.DateTimeField(null=True, blank=True)
+    # TCP ports on the target that gateway users may forward to (ssh -L), e.g. [5432, 104].
+    # A database account's own port is always allowed for its grants.
+    forward_ports = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="TCP ports users with a grant on this target may forward to through the gateway, e.g. [5432].",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -68,6 +75,13 @@ class Target(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("access:target", args=[self.pk])
+
+    def clean(self) -> None:
+        ports = self.forward_ports or []
+        if not isinstance(ports, list) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports
+        ):
+            raise ValidationError({"forward_ports": "A list of TCP port numbers (1-65535), e.g. [5432, 104]."})
 
 
 class Account(models.Model):

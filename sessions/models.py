@@ -44,10 +44,22 @@ class Session(models.Model):
     end_reason = models.CharField(max_length=12, choices=EndReason.choices, blank=True)
     bytes_in = models.PositiveBigIntegerField(default=0, help_text="From the user to the target.")
     bytes_out = models.PositiveBigIntegerField(default=0, help_text="From the target to the user.")
+    # Set by an approver or pam-admin from the web; the gateway relaying the session sees it
+    # within a second and closes the session (end reason "terminated").
+    terminate_requested_at = models.DateTimeField(null=True, blank=True)
+    terminate_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    terminate_reason = models.TextField(blank=True)
+    # What the gateway told the user when it refused or ended the session (no secret).
+    end_message = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["gateway_node", "ended_at"])]
+        indexes = [
+            models.Index(fields=["gateway_node", "ended_at"]),
+            models.Index(fields=["grant", "ended_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"session {self.pk}: {self.user} on {self.account}"
