@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -24,6 +25,7 @@ from access.forms import (
 from access.models import AccessRequest, Account, InvalidTransition, Target
 from identity.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
+from sessions import selectors as session_selectors
 from vault.client import VaultError
 
 
@@ -194,6 +196,11 @@ def grant_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "revoke_form": RevokeForm(),
         "reveal_form": RevealForm(),
         "review_form": ReviewForm(),
+        "gateway_sessions": session_selectors.sessions_of_grant(grant=grant)[:100],
+        "gateway_host": getattr(settings, "GATEWAY_PUBLIC_HOST", "localhost"),
+        "gateway_port": getattr(settings, "GATEWAY_PUBLIC_PORT", 2222),
+        # Database accounts go through the gateway as a port forward only (no shell).
+        "forward_only": grant.account.kind == Account.Kind.DATABASE,
     }
     return render(request, "access/grant_detail.html", context)
 
