@@ -59,3 +59,28 @@ class AdminResetForm(forms.Form):
             attrs={"placeholder": "e.g. lost phone, identity checked by call-back, INC-1234"}
         ),
     )
+
+
+class SSHKeyForm(forms.Form):
+    name = forms.CharField(
+        label="Name",
+        max_length=100,
+        required=False,
+        help_text="Where the key lives, e.g. “work laptop”. Blank: the comment at the end of the key.",
+    )
+    public_key = forms.CharField(
+        label="Public key",
+        # No max_length here: the key's checks come first, so a pasted private key of
+        # any length gets the message that says so (and is not sent back in the form).
+        strip=True,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 4,
+                "class": "mono",
+                "spellcheck": "false",
+                "autocomplete": "off",
+                "placeholder": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA… you@laptop",
+            }
+        ),
+        help_text="The contents of your .pub file (for example ~/.ssh/id_ed25519.pub): one line.",
+    )

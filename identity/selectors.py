@@ -7,7 +7,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.shortcuts import get_object_or_404
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from identity.models import User
+from identity.models import SSHPublicKey, User
 from identity.roles import Role, require_role
 
 
@@ -27,3 +27,13 @@ def get_user_for_mfa_reset(*, acting_user: User, pk: int) -> User:
     if user.pk == acting_user.pk:
         raise PermissionDenied("Reset your own authenticator from My account, with your password and a code.")
     return user
+
+
+def ssh_keys_for(*, user: User) -> QuerySet[SSHPublicKey]:
+    """The user's own SSH public keys, oldest first."""
+    return SSHPublicKey.objects.filter(user=user).order_by("created_at", "pk")
+
+
+def get_ssh_key_for(*, user: User, pk: int) -> SSHPublicKey:
+    """One of the user's own SSH keys; anyone else's (or none) is a 404, so ids reveal nothing."""
+    return get_object_or_404(SSHPublicKey, pk=pk, user=user)

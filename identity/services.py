@@ -1,4 +1,5 @@
-"""Identity services: enrolment, verification and reset of the second factor, login steps.
+"""Identity services: enrolment, verification and reset of the second factor, login steps,
+the users' SSH public keys.
 
 Every state change here is one function, atomic, writing its audit event in the same
 transaction. Views call these and do nothing else of substance.
@@ -6,12 +7,14 @@ transaction. Views call these and do nothing else of substance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth import user_logged_in, user_login_failed
 from django.contrib.sessions.models import Session
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from django_otp import devices_for_user
@@ -21,10 +24,13 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.services import audit_record
-from identity.models import User
+from identity.models import SSHPublicKey, User
+from identity.selectors import get_ssh_key_for
+from identity.ssh_keys import PublicKeyError, parse_public_key
 
 TOTP_DEVICE_NAME = "authenticator"
 BACKUP_DEVICE_NAME = "backup codes"
+SSH_KEYS_PER_USER = 20
 
 
 class MFAError(Exception):
@@ -91,15 +97,29 @@ def _new_backup_codes(user: User) -> list[str]:
     return codes
 
 
+def _channel(request: HttpRequest | None) -> dict[str, str]:
+    """Audit details naming the login channel of a request that is not the web's.
+
+    The SSH gateway marks its synthetic requests (identity.gateway_auth); the web's
+    audit rows stay as they are. Read from the request so that rows written by
+    receivers (the lockout) carry it too.
+    """
+    channel = getattr(request, "login_channel", None)
+    return {"channel": channel} if channel else {}
+
+
+def _reset_login_failures(username: str) -> None:
+    """Clear django-axes' failure count for the username: only a full login does this."""
+    from axes.utils import reset as axes_reset
+
+    axes_reset(username=username)
+
+
 def _complete_login(request: HttpRequest, user: User, device) -> None:
     """Mark the session verified with this device and give it a new key."""
     otp_login(request, device)
     # A new session key once both factors are done (session fixation).
     request.session.cycle_key()
-    from axes.utils import reset as axes_reset
-
-    # Only a full login clears the count of failures for the username.
-    axes_reset(username=user.username)
 
 
 def mfa_confirm_enrolment(*, request: HttpRequest, user: User, code: str) -> list[str]:
@@ -120,6 +140,7 @@ def mfa_confirm_enrolment(*, request: HttpRequest, user: User, code: str) -> lis
             TOTPDevice.objects.filter(user=user).exclude(pk=device.pk).delete()
             codes = _new_backup_codes(user)
             _complete_login(request, user, device)
+            _reset_login_failures(user.username)
             audit_record(
                 action="mfa.enrolled",
                 request=request,
@@ -171,28 +192,51 @@ _FAILURE_MESSAGES = {
 }
 
 
-def mfa_verify(*, request: HttpRequest, user: User, code: str) -> VerifyResult:
-    """Second step of login: check a TOTP or backup code and verify the session.
+def login_code_step(
+    *, request: HttpRequest, user: User, code: str, complete: Callable[[object], None]
+) -> VerifyResult:
+    """The second step of a login, on the web or through the SSH gateway.
 
-    A failure is audited and counted towards the account's lockout (with wrong
-    passwords), then MFAError is raised with a message for the user.
+    A right code runs ``complete(device)`` (what the channel does on login), clears
+    the username's failure count and audits the success, in one transaction. A wrong
+    one is audited, counted towards the lockout (with wrong passwords), and MFAError
+    is raised with a message for the user.
     """
     with transaction.atomic():
         device, reason = _verify_code(user, code)
         if device is not None:
-            _complete_login(request, user, device)
+            complete(device)
+            _reset_login_failures(user.username)
             method = "totp" if isinstance(device, TOTPDevice) else "backup_code"
             left = mfa_backup_codes_left(user=user) if method == "backup_code" else None
-            details = {"method": method}
+            details = {"method": method, **_channel(request)}
             if left is not None:
                 details["backups_left"] = left
-            audit_record(action="auth.login.success", request=request, details=details)
-            user_logged_in.send(sender=user.__class__, request=request, user=user)
+            audit_record(action="auth.login.success", request=request, actor=user, details=details)
             return VerifyResult(method=method, backup_codes_left=left)
-        audit_record(action="auth.mfa.failure", request=request, details={"reason": reason})
+        audit_record(
+            action="auth.mfa.failure",
+            request=request,
+            actor=user,
+            details={"reason": reason, **_channel(request)},
+        )
     # Outside the transaction: axes records the failure in its own, and may lock the account.
     user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
     raise MFAError(_FAILURE_MESSAGES[reason], reason=reason)
+
+
+def mfa_verify(*, request: HttpRequest, user: User, code: str) -> VerifyResult:
+    """Second step of the web login: check a TOTP or backup code and verify the session.
+
+    A failure is audited and counted towards the account's lockout (with wrong
+    passwords), then MFAError is raised with a message for the user.
+    """
+
+    def complete(device) -> None:
+        _complete_login(request, user, device)
+        user_logged_in.send(sender=user.__class__, request=request, user=user)
+
+    return login_code_step(request=request, user=user, code=code, complete=complete)
 
 
 def mfa_check_fresh_code(*, request: HttpRequest, user: User, purpose: str, code: str) -> None:
@@ -312,12 +356,13 @@ def record_login_failure(*, request: HttpRequest, username: str, locked_out: boo
         details={
             "reason": login_failure_reason(username=username, locked_out=locked_out),
             "step": "password",
+            **_channel(request),
         },
     )
 
 
 def record_password_ok(*, request: HttpRequest, user: User) -> None:
-    audit_record(action="auth.login.password_ok", request=request, actor=user)
+    audit_record(action="auth.login.password_ok", request=request, actor=user, details=_channel(request))
 
 
 def record_logout(*, request: HttpRequest, user: User) -> None:
@@ -329,5 +374,95 @@ def record_lockout(*, request: HttpRequest | None, username: str | None, at: dat
         action="auth.lockout",
         request=request,
         actor_username=(username or "")[:150],
-        details={"reason": "too many failures"},
+        details={"reason": "too many failures", **_channel(request)},
     )
+
+
+def _public_key_error(message: str, *, code: str) -> ValidationError:
+    return ValidationError({"public_key": ValidationError(message, code=code)})
+
+
+@transaction.atomic
+def ssh_key_add(*, user: User, name: str, public_key_line: str, request: HttpRequest | None) -> SSHPublicKey:
+    """Register an OpenSSH public key for the user to log in to the SSH gateway with.
+
+    ``public_key_line`` is the line of the user's .pub file; ``name`` her label for
+    it (blank: the key's comment). A key that is not acceptable (see
+    identity.ssh_keys.parse_public_key), already registered (to her or to anyone
+    else: a key belongs to one person), a name she already uses or a 21st key raise
+    ValidationError on "public_key" or "name" with a message for the user. The audit
+    row holds the name, fingerprint and algorithm, never the key.
+    """
+    try:
+        parsed = parse_public_key(public_key_line)
+    except PublicKeyError as exc:
+        raise _public_key_error(str(exc), code=exc.code) from None
+    name = " ".join((name or "").split()) or " ".join(parsed.comment.split()) or parsed.key_type
+    name = name[:100]
+    # One add at a time per user, so the limit holds when two forms are sent at once.
+    User.objects.select_for_update().filter(pk=user.pk).first()
+    mine = SSHPublicKey.objects.filter(user=user)
+    existing = SSHPublicKey.objects.filter(key_base64=parsed.key_base64).first()
+    if existing is not None and existing.user_id == user.pk:
+        raise _public_key_error(f"You have already added this key, as “{existing.name}”.", code="duplicate")
+    if existing is not None:
+        raise _public_key_error(
+            "This key is already registered to another account, and a key belongs to one person. "
+            "Make a new key for this account (ssh-keygen -t ed25519) and add that one.",
+            code="taken",
+        )
+    if mine.count() >= SSH_KEYS_PER_USER:
+        raise _public_key_error(
+            f"You already have {SSH_KEYS_PER_USER} keys, the most one account may have: "
+            "remove one you no longer use first.",
+            code="too_many",
+        )
+    if mine.filter(name=name).exists():
+        raise ValidationError(
+            {
+                "name": ValidationError(
+                    "You already have a key with this name: choose another.", code="name_taken"
+                )
+            }
+        )
+    try:
+        with transaction.atomic():
+            key = SSHPublicKey.objects.create(
+                user=user,
+                name=name,
+                key_type=parsed.key_type,
+                key_base64=parsed.key_base64,
+                fingerprint=parsed.fingerprint,
+            )
+    except IntegrityError:
+        # Someone registered the same key a moment ago.
+        raise _public_key_error("This key is already registered to an account.", code="taken") from None
+    audit_record(
+        action="identity.ssh_key.added",
+        request=request,
+        actor=user,
+        obj=key,
+        details={"name": key.name, "fingerprint": key.fingerprint, "algorithm": key.key_type},
+    )
+    return key
+
+
+@transaction.atomic
+def ssh_key_remove(*, user: User, key_pk: int, request: HttpRequest | None) -> SSHPublicKey:
+    """Remove one of the user's own SSH keys (another's, or none: 404); returns it, deleted.
+
+    The gateway refuses the key from then on; sessions already open stay open.
+    """
+    key = get_ssh_key_for(user=user, pk=key_pk)
+    pk, label = key.pk, str(key)
+    key.delete()
+    audit_record(
+        action="identity.ssh_key.removed",
+        request=request,
+        actor=user,
+        object_type=SSHPublicKey._meta.label_lower,
+        object_id=str(pk),
+        object_repr=label,
+        details={"name": key.name, "fingerprint": key.fingerprint, "algorithm": key.key_type},
+    )
+    return key

@@ -12,6 +12,8 @@ urlpatterns = [
     path("account/", views.account_view, name="account"),
     path("account/mfa/reset/", views.self_reset_view, name="self_reset"),
     path("account/mfa/backup-codes/", views.backup_codes_view, name="backup_codes"),
+    path("account/ssh-keys/", views.ssh_key_add_view, name="ssh_key_add"),
+    path("account/ssh-keys/<int:pk>/remove/", views.ssh_key_remove_view, name="ssh_key_remove"),
     path("users/", views.user_list_view, name="users"),
     path("users/<int:pk>/reset-mfa/", views.admin_reset_view, name="admin_reset"),
 ]

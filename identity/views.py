@@ -1,4 +1,4 @@
-"""Login (password, then TOTP), enrolment, logout, the user's own account, user admin."""
+"""Login (password, then TOTP), enrolment, logout, the user's own account and SSH keys, user admin."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -20,8 +21,16 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from identity import services
-from identity.forms import AdminResetForm, BackupCodesForm, CodeForm, EnrolForm, LoginForm, SelfResetForm
-from identity.selectors import get_user_for_mfa_reset, users_for
+from identity.forms import (
+    AdminResetForm,
+    BackupCodesForm,
+    CodeForm,
+    EnrolForm,
+    LoginForm,
+    SelfResetForm,
+    SSHKeyForm,
+)
+from identity.selectors import get_user_for_mfa_reset, ssh_keys_for, users_for
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -178,20 +187,63 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 
 def _account_page(
-    request: HttpRequest, *, reset_form=None, codes_form=None, status: int = 200
+    request: HttpRequest, *, reset_form=None, codes_form=None, ssh_key_form=None, status: int = 200
 ) -> HttpResponse:
     context = {
         "backup_codes_left": services.mfa_backup_codes_left(user=request.user),
         "reset_form": reset_form or SelfResetForm(),
         "codes_form": codes_form or BackupCodesForm(),
+        "ssh_keys": ssh_keys_for(user=request.user),
+        "ssh_key_form": ssh_key_form or SSHKeyForm(),
+        "gateway_host": getattr(settings, "GATEWAY_PUBLIC_HOST", "localhost"),
+        "gateway_port": getattr(settings, "GATEWAY_PUBLIC_PORT", 2222),
     }
     return render(request, "identity/account.html", context, status=status)
 
 
 @never_cache
 def account_view(request: HttpRequest) -> HttpResponse:
-    """The user's own account: second factor status, backup codes, reset."""
+    """The user's own account: second factor status, backup codes, reset, SSH keys."""
     return _account_page(request)
+
+
+def _account_anchor(fragment: str) -> str:
+    return reverse("identity:account") + "#" + fragment
+
+
+@sensitive_post_parameters("public_key")
+@never_cache
+@require_POST
+def ssh_key_add_view(request: HttpRequest) -> HttpResponse:
+    """Register a public key for the SSH gateway (the line of the user's .pub file)."""
+    form = SSHKeyForm(request.POST)
+    if form.is_valid():
+        try:
+            key = services.ssh_key_add(
+                user=request.user,
+                name=form.cleaned_data["name"],
+                public_key_line=form.cleaned_data["public_key"],
+                request=request,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+            if any(e.code == "private_key" for e in exc.error_dict.get("public_key", [])):
+                # Never send a pasted private key back to the browser in the form.
+                form.data = form.data.copy()
+                form.data["public_key"] = ""
+        else:
+            messages.success(request, f"SSH key “{key.name}” added ({key.fingerprint}).")
+            return HttpResponseRedirect(_account_anchor("ssh-keys"))
+    return _account_page(request, ssh_key_form=form, status=400)
+
+
+@never_cache
+@require_POST
+def ssh_key_remove_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Remove one of the user's own SSH keys (anyone else's: 404)."""
+    key = services.ssh_key_remove(user=request.user, key_pk=pk, request=request)
+    messages.success(request, f"SSH key “{key.name}” removed: the gateway no longer accepts it.")
+    return HttpResponseRedirect(_account_anchor("ssh-keys"))
 
 
 @sensitive_post_parameters("password", "code")

@@ -1,0 +1,226 @@
+"""Logging in through the SSH gateway: the same factors, audit trail and lockouts as the web.
+
+The gateway (``manage.py ssh_gateway``) calls these from its own process, where no
+HttpRequest exists. Each call builds a minimal one (gateway_request) so that
+django-axes counts failures per username and per client address together with the
+web's, and so that the audit rows carry the client's address and "channel": "ssh".
+
+First factor: the user's password (Django's authentication backends, so a locked-out
+username or address is refused before the password is checked and LDAP works once
+its backend is added) or one of her registered public keys. Second factor, always: a
+TOTP or backup code (gateway_verify_code). No password, code or key material goes into
+an audit row, a log line or an exception message; a key appears only as its fingerprint.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
+from django.contrib.auth import authenticate, user_login_failed
+from django.contrib.auth.models import AnonymousUser
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.services import audit_record
+from identity.models import SSHPublicKey, User
+from identity.services import (
+    MFAError,
+    login_code_step,
+    login_failure_reason,
+    mfa_has_confirmed_device,
+    record_login_failure,
+    record_password_ok,
+)
+from identity.ssh_keys import fingerprint_of
+
+CHANNEL = "ssh"
+GATEWAY_USER_AGENT = "pamsite-ssh-gateway"
+GATEWAY_PATH = "/ssh/"
+
+# Signature algorithms an RSA key may be offered under; the key itself is "ssh-rsa".
+_KEY_TYPE_ALIASES = {"rsa-sha2-256": "ssh-rsa", "rsa-sha2-512": "ssh-rsa"}
+
+
+def gateway_request(*, client_ip: str, user: User | None = None) -> HttpRequest:
+    """A minimal request standing for one SSH login attempt from ``client_ip``.
+
+    What axes and the audit trail read from it: REMOTE_ADDR (the client's address,
+    as pamsite.net.client_ip returns it: no X-Forwarded-For, so TRUSTED_PROXY_COUNT
+    does not apply), the user agent "pamsite-ssh-gateway", the path "/ssh/", the
+    method POST (so AXES_NEVER_LOCKOUT_GET, if ever set, cannot exempt it), ``user``
+    (the user once the first factor is done, else anonymous) and ``login_channel`` =
+    "ssh", which identity.services adds to the audit details. It has no session: no
+    web session is created or touched by an SSH login.
+    """
+    address = ipaddress.ip_address(client_ip)  # ValueError for anything but an address
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # A dual-stack listener sees ::ffff:a.b.c.d; the web sees a.b.c.d. One address, one count.
+        address = address.ipv4_mapped
+    request = HttpRequest()
+    request.method = "POST"
+    request.path = request.path_info = GATEWAY_PATH
+    request.META.update(
+        {
+            "REMOTE_ADDR": str(address),
+            "HTTP_USER_AGENT": GATEWAY_USER_AGENT,
+            "PATH_INFO": GATEWAY_PATH,
+            "REQUEST_METHOD": "POST",
+            "SERVER_NAME": "pamsite-ssh-gateway",
+            "SERVER_PORT": "22",
+        }
+    )
+    request.user = user if user is not None else AnonymousUser()
+    request.login_channel = CHANNEL
+    return request
+
+
+def _is_locked(request: HttpRequest, username: str) -> bool:
+    # The same test AxesStandaloneBackend makes before a password is checked.
+    return not AxesProxyHandler.is_allowed(request, credentials={"username": username})
+
+
+def gateway_locked_out(*, username: str, client_ip: str) -> bool:
+    """True while django-axes refuses logins for this username or from this address."""
+    return _is_locked(gateway_request(client_ip=client_ip), username)
+
+
+def gateway_password_login(*, username: str, password: str, client_ip: str) -> User | None:
+    """First factor by password: the active user, or None.
+
+    Goes through django.contrib.auth.authenticate, so axes refuses a locked-out
+    username or address (without checking the password) and counts a failure, as
+    on the web. A failure is audited "auth.login.failure" (step "password"), a
+    success "auth.login.password_ok"; both with channel "ssh". The code step must follow.
+    """
+    request = gateway_request(client_ip=client_ip)
+    user = authenticate(request, username=username, password=password)
+    if user is not None and not user.is_active:
+        # ModelBackend refuses inactive users itself; a directory backend might not.
+        user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
+        user = None
+    if user is None:
+        record_login_failure(
+            request=request, username=username, locked_out=bool(getattr(request, "axes_locked_out", False))
+        )
+        return None
+    record_password_ok(request=request, user=user)
+    return user
+
+
+def _normal_key_type(key_type: str) -> str:
+    return _KEY_TYPE_ALIASES.get(key_type, key_type)
+
+
+def gateway_key_login(*, username: str, key_type: str, key_blob: bytes, client_ip: str) -> User | None:
+    """First factor by public key: the active user named ``username`` who registered this key, or None.
+
+    Call it only once the client's signature over the session has been verified
+    with this key: a match is taken as proof that the client holds the private key.
+    ``key_type`` and ``key_blob`` are paramiko's ``key.get_name()`` and ``key.asbytes()``.
+
+    A locked-out username or address is refused. A match updates the key's
+    last_used_at and is audited "auth.login.key_ok". A key that matches no key of
+    this user is audited "auth.login.failure" (reason "unknown_key") but not counted
+    towards the lockout: OpenSSH clients offer every key in the agent in turn.
+    """
+    request = gateway_request(client_ip=client_ip)
+    key_type = _normal_key_type(key_type)
+    fingerprint = fingerprint_of(key_blob)
+    if _is_locked(request, username):
+        _key_failure(request, username, login_failure_reason(username=username, locked_out=True), fingerprint)
+        return None
+    with transaction.atomic():
+        key = (
+            SSHPublicKey.objects.select_for_update()
+            .select_related("user")
+            .filter(
+                key_type=key_type,
+                key_base64=base64.b64encode(key_blob).decode("ascii"),
+                user__username=username,
+                user__is_active=True,
+            )
+            .first()
+        )
+        if key is None:
+            reason = login_failure_reason(username=username, locked_out=False)
+            _key_failure(
+                request, username, "unknown_key" if reason == "bad_password" else reason, fingerprint
+            )
+            return None
+        key.last_used_at = timezone.now()
+        key.save(update_fields=["last_used_at"])
+        audit_record(
+            action="auth.login.key_ok",
+            request=request,
+            actor=key.user,
+            obj=key,
+            details={"channel": CHANNEL, "step": "publickey", "fingerprint": key.fingerprint},
+        )
+    return key.user
+
+
+def _key_failure(request: HttpRequest, username: str, reason: str, fingerprint: str) -> None:
+    audit_record(
+        action="auth.login.failure",
+        request=request,
+        actor_username=username[:150],
+        details={"reason": reason, "step": "publickey", "channel": CHANNEL, "fingerprint": fingerprint},
+    )
+
+
+def _refusal(request: HttpRequest, user: User) -> MFAError | None:
+    """Why no code may be tried now for this user (disabled, locked, not enrolled), or None."""
+    if not User.objects.filter(pk=user.pk, is_active=True).exists():
+        return MFAError("This account is disabled. Ask a pam-admin if you need access.", reason="inactive")
+    if _is_locked(request, user.username):
+        minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+        return MFAError(
+            "Too many wrong passwords or codes were entered for this account or from this address, "
+            f"so sign-in is locked for {minutes} minutes. Try again after that.",
+            reason="locked_out",
+        )
+    if not mfa_has_confirmed_device(user=user):
+        return MFAError(
+            "You have not set up an authenticator app yet: sign in to pamsite on the web to set one up, "
+            "then connect again.",
+            reason="not_enrolled",
+        )
+    return None
+
+
+def gateway_verify_code(*, user: User, code: str, client_ip: str) -> str:
+    """Second factor, always: a TOTP or backup code; returns "totp" or "backup_code".
+
+    The same check as the web's code step (identity.services.login_code_step): a
+    code already used is refused, a wrong one is audited "auth.mfa.failure" and
+    counted towards the lockout with wrong passwords, and MFAError is raised with
+    the web's message. A disabled, locked-out or not enrolled user gets MFAError
+    (reason "inactive", "locked_out", "not_enrolled") without a code being tried or
+    counted. Success is audited "auth.login.success" and clears the username's
+    failure count, as a full web login does.
+    """
+    request = gateway_request(client_ip=client_ip, user=user)
+    refusal = _refusal(request, user)
+    if refusal is not None:
+        audit_record(
+            action="auth.mfa.failure",
+            request=request,
+            actor=user,
+            details={"reason": refusal.reason, "channel": CHANNEL},
+        )
+        raise refusal
+
+    # No user_logged_in signal: it means "this request's session is now logged in",
+    # and its receivers act on that (django-otp stores the device in request.session,
+    # axes keeps an AccessLog keyed by the session), while an SSH login has no
+    # session. The one receiver's work that applies here, last_login (the users
+    # page's "last sign-in"), is done directly; login_code_step clears the failure
+    # count as it does for the web.
+    def complete(device) -> None:
+        User.objects.filter(pk=user.pk).update(last_login=timezone.now())
+
+    return login_code_step(request=request, user=user, code=code, complete=complete).method
