@@ -64,7 +64,7 @@ class Target(models.Model):
     forward_ports = models.JSONField(
         default=list,
         blank=True,
-        help_text="TCP ports users with a grant on this target may forward to through the gateway, e.g. [5432].",
+        help_text="TCP ports grant holders may forward to through the gateway, e.g. [5432].",
     )
 
     class Meta:
@@ -81,7 +81,9 @@ class Target(models.Model):
         if not isinstance(ports, list) or not all(
             isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports
         ):
-            raise ValidationError({"forward_ports": "A list of TCP port numbers (1-65535), e.g. [5432, 104]."})
+            raise ValidationError(
+                {"forward_ports": "A list of TCP port numbers (1-65535), e.g. [5432, 104]."}
+            )
 
 
 class Account(models.Model):

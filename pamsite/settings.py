@@ -252,6 +252,29 @@ AUDIT_PAGE_SIZE = env_int("AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
 # One folder, shared by every gateway process of a node; the files are named from ids only.
 RECORDINGS_ROOT = Path(env_str("RECORDINGS_ROOT", str(VAR_DIR / "recordings")))
 
+# --- SSH gateway (manage.py ssh_gateway) --------------------------------------------
+# Where the gateway listens, as host:port; 0.0.0.0:2222 to serve other machines.
+GATEWAY_LISTEN = env_str("GATEWAY_LISTEN", "127.0.0.1:2222")
+# The gateway's own SSH host key (Ed25519), created on first start and kept: users'
+# ssh clients pin it. Keep it when moving or re-installing the gateway.
+GATEWAY_HOST_KEY_FILE = Path(
+    env_str("GATEWAY_HOST_KEY_FILE", str(VAR_DIR / "gateway" / "ssh_host_ed25519_key"))
+)
+# How users reach the gateway (shown on the pages: "ssh -p PORT user:account@HOST").
+GATEWAY_PUBLIC_HOST = env_str("GATEWAY_PUBLIC_HOST", "localhost")
+GATEWAY_PUBLIC_PORT = env_int("GATEWAY_PUBLIC_PORT", 2222, minimum=1, maximum=65535)
+# This gateway host's name in Session rows; one per machine (processes add their pid).
+GATEWAY_NODE = env_str("GATEWAY_NODE", "")
+# Gateway worker processes sharing the listening port (each relays on its own core).
+GATEWAY_WORKERS = env_int("GATEWAY_WORKERS", 1, minimum=1, maximum=64)
+# Ciphers the gateway offers users' clients. AES-GCM only by default: OpenSSH clients pick
+# their own first choice among those offered, and GCM relays fastest (no separate MAC).
+GATEWAY_CIPHERS = env_list("GATEWAY_CIPHERS", ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
+# Seconds a client has to finish logging in (password/key and TOTP).
+GATEWAY_LOGIN_TIMEOUT = env_int("GATEWAY_LOGIN_TIMEOUT", 60, minimum=5, maximum=600)
+# Seconds to log in to a target before the session is refused.
+GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 15, minimum=1, maximum=120)
+
 # --- First administrator (make run) -----------------------------------------------
 PAMSITE_SITE_NAME = env_str("PAMSITE_SITE_NAME", "pamsite")
 

@@ -3,7 +3,8 @@
 
 Starts OpenBao's dev server (unless VAULT_ADDR points at another Vault), migrates,
 bootstraps Vault, creates a first pam-admin if none exists, starts the web app
-(ASGI, daphne) on 127.0.0.1:8000 and prints how to sign in. Ctrl-C stops every
+(ASGI, daphne) on 127.0.0.1:8000, the worker and the SSH gateway on 127.0.0.1:2222,
+and prints how to sign in. Ctrl-C stops every
 process it started.
 """
 
@@ -141,9 +142,13 @@ def main() -> int:
             app_env,
         )
         start("worker", [sys.executable, "manage.py", "access_sweep", "--loop"], app_env)
+        start("gateway", [sys.executable, "manage.py", "ssh_gateway"], app_env)
         say("")
         say(f"pamsite is running: open http://{WEB_HOST}:{WEB_PORT}/ and sign in with the account above")
         say("(first sign-in: scan the QR code with an authenticator app, then keep the backup codes).")
+        gateway_listen = app_env.get("GATEWAY_LISTEN", "127.0.0.1:2222")
+        gateway_port = gateway_listen.rsplit(":", 1)[1]
+        say(f"SSH gateway on {gateway_listen}: ssh -p {gateway_port} USER:ACCOUNT@localhost")
         say("Ctrl-C stops everything.")
         while True:
             for name, proc in children:

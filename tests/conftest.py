@@ -10,7 +10,12 @@ from django.contrib.auth.models import Group
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-pytest_plugins = ["tests.fixtures.openbao", "tests.fixtures.sshd", "tests.fixtures.pgtarget"]
+pytest_plugins = [
+    "tests.fixtures.openbao",
+    "tests.fixtures.sshd",
+    "tests.fixtures.pgtarget",
+    "tests.fixtures.gateway",
+]
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests
 # make there are still plain synchronous code.

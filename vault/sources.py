@@ -239,16 +239,7 @@ def reveal(*, account: AccountRef, grant_ref: str, vault: VaultClient | None = N
     if account.kind == SSH_CA:
         raise CredentialError(f"{account.slug} has no secret to show: connect through the gateway")
     if account.kind == STATIC:
-        data = _static_secret(account, vault)
-        if data.get("pending_password"):
-            if static_reconcile(account=account, vault=vault) == "unknown":
-                raise CredentialError(
-                    f"A password rotation of {account.slug} is running or was interrupted, and pamsite "
-                    "cannot tell which password the target takes now: retry in a few minutes; if it "
-                    "persists, a pam-admin must check the target and reset the password"
-                )
-            data = _static_secret(account, vault)
-        return RevealedSecret(login=account.username, password=data["password"])
+        return RevealedSecret(login=account.username, password=_current_static_password(account, vault))
 
     path = _stash_path(grant_ref)
     try:
@@ -275,6 +266,28 @@ def reveal(*, account: AccountRef, grant_ref: str, vault: VaultClient | None = N
         # Marked shown already; release removes every version anyway.
         logger.warning("Could not destroy the shown password of grant %s yet: %s", grant_ref, exc)
     return RevealedSecret(login=data["login"], password=data["password"])
+
+
+@sensitive_variables("data")
+def _current_static_password(account: AccountRef, vault: VaultClient) -> str:
+    """The static password the target takes now (a rotation left half done is settled first)."""
+    data = _static_secret(account, vault)
+    if data.get("pending_password"):
+        if static_reconcile(account=account, vault=vault) == "unknown":
+            raise CredentialError(
+                f"A password rotation of {account.slug} is running or was interrupted, and pamsite "
+                "cannot tell which password the target takes now: retry in a few minutes; if it "
+                "persists, a pam-admin must check the target and reset the password"
+            )
+        data = _static_secret(account, vault)
+    return data["password"]
+
+
+def static_login_password(*, account: AccountRef, vault: VaultClient | None = None) -> str:
+    """The static account's current password, for the gateway to log in with (never shown)."""
+    vault = vault or get_client()
+    _check_kind(account, STATIC)
+    return _current_static_password(account, vault)
 
 
 def release(

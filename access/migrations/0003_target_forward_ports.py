@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('access', '0002_alter_accesspolicy_approvals_required'),
+        ("access", "0002_alter_accesspolicy_approvals_required"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='target',
-            name='forward_ports',
-            field=models.JSONField(blank=True, default=list, help_text='TCP ports users with a grant on this target may forward to through the gateway, e.g. [5432].'),
+            model_name="target",
+            name="forward_ports",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="TCP ports grant holders may forward to through the gateway, e.g. [5432].",
+            ),
         ),
     ]

@@ -6,36 +6,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('access', '0003_target_forward_ports'),
-        ('recordings', '0001_initial'),
+        ("access", "0003_target_forward_ports"),
+        ("recordings", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='session',
-            name='end_message',
+            model_name="session",
+            name="end_message",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='session',
-            name='terminate_reason',
+            model_name="session",
+            name="terminate_reason",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='session',
-            name='terminate_requested_at',
+            model_name="session",
+            name="terminate_requested_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='session',
-            name='terminate_requested_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="session",
+            name="terminate_requested_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddIndex(
-            model_name='session',
-            index=models.Index(fields=['grant', 'ended_at'], name='recordings__grant_i_3c5798_idx'),
+            model_name="session",
+            index=models.Index(fields=["grant", "ended_at"], name="recordings__grant_i_3c5798_idx"),
         ),
     ]

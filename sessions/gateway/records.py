@@ -1,0 +1,243 @@
+"""What the gateway reads and writes in the database: grants, Session rows, audit events.
+
+The gateway process calls these from its connection threads; each write is one atomic
+service with its audit row in the same transaction. Nothing here holds a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from access.models import Account, Grant
+from audit.services import audit_record
+from identity.models import User
+from sessions.models import Session
+
+
+def _url(path: str) -> str:
+    return settings.PAMSITE_BASE_URL.rstrip("/") + path
+
+
+def request_url(slug: str = "") -> str:
+    """Where a user asks for access (for the messages the gateway prints)."""
+    path = reverse("access:request_new")
+    return _url(path + (f"?account={slug}" if slug else ""))
+
+
+@dataclass(frozen=True)
+class GrantLookup:
+    """A live grant for the account, or why there is none (a message for the user)."""
+
+    grant: Grant | None
+    message: str = ""
+
+
+def live_grants_of(*, user: User) -> list[Grant]:
+    """The user's grants that are live now, soonest-ending last, with account and target."""
+    return list(
+        Grant.objects.filter(user=user, state=Grant.State.ACTIVE, ends_at__gt=timezone.now())
+        .select_related("account__target")
+        .order_by("account__slug", "-ends_at")
+    )
+
+
+def find_live_grant(*, user: User, slug: str) -> GrantLookup:
+    """The user's live grant for account ``slug``, or a message saying what is missing."""
+    close_old_connections()
+    now = timezone.now()
+    account = Account.objects.filter(slug=slug).select_related("target").first()
+    if account is None or not account.is_active:
+        mine = ", ".join(sorted({g.account.slug for g in live_grants_of(user=user)})) or "none"
+        return GrantLookup(
+            None,
+            f"There is no account called '{slug}'. Your live grants: {mine}. "
+            f"Connect as {user.username}:ACCOUNT, or see the accounts you may request at {request_url()}",
+        )
+    grant = (
+        Grant.objects.filter(user=user, account=account, state=Grant.State.ACTIVE, ends_at__gt=now)
+        .select_related("account__target", "user")
+        .order_by("-ends_at")
+        .first()
+    )
+    if grant is not None:
+        return GrantLookup(grant)
+    last = Grant.objects.filter(user=user, account=account).order_by("-starts_at").first()
+    if last is None:
+        why = f"You have no grant for {slug}."
+    elif last.state == Grant.State.ACTIVE:
+        why = f"Your grant for {slug} expired at {timezone.localtime(last.ends_at):%Y-%m-%d %H:%M %Z}."
+    else:
+        ended = timezone.localtime(last.ended_at or last.ends_at)
+        why = (
+            f"Your grant for {slug} ended at {ended:%Y-%m-%d %H:%M %Z} ({last.get_state_display().lower()})."
+        )
+    return GrantLookup(
+        None, f"{why} Request access at {request_url(slug)} and connect again once it is approved."
+    )
+
+
+@transaction.atomic
+def session_open(*, user: User, grant: Grant, client_address: str, node: str) -> Session:
+    """A new live Session for a grant; audited as gateway.session.started."""
+    session = Session.objects.create(
+        user=user,
+        grant=grant,
+        account=grant.account.slug,
+        client_address=client_address or None,
+        gateway_node=node,
+    )
+    audit_record(
+        action="gateway.session.started",
+        actor=user,
+        source_ip=client_address,
+        obj=session,
+        details={"account": grant.account.slug, "grant": grant.pk, "node": node},
+    )
+    return session
+
+
+@transaction.atomic
+def session_refuse(
+    *, user: User, account: str, client_address: str, node: str, message: str, reason: str
+) -> Session:
+    """Record a connection refused after login (no grant, unknown account, target refused)."""
+    now = timezone.now()
+    session = Session.objects.create(
+        user=user,
+        account=account[:63],
+        client_address=client_address or None,
+        gateway_node=node,
+        started_at=now,
+        ended_at=now,
+        end_reason=Session.EndReason.REFUSED,
+        end_message=message[:2000],
+    )
+    audit_record(
+        action="gateway.session.refused",
+        actor=user,
+        source_ip=client_address,
+        obj=session,
+        details={"account": account[:63], "reason": reason, "message": message[:500]},
+    )
+    return session
+
+
+@transaction.atomic
+def session_end(
+    *, session: Session, reason: str, message: str = "", bytes_in: int = 0, bytes_out: int = 0
+) -> None:
+    """Close a live Session (once); audited as gateway.session.ended."""
+    locked = Session.objects.select_for_update().get(pk=session.pk)
+    if locked.ended_at is not None:
+        return
+    locked.ended_at = timezone.now()
+    locked.end_reason = reason
+    locked.end_message = message[:2000]
+    locked.bytes_in = bytes_in
+    locked.bytes_out = bytes_out
+    locked.save(update_fields=["ended_at", "end_reason", "end_message", "bytes_in", "bytes_out"])
+    audit_record(
+        action="gateway.session.ended",
+        actor=locked.user,
+        source_ip=locked.client_address,
+        obj=locked,
+        details={
+            "account": locked.account,
+            "reason": locked.end_reason,
+            "message": message[:500],
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "seconds": round((locked.ended_at - locked.started_at).total_seconds(), 3),
+        },
+    )
+    session.ended_at, session.end_reason = locked.ended_at, locked.end_reason
+
+
+def sessions_to_cut(*, session_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Of these live sessions, the ones that must end now: {pk: (end reason, message)}.
+
+    A session ends when an approver or pam-admin asked for it, or when its grant is no
+    longer active (checked in, revoked, expired) or its time is up.
+    """
+    if not session_ids:
+        return {}
+    close_old_connections()
+    now = timezone.now()
+    due = (
+        Session.objects.filter(pk__in=session_ids, ended_at__isnull=True)
+        .filter(
+            Q(terminate_requested_at__isnull=False)
+            | ~Q(grant__state=Grant.State.ACTIVE)
+            | Q(grant__ends_at__lte=now)
+        )
+        .select_related("grant__account", "grant__ended_by", "terminate_requested_by")
+    )
+    cuts = {}
+    for session in due:
+        cuts[session.pk] = end_of(session=session, now=now)
+    return cuts
+
+
+def end_of(*, session: Session, now=None) -> tuple[str, str]:
+    """Why a session must end, and the message the user reads."""
+    now = now or timezone.now()
+    grant = session.grant
+    slug = session.account
+    if session.terminate_requested_at is not None:
+        by = session.terminate_requested_by.username if session.terminate_requested_by else "an administrator"
+        why = f" Reason: {session.terminate_reason}" if session.terminate_reason else ""
+        return Session.EndReason.TERMINATED, f"This session was terminated by {by}.{why}"
+    if grant.state == Grant.State.REVOKED:
+        by = grant.ended_by.username if grant.ended_by else "the directory sync"
+        why = f" Reason: {grant.end_reason}" if grant.end_reason else ""
+        return Session.EndReason.REVOKED, f"Your grant for {slug} was revoked by {by}.{why}"
+    if grant.state == Grant.State.CHECKED_IN:
+        return Session.EndReason.GRANT_ENDED, f"Your grant for {slug} was checked in."
+    return (
+        Session.EndReason.GRANT_ENDED,
+        f"Your grant for {slug} expired at {timezone.localtime(grant.ends_at):%H:%M %Z}. "
+        f"Request access again at {request_url(slug)}",
+    )
+
+
+def record_refused_channel(*, session: Session | None, user: User, client_address: str, what: str) -> None:
+    """A channel or request the gateway refuses (agent, X11, remote forwarding, other ports)."""
+    close_old_connections()
+    audit_record(
+        action="gateway.request.refused",
+        actor=user,
+        source_ip=client_address,
+        obj=session,
+        details={"what": what[:300], "account": session.account if session else ""},
+    )
+
+
+def record_host_key_mismatch(
+    *, session: Session | None, user: User, client_address: str, target: str, message: str
+) -> None:
+    """A target offered a host key other than the pinned one: a security alert."""
+    close_old_connections()
+    audit_record(
+        action="security.alert.host_key_mismatch",
+        actor=user,
+        source_ip=client_address,
+        obj=session,
+        details={"target": target, "message": message[:500]},
+    )
+
+
+def record_forward(*, session: Session, user: User, client_address: str, host: str, port: int) -> None:
+    close_old_connections()
+    audit_record(
+        action="gateway.forward.opened",
+        actor=user,
+        source_ip=client_address,
+        obj=session,
+        details={"account": session.account, "host": host, "port": port},
+    )

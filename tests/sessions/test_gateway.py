@@ -1,0 +1,462 @@
+"""The SSH gateway end to end: the real OpenSSH client, through the gateway, to a real
+sshd (ssh-ca and static accounts) and a real PostgreSQL (database account, port forward),
+with real OpenBao handing out the credentials. Recordings are checked with asciinema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from access import services
+from access.models import AccessPolicy, Account, Grant, Target
+from audit.models import AuditEvent
+from sessions.models import Recording, Session
+from sessions.recorder import verify_recording
+from tests.conftest import PASSWORD, make_user
+from vault import sources
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+ASCIINEMA = (
+    Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin" / "asciinema"
+)
+
+
+# --- Fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice", "requester")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob", "approver")
+
+
+def _policy(account: Account) -> None:
+    policy = AccessPolicy.objects.create(
+        name=f"policy for {account.slug}",
+        approvals_required=1,
+        max_duration_minutes=60,
+        ticket_required=False,
+    )
+    policy.groups.add(Group.objects.get_or_create(name="requester")[0])
+    policy.accounts.add(account)
+
+
+def grant_for(alice, bob, account, minutes: int = 30) -> Grant:
+    req = services.request_create(
+        requester=alice, account=account, reason="work", ticket="", duration_minutes=minutes
+    )
+    services.request_decide(access_request=req, approver=bob, approve=True, comment="")
+    req.refresh_from_db()
+    assert req.state == "fulfilled", req.checkout_error
+    return req.grant
+
+
+@pytest.fixture
+def pacs_target(sshd_target, approle_settings):
+    return Target.objects.create(
+        name="pacs01",
+        kind=Target.Kind.PACS,
+        host=sshd_target.host,
+        port=sshd_target.port,
+        host_key=sshd_target.host_key,
+    )
+
+
+@pytest.fixture
+def ssh_account(pacs_target, sshd_target):
+    user = sshd_target.create_user()
+    account = Account.objects.create(
+        target=pacs_target, slug="pacs01-admin", kind=Account.Kind.SSH_CA, username=user.name
+    )
+    sources.configure_ssh_role(account=services.account_ref(account))
+    _policy(account)
+    return account
+
+
+@pytest.fixture
+def static_account(pacs_target, sshd_target):
+    user = sshd_target.create_user()
+    account = Account.objects.create(
+        target=pacs_target, slug="pacs01-svc", kind=Account.Kind.STATIC, username=user.name
+    )
+    sources.static_set_password(account=services.account_ref(account), password=user.password)
+    _policy(account)
+    return account
+
+
+@pytest.fixture
+def alice_key(alice, tmp_path):
+    """An Ed25519 key made by ssh-keygen, registered on alice's account page."""
+    from identity.services import ssh_key_add
+
+    path = tmp_path / "alice_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f", str(path)], check=True
+    )
+    ssh_key_add(user=alice, name="laptop", public_key_line=Path(f"{path}.pub").read_text(), request=None)
+    return path
+
+
+def _session(alice) -> Session:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        session = Session.objects.filter(user=alice).exclude(end_reason=Session.EndReason.REFUSED).first()
+        if session is not None and session.ended_at is not None:
+            return session
+        time.sleep(0.1)
+    raise AssertionError("the gateway did not end the session")
+
+
+def _events(session: Session) -> list[dict]:
+    recording = session.recordings.get(kind=Recording.Kind.EVENTS)
+    lines = (Path(settings.RECORDINGS_ROOT) / recording.path).read_text().splitlines()
+    return [json.loads(line) for line in lines[1:]]
+
+
+# --- Shell, exec ------------------------------------------------------------------------
+
+
+def test_shell_on_ssh_ca_account_is_recorded_and_plays_with_asciinema(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs01-admin", tty=True, input=b"echo hello-$((6*7)); whoami; exit\n")
+    out = result.stdout.decode(errors="replace")
+    assert "hello-42" in out, (out, result.stderr)
+    assert ssh_account.username in out
+    session = _session(alice)
+    assert session.end_reason == Session.EndReason.CLOSED
+    assert session.grant.account == ssh_account and session.bytes_out > 0
+    cast = session.recordings.get(kind=Recording.Kind.TERMINAL)
+    assert verify_recording(cast)[0]
+    played = subprocess.run(
+        [str(ASCIINEMA), "cat", str(Path(settings.RECORDINGS_ROOT) / cast.path)],
+        capture_output=True,
+        check=True,
+    )
+    assert b"hello-42" in played.stdout
+    header = json.loads((Path(settings.RECORDINGS_ROOT) / cast.path).read_text().splitlines()[0])
+    assert header["version"] == 2
+    assert AuditEvent.objects.filter(action="gateway.session.started", object_id=str(session.pk)).exists()
+    assert AuditEvent.objects.filter(action="gateway.session.ended", object_id=str(session.pk)).exists()
+
+
+def test_exec_passes_exit_status_and_keeps_stdout_and_stderr_apart(gateway, alice, bob, static_account):
+    grant_for(alice, bob, static_account)
+    result = gateway.ssh(alice, "alice:pacs01-svc", "printf out; printf err >&2; exit 3")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == b"out"
+    assert b"err" in result.stderr
+    session = _session(alice)
+    events = _events(session)
+    assert [e["command"] for e in events if e["event"] == "exec"] == ["printf out; printf err >&2; exit 3"]
+    assert [e["status"] for e in events if e["event"] == "exit"] == [3]
+    raw = session.recordings.get(kind=Recording.Kind.EXEC)
+    data = (Path(settings.RECORDINGS_ROOT) / raw.path).read_bytes()
+    assert data.count(b"out") == 1 and data.count(b"err") == 1
+    assert all(verify_recording(r)[0] for r in session.recordings.all())
+    # The password was injected: it is nowhere in the recordings.
+    password = sources.static_login_password(account=services.account_ref(static_account))
+    for recording in session.recordings.all():
+        assert password.encode() not in (Path(settings.RECORDINGS_ROOT) / recording.path).read_bytes()
+
+
+def test_binary_exec_output_is_recorded_byte_for_byte(gateway, alice, bob, ssh_account, tmp_path):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(
+        alice,
+        "alice:pacs01-admin",
+        "f=/tmp/pamsite-rand-$$; head -c 3000000 /dev/urandom | tee $f | sha256sum >&2; cat $f; rm $f",
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == 3000000
+    assert hashlib.sha256(result.stdout).hexdigest() in result.stderr.decode()
+    session = _session(alice)
+    raw = session.recordings.get(kind=Recording.Kind.EXEC)
+    recorded = (Path(settings.RECORDINGS_ROOT) / raw.path).read_bytes()
+    assert hashlib.sha256(result.stdout).hexdigest() in recorded.decode("latin-1")
+    assert result.stdout in recorded
+    assert raw.size <= 3000000 * 1.01 + 200
+
+
+# --- Refusals ---------------------------------------------------------------------------
+
+
+def test_without_a_grant_the_user_is_told_what_is_missing_and_where_to_ask(gateway, alice, ssh_account):
+    result = gateway.ssh(alice, "alice:pacs01-admin", "id")
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "no grant for pacs01-admin" in err
+    assert "/access/request/" in err and "account=pacs01-admin" in err
+    refused = Session.objects.get(user=alice, end_reason=Session.EndReason.REFUSED)
+    assert refused.grant is None and refused.account == "pacs01-admin"
+    assert AuditEvent.objects.filter(action="gateway.session.refused", actor_username="alice").exists()
+
+
+def test_an_expired_grant_is_refused(gateway, alice, bob, ssh_account):
+    grant = grant_for(alice, bob, ssh_account)
+    Grant.objects.filter(pk=grant.pk).update(ends_at=timezone.now() - timedelta(minutes=1))
+    result = gateway.ssh(alice, "alice:pacs01-admin", "id")
+    assert result.returncode != 0
+    assert "expired" in result.stderr.decode()
+    assert not result.stdout
+
+
+def test_an_unknown_account_is_refused_with_her_live_grants(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs99-nothing", "id")
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "no account called 'pacs99-nothing'" in err and "pacs01-admin" in err
+
+
+def test_a_registered_key_then_a_code_logs_in(gateway, alice, bob, alice_key, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs01-admin", "whoami", key=alice_key, password="not used")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == ssh_account.username
+    prompts = gateway.askpass_log.read_text().lower()
+    assert "code" in prompts and "password" not in prompts
+    assert AuditEvent.objects.filter(action="auth.login.key_ok", actor_username="alice").exists()
+
+
+def test_a_key_of_someone_else_is_refused(gateway, alice, bob, alice_key, ssh_account):
+    make_user("dave", "requester")
+    result = gateway.ssh(alice, "dave:pacs01-admin", "id", key=alice_key)
+    assert result.returncode == 255
+    assert "code" not in gateway.askpass_log.read_text().lower() if gateway.askpass_log.exists() else True
+
+
+def test_a_wrong_totp_code_is_refused_and_audited(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs01-admin", "id", code="000000")
+    assert result.returncode == 255
+    assert "Permission denied" in result.stderr.decode()
+    assert not Session.objects.filter(user=alice).exists()
+    failure = AuditEvent.objects.filter(action="auth.mfa.failure", actor_username="alice").first()
+    assert failure is not None and failure.details.get("channel") == "ssh"
+
+
+def test_a_wrong_password_never_reaches_the_code_prompt(gateway, alice, ssh_account):
+    result = gateway.ssh(alice, "alice:pacs01-admin", "id", password="wrong " + PASSWORD)
+    assert result.returncode == 255
+    prompts = gateway.askpass_log.read_text()
+    assert "code" not in prompts.lower()
+    assert AuditEvent.objects.filter(action="auth.login.failure", actor_username="alice").exists()
+
+
+def test_a_host_key_mismatch_refuses_the_session_and_raises_a_security_alert(
+    gateway, alice, bob, ssh_account, tmp_path
+):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    Target.objects.filter(pk=ssh_account.target_id).update(host_key=other)
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs01-admin", "id")
+    assert result.returncode != 0
+    assert "does not match the pinned key" in result.stderr.decode()
+    assert AuditEvent.objects.filter(
+        action="security.alert.host_key_mismatch", actor_username="alice"
+    ).exists()
+
+
+def test_agent_forwarding_is_refused_and_logged(gateway, alice, bob, ssh_account, tmp_path):
+    grant_for(alice, bob, ssh_account)
+    agent_sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if agent_sock.exists():
+                break
+            time.sleep(0.05)
+        env_sock = ("-o", "ForwardAgent=yes", "-o", f"IdentityAgent={agent_sock}")
+        result = gateway.ssh(alice, "alice:pacs01-admin", "echo agent=[$SSH_AUTH_SOCK]", options=env_sock)
+    finally:
+        agent.terminate()
+    assert b"agent=[]" in result.stdout, result.stderr
+    session = _session(alice)
+    assert any(e["event"] == "refused" and e["what"] == "agent forwarding" for e in _events(session))
+    assert AuditEvent.objects.filter(
+        action="gateway.request.refused", details__what="agent forwarding"
+    ).exists()
+
+
+# --- Enforcement ------------------------------------------------------------------------
+
+
+def test_revoking_the_grant_closes_the_live_session_within_five_seconds(gateway, alice, bob, ssh_account):
+    grant = grant_for(alice, bob, ssh_account)
+    client = gateway.popen(alice, "alice:pacs01-admin", tty=True)
+    client.stdin.write(b"echo started-$((1+1))\n")
+    client.stdin.flush()
+    deadline = time.monotonic() + 20
+    while not Session.objects.filter(user=alice, ended_at__isnull=True).exists():
+        assert time.monotonic() < deadline, "the session did not start"
+        time.sleep(0.1)
+    time.sleep(1)
+    services.grant_revoke(grant=grant, acting_user=bob, reason="vendor done")
+    revoked_at = time.monotonic()
+    out, _err = client.communicate(timeout=15)
+    assert time.monotonic() - revoked_at < 5
+    text = out.decode(errors="replace")
+    assert "started-2" in text
+    assert "revoked by bob" in text and "vendor done" in text
+    session = _session(alice)
+    assert session.end_reason == Session.EndReason.REVOKED
+    cast = session.recordings.get(kind=Recording.Kind.TERMINAL)
+    assert verify_recording(cast)[0]
+    played = subprocess.run(
+        [str(ASCIINEMA), "cat", str(Path(settings.RECORDINGS_ROOT) / cast.path)], capture_output=True
+    )
+    assert b"started-2" in played.stdout and b"revoked by bob" in played.stdout
+
+
+# --- File transfer and forwarding -------------------------------------------------------
+
+
+def test_sftp_upload_and_download_are_logged_with_their_sha256(
+    gateway, alice, bob, alice_key, static_account, tmp_path
+):
+    grant_for(alice, bob, static_account)
+    payload = os.urandom(2_500_000)
+    (tmp_path / "study.dcm").write_bytes(payload)
+    remote = f"/tmp/pamsite-up-{os.urandom(4).hex()}.dcm"
+    batch = (
+        f"put {tmp_path / 'study.dcm'} {remote}\nget {remote} {tmp_path / 'back.dcm'}\nrm {remote}\n".encode()
+    )
+    result = gateway.tool(
+        "sftp", alice, ["-o", "User=alice:pacs01-svc", gateway.host], key=alice_key, input=batch
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "back.dcm").read_bytes() == payload
+    digest = hashlib.sha256(payload).hexdigest()
+    transfers = [e for e in _events(_session(alice)) if e["event"] == "file-transfer"]
+    assert {(t["direction"], t["path"], t["size"], t["sha256"]) for t in transfers} == {
+        ("upload", remote, len(payload), digest),
+        ("download", remote, len(payload), digest),
+    }
+
+
+@pytest.mark.parametrize("protocol", ["sftp", "legacy"])
+def test_scp_upload_and_download_are_logged(gateway, alice, bob, static_account, tmp_path, protocol):
+    """scp speaks SFTP by default (OpenSSH 9); -O is the legacy scp protocol over exec."""
+    grant_for(alice, bob, static_account)
+    payload = os.urandom(300_000)
+    name = f"pamsite-scp-{os.urandom(4).hex()}.pdf"
+    (tmp_path / name).write_bytes(payload)
+    remote = f"/tmp/{name}"
+    legacy = ["-O"] if protocol == "legacy" else []
+    login = ["-o", "User=alice:pacs01-svc"]
+    up = gateway.tool("scp", alice, [*legacy, *login, str(tmp_path / name), f"{gateway.host}:/tmp/"])
+    assert up.returncode == 0, up.stderr
+    down = gateway.tool(
+        "scp", alice, [*legacy, *login, f"{gateway.host}:{remote}", str(tmp_path / "back.pdf")]
+    )
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back.pdf").read_bytes() == payload
+    digest = hashlib.sha256(payload).hexdigest()
+    sessions = Session.objects.filter(user=alice).order_by("pk")
+    logged = []
+    for session in sessions:
+        _session(alice)
+        session.refresh_from_db()
+        logged += [
+            (t["direction"], t["path"], t["size"], t["sha256"])
+            for t in _events(session)
+            if t["event"] == "file-transfer"
+        ]
+    assert logged == [("upload", remote, len(payload), digest), ("download", remote, len(payload), digest)]
+
+
+def test_port_forward_reaches_postgresql_with_a_database_grant(
+    gateway, alice, bob, pg_target, approle_settings
+):
+    from tests.fixtures.openbao import free_port
+
+    target = Target.objects.create(
+        name="pacsdb01", kind=Target.Kind.DATABASE, host=pg_target.host, port=pg_target.port
+    )
+    account = Account.objects.create(
+        target=target,
+        slug="pacsdb01-admin",
+        kind=Account.Kind.DATABASE,
+        username=pg_target.group_role,
+        database_name=pg_target.database,
+    )
+    sources.configure_database_connection(
+        name=target.name,
+        host=pg_target.host,
+        port=pg_target.port,
+        database=pg_target.database,
+        admin_username=pg_target.admin_username,
+        admin_password=pg_target.admin_password,
+        sslmode="disable",
+    )
+    sources.configure_database_role(account=services.account_ref(account))
+    _policy(account)
+    grant = grant_for(alice, bob, account)
+    secret = sources.reveal(account=services.account_ref(account), grant_ref=str(grant.pk))
+    local = free_port()
+    client = gateway.popen(
+        alice,
+        "alice:pacsdb01-admin",
+        options=("-N", "-L", f"{local}:{pg_target.host}:{pg_target.port}", "-o", "ExitOnForwardFailure=yes"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with psycopg.connect(
+                    host="127.0.0.1",
+                    port=local,
+                    user=secret.login,
+                    password=secret.password,
+                    dbname=pg_target.database,
+                    connect_timeout=3,
+                ) as conn:
+                    assert conn.execute("select current_user").fetchone()[0] == secret.login
+                break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline and client.poll() is None, (
+                    client.stderr.read() if client.poll() is not None else "timeout"
+                )
+                time.sleep(0.3)
+    finally:
+        client.terminate()
+        client.wait(timeout=10)
+    session = _session(alice)
+    forwards = [e for e in _events(session) if e["event"] == "forward"]
+    assert forwards and forwards[0]["port"] == pg_target.port and forwards[0]["bytes_out"] > 0
+    assert AuditEvent.objects.filter(action="gateway.forward.opened", object_id=str(session.pk)).exists()
+
+
+def test_forwarding_to_a_port_not_allowed_is_refused(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs01-admin", options=("-W", f"{ssh_account.target.host}:5432"))
+    assert result.returncode != 0
+    assert AuditEvent.objects.filter(
+        action="gateway.request.refused", details__what__startswith="port forwarding"
+    ).exists()
+
+
+def test_plain_username_gets_a_menu_of_live_grants(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice", tty=True, input=b"1\nwhoami; exit\n")
+    out = result.stdout.decode(errors="replace")
+    assert "1) pacs01-admin on pacs01" in out
+    assert ssh_account.username in out.split("Connecting to pacs01-admin")[-1]
+    assert _session(alice).account == "pacs01-admin"
