@@ -251,6 +251,9 @@ class GatewayServer:
 def run(*, listen: str, host_key_file: Path, workers: int) -> None:
     """``manage.py ssh_gateway``: listen, recover, serve until SIGTERM / SIGINT."""
     host, port = parse_listen(listen)
+    # Paramiko logs every failed handshake (port scanners, health checks) as an ERROR with a
+    # traceback; the gateway logs one line per connection itself.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     host_key = load_host_key(host_key_file)
     recover_dead_processes()
     connections.close_all()

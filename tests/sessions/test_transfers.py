@@ -566,12 +566,12 @@ def test_sftp_a_refused_open_is_not_a_transfer():
         (u32(0xFFFFFFF0) + b"\x06", "bad packet length"),
         (u32(MAX_PACKET + 1) + b"\x06", "bad packet length"),
         (b"SSH-2.0-OpenSSH_9.2\r\n", "bad packet length"),
-        (packet(6, u32(5) + u32(4000) + b"x" * 20), "bad handle length"),
+        (packet(6, u32(5) + u32(4000) + b"x" * 20), "truncated"),
         (packet(3, u32(1) + u32(50) + b"short"), "truncated"),
         (packet(3, u32(1) + string("/x")), "truncated"),
         (
-            packet(6, u32(1) + string(HANDLE) + struct.pack(">Q", 0) + u32(10) + b"0123456789XX"),
-            "does not match",
+            packet(6, u32(1) + string(HANDLE) + struct.pack(">Q", 0) + u32(100) + b"0123456789"),
+            "runs past the end",
         ),
     ],
 )
@@ -586,6 +586,84 @@ def test_sftp_malformed_client_packets_stop_tracking_without_raising(client, rea
     tracker.from_server(b"\xff" * 100)
     tracker.close()
     assert transfers == []
+
+
+class RealSftpServer:
+    """The real sftp-server on pipes, fed packets by hand; records what the gateway would see."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([SFTP_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.records: list[tuple[str, bytes]] = []
+
+    def send(self, *packets: bytes, answers: int) -> list[bytes]:
+        data = b"".join(packets)
+        self.records.append(("c", data))
+        self.proc.stdin.write(data)
+        replies = [self._read_packet() for _ in range(answers)]
+        self.records.append(("s", b"".join(replies)))
+        return replies
+
+    def _read_packet(self) -> bytes:
+        head = self._read(4)
+        return head + self._read(struct.unpack(">I", head)[0])
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.proc.stdout.read(n - len(data))
+            assert chunk, "sftp-server closed its output"
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+def test_sftp_packets_the_real_server_accepts_are_read_the_way_it_reads_them(tmp_path):
+    """sftp-server ignores bytes after a WRITE's data and refuses a 300-byte handle: the
+    tracker does the same, so neither hides a write from it or stops it."""
+    target = tmp_path / "up.bin"
+    server = RealSftpServer()
+    try:
+        server.send(INIT, answers=1)
+        (reply,) = server.send(open_req(1, str(target), 0x1A), answers=1)
+        handle = reply[13:]
+        padded = packet(6, u32(2) + string(handle) + struct.pack(">Q", 0) + string(b"hello ") + b"JUNK" * 50)
+        (refused,) = server.send(write_req(3, 6, b"evil", handle=b"h" * 300), answers=1)
+        server.send(padded, write_req(4, 6, b"world", handle=handle), answers=2)
+        server.send(close_req(5, handle), answers=1)
+    finally:
+        server.close()
+    assert struct.unpack_from(">I", refused, 9)[0] == 4  # SSH_FX_FAILURE
+    assert target.read_bytes() == b"hello world"
+
+    transfers, tracker = track_sftp(server.records)
+    assert tracker.failed is None
+    assert transfers == [as_transfer("upload", target)]
+
+
+def test_sftp_out_of_order_bytes_are_budgeted_across_the_channels_files():
+    """max_pending bounds the bytes held for all files together: the file that passes it
+    gives up its hash, the other one keeps it."""
+    first, second = random.Random(14).randbytes(4000), random.Random(15).randbytes(4000)
+    h1, h2 = b"\0\0\0\1", b"\0\0\0\2"
+    records = [("c", INIT), ("s", VERSION), ("c", open_req(1, "/srv/one", 1)), ("s", handle_reply(1, h1))]
+    records += [("c", open_req(2, "/srv/two", 1)), ("s", handle_reply(2, h2))]
+    for i in range(4):
+        records += [("c", read_req(10 + i, i * 1000, 1000, h1)), ("c", read_req(20 + i, i * 1000, 1000, h2))]
+    for i in (3, 2, 1):  # offset 0 last: 3000 bytes held for each file
+        records += [("s", data_reply(10 + i, first[i * 1000 : (i + 1) * 1000]))]
+        records += [("s", data_reply(20 + i, second[i * 1000 : (i + 1) * 1000]))]
+    records += [("s", data_reply(10, first[:1000])), ("s", data_reply(20, second[:1000]))]
+    records += [("c", close_req(3, h1)), ("s", status(3)), ("c", close_req(4, h2)), ("s", status(4))]
+
+    one, two = track_sftp(records, max_pending=5000)[0]
+
+    assert one == Transfer("download", "/srv/one", 4000, hashlib.sha256(first).hexdigest(), True)
+    assert (two.path, two.size, two.sha256, two.complete) == ("/srv/two", 4000, "", False)
+    assert "more than 5000 bytes arrived out of order" in two.note
 
 
 def test_sftp_a_stream_that_does_not_start_with_init_is_not_followed():
@@ -845,7 +923,7 @@ def test_scp_a_file_cut_off_by_the_channel_end_is_reported_incomplete():
         b"C0644 -5 a\n",
         b"C0644 5\n",
         b"Hello from .bashrc\n",
-        b"C0644 5 " + b"a" * 10_000,
+        b"\n",
         b"\xff" * 3,
     ],
 )
@@ -856,6 +934,27 @@ def test_scp_malformed_records_stop_tracking_without_raising(source):
     tracker.from_client(b"C0644 5 a\n")
     tracker.close()
     assert tracker.failed
+
+
+def test_scp_an_overlong_control_line_is_read_as_two_records_as_scp_reads_it(tmp_path):
+    """The real sink reads 2047 bytes as one record and the rest as the next one: a client
+    cannot smuggle a file past the tracker behind a long line."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    long_line = b"C0644 5 " + b"a" * (2047 - 8)  # refused: the name is too long
+    client = long_line + b"C0644 6 smuggled\nhello\n\0"
+    sink = subprocess.run(["scp", "-t", str(dst)], input=client, capture_output=True, timeout=60)
+    assert (dst / "smuggled").read_bytes() == b"hello\n"
+    assert sink.stdout.startswith(b"\0\x01scp: ")
+
+    transfers: list[Transfer] = []
+    tracker = ScpTracker.for_command(f"scp -t {dst}", transfers.append)
+    tracker.from_server(sink.stdout[:1])
+    tracker.from_client(client)  # sent without waiting for the answers
+    tracker.from_server(sink.stdout[1:])
+    tracker.close()
+    assert tracker.failed is None
+    assert transfers == [as_transfer("upload", dst / "smuggled")]
 
 
 def test_scp_an_unexpected_answer_stops_tracking():
