@@ -12,6 +12,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import paramiko
 import psycopg
 import pytest
 from django.conf import settings
@@ -380,3 +381,64 @@ def test_plain_username_gets_a_menu_of_live_grants(gateway, alice, bob, ssh_acco
     assert "1) pacs01-admin on pacs01" in out
     assert ssh_account.username in out.split("Connecting to pacs01-admin")[-1]
     assert _session(alice).account == "pacs01-admin"
+
+
+def test_an_unwritable_recordings_folder_refuses_the_session(
+    gateway, settings, alice, bob, ssh_account, tmp_path
+):
+    grant_for(alice, bob, ssh_account)
+    (tmp_path / "not-a-folder").write_text("a file where the recordings folder should be")
+    settings.RECORDINGS_ROOT = tmp_path / "not-a-folder" / "recordings"
+    result = gateway.ssh(alice, "alice:pacs01-admin", "touch /tmp/should-not-run")
+    assert result.returncode != 0
+    assert "cannot be recorded" in result.stderr.decode()
+    session = Session.objects.get(user=alice)
+    assert session.end_reason == Session.EndReason.ERROR
+    assert not session.recordings.exists()
+
+
+def _paramiko_login(gateway, user, login: str):
+    """A paramiko client (to send window changes at will), password then TOTP code."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from tests.totp import totp_code
+
+    device = TOTPDevice.objects.get(user=user, confirmed=True)
+    TOTPDevice.objects.filter(pk=device.pk).update(last_t=-1)
+    transport = paramiko.Transport(("127.0.0.1", gateway.port))
+    transport.start_client(timeout=10)
+    expected = (gateway.workdir / "host_key.pub").read_text().split()[1]
+    assert transport.get_remote_server_key().get_base64() == expected
+    remaining = transport.auth_password(login, PASSWORD)
+    assert remaining == ["keyboard-interactive"]
+    transport.auth_interactive(
+        login, lambda title, instructions, prompts: [totp_code(bytes.fromhex(device.key))]
+    )
+    assert transport.is_authenticated()
+    return transport
+
+
+def test_window_changes_reach_the_target_and_the_recording(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    transport = _paramiko_login(gateway, alice, "alice:pacs01-admin")
+    try:
+        channel = transport.open_session()
+        channel.get_pty("xterm", 80, 24)
+        channel.invoke_shell()
+        channel.sendall(b"echo shell-up\n")
+        seen = b""
+        while b"shell-up\r\n" not in seen:  # the echo of the output, not of the typed line
+            seen += channel.recv(65536)
+        channel.resize_pty(132, 43)
+        time.sleep(0.3)
+        channel.sendall(b"stty size; exit\n")
+        out = b""
+        while chunk := channel.recv(65536):
+            out += chunk
+    finally:
+        transport.close()
+    assert b"43 132" in out
+    cast = _session(alice).recordings.get(kind=Recording.Kind.TERMINAL)
+    lines = (Path(settings.RECORDINGS_ROOT) / cast.path).read_text().splitlines()
+    assert json.loads(lines[0])["width"] == 80
+    assert [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"] == ["132x43"]
