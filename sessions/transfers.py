@@ -22,9 +22,10 @@ sftp-server speaks; ``sftp`` and OpenSSH 9's ``scp`` both use it. What it follow
   bytes in offset order: in-order bytes go straight into a running sha256 (no copy); bytes
   ahead of it (pipelined READs answered out of order, sftp's up to 64 outstanding requests)
   wait in a per-file dict keyed by offset, drained as the gap fills. The hash is given up,
-  and the Transfer marked incomplete with a note, when more than ``max_pending`` bytes wait,
-  when data overlaps data already seen, or when a gap is left at the end; ``sha256`` is then
-  "" (it is only ever the hash of exactly the bytes 0..size). Resumed transfers (``reput``,
+  and the Transfer marked incomplete with a note, when the bytes waiting in all the
+  channel's files would pass ``max_pending`` (so one channel holds at most that much), when
+  data overlaps data already seen, or when a gap is left at the end; ``sha256`` is then ""
+  (it is only ever the hash of exactly the bytes 0..size). Resumed transfers (``reput``,
   ``reget``) start past offset 0 and are therefore reported incomplete with their size.
 - A WRITE or READ the server refused, or a failed CLOSE, marks the Transfer incomplete.
 - With ``on_operation`` set, successful REMOVE, RENAME (and posix-rename@openssh.com), MKDIR,
@@ -49,20 +50,33 @@ folder joined with the name: a glob the remote shell expanded). At the top level
 upload the remote ``scp -t`` writes to ``TARGET/name`` if TARGET is an existing directory and
 to TARGET itself otherwise, which the tracker cannot see; its rule is ``TARGET/name`` for a
 ``D`` record, when the client sent ``-d`` (several files), when TARGET ends in ``/`` or is
-``.`` or ``~``, or when the name differs from TARGET's last component, and TARGET itself
-otherwise. So ``scp a.txt host:/tmp/b.txt`` is reported as ``/tmp/b.txt/a.txt``: both the
+``~``, or when the name differs from TARGET's last component, and TARGET itself otherwise
+(TARGET ``.``, what ``scp f host:`` sends, gives just the name, relative to the home
+directory). So ``scp a.txt host:/tmp/b.txt`` is reported as ``/tmp/b.txt/a.txt``: both the
 name the client sent and the target stay in the record, even when the guess is wrong.
 
-Limits, both trackers: on a malformed or hostile stream (a packet longer than ``MAX_PACKET``,
-truncated fields, a control line that is not scp's, more than ``MAX_OUTSTANDING`` requests
-without an answer) the tracker stops for good: ``failed`` says why, files open at that
-moment are reported incomplete with the reason, all later bytes are ignored and nothing
-ever raises; the gateway keeps relaying. A user can therefore make tracking stop on purpose
-(a client is free to send a bad packet that the server will refuse), so the gateway must log
-``failed`` as an event of its own. SFTP versions other than 3 are not followed. Data the
-server copies itself (copy-data@openssh.com) and files moved by a shell command are not seen.
-Random-access writes (sshfs, editors) usually end with overlaps or gaps: size is right, the
-hash is given up.
+Following the real peer, not a stricter reading of the protocol: where OpenSSH accepts
+something, the trackers accept it the same way, so a client cannot hide a transfer by
+sending what the server takes and the tracker would not. sftp-server ignores bytes after the
+fields of a packet (the tracker skips them too) and answers a handle of the wrong length
+with a failure (the tracker treats it as an unknown handle). scp reads a control line of
+more than 2047 bytes as two records, and an answer of more than 2048 as two answers; the
+tracker cuts the lines the target's scp reads at the same places, and takes the lines it
+writes whole.
+
+Limits, both trackers: on a stream the real peer would not accept either (a packet longer
+than ``MAX_PACKET``, truncated fields, a control line that is not scp's, an answer byte that
+is neither ``\0`` nor an error; or more than ``MAX_OUTSTANDING`` requests without an answer,
+or one scp side sending ``SCP_MAX_AHEAD`` bytes out of turn) the tracker stops for good:
+``failed`` says why, files open at that moment are reported incomplete with the reason, all
+later bytes are ignored and nothing ever raises; the gateway keeps relaying. The server then
+usually ends the session itself, but a user could still make tracking stop on purpose, so
+the gateway must log ``failed`` as an event of its own. Other limits: SFTP versions other
+than 3 are not followed; the trackers assume the server answers SFTP requests in order (as
+OpenSSH's does: a READ answered after its file's CLOSE is lost, and the file then has a
+gap); data the server copies itself (copy-data@openssh.com) and files moved by a shell
+command are not seen; random-access writes (sshfs, editors) usually end with overlaps or
+gaps, so the size is right but the hash is given up.
 """
 
 from __future__ import annotations
@@ -86,8 +100,9 @@ MAX_PACKET = 256 * 1024 + 4096
 MAX_OUTSTANDING = 1 << 20
 MAX_OPEN = 1 << 16  # handles open at once (sftp-server allows a few hundred)
 MAX_NOTES = 4
-# scp reads a control line or an error message into a 2048-byte buffer: at most 2047 bytes,
-# the rest of a longer line being the next record. The tracker splits lines the same way.
+# scp reads a control line into a 2048-byte buffer: at most 2047 bytes, the rest of a longer
+# line being the next record; an answer is its first byte and at most 2047 more. Lines the
+# target's scp writes itself have no such limit (only SCP_MAX_AHEAD).
 SCP_LINE = 2047
 SCP_MAX_AHEAD = 1024 * 1024  # bytes one side may send before its turn
 
@@ -698,6 +713,13 @@ class ScpTracker:
         self._trailer = False  # the byte after the data is next
         self._dirs: list[str] = []
         self._entering = ""  # the D record waiting for its answer
+        # Each stream is read as its reader on the target reads it (the client may be
+        # anything; the target runs OpenSSH's scp): in an upload the target reads the
+        # source's records and trailers and writes the answers; in a download, the reverse.
+        upload = direction == "upload"
+        self._record_limit = SCP_LINE if upload else SCP_MAX_AHEAD
+        self._trailer_limit = SCP_LINE + 1 if upload else SCP_MAX_AHEAD
+        self._answer_limit = SCP_MAX_AHEAD if upload else SCP_LINE + 1
 
     @classmethod
     def for_command(cls, command: str, on_transfer: Callable[[Transfer], None]) -> ScpTracker | None:
@@ -776,7 +798,7 @@ class ScpTracker:
     def _pump(self) -> None:
         while self.failed is None:
             if self._awaiting is not None:
-                answer = self._take_answer(self._sink, "sink")
+                answer = self._take_answer(self._sink, "sink", self._answer_limit)
                 if answer is None:
                     return
                 self._answered(answer)
@@ -788,20 +810,20 @@ class ScpTracker:
                     self._data(view[:take])
                 del self._src[:take]
             elif self._trailer:
-                answer = self._take_answer(self._src, "source")
+                answer = self._take_answer(self._src, "source", self._trailer_limit)
                 if answer is None:
                     return
                 self._trailer = False
                 self._file.source_error = answer
                 self._awaiting = "file"
             else:
-                line = self._take_line(self._src)
+                line = self._take_line(self._src, self._record_limit)
                 if line is None:
                     return
                 self._record(line)
 
     @staticmethod
-    def _take_answer(buf: bytearray, side: str) -> str | None:
+    def _take_answer(buf: bytearray, side: str, limit: int) -> str | None:
         """Consume "\\0" (returns "") or an error line (returns its text); None: incomplete."""
         if not buf:
             return None
@@ -811,22 +833,22 @@ class ScpTracker:
             return ""
         if first not in (1, 2):
             raise _Malformed(f"unexpected byte {first:#x} from the {side} where scp expects an answer")
-        line = ScpTracker._take_line(buf)
+        line = ScpTracker._take_line(buf, limit)
         if line is None:
             return None
         return _text(line[1:]).strip() or "error"
 
     @staticmethod
-    def _take_line(buf: bytearray) -> bytes | None:
-        """A line without its newline; a longer one is cut at SCP_LINE bytes, as scp does."""
-        nl = buf.find(b"\n", 0, SCP_LINE)
+    def _take_line(buf: bytearray, limit: int) -> bytes | None:
+        """A line without its newline; one of limit bytes without a newline is cut there."""
+        nl = buf.find(b"\n", 0, limit)
         if nl >= 0:
             line = bytes(buf[:nl])
             del buf[: nl + 1]
             return line
-        if len(buf) >= SCP_LINE:
-            line = bytes(buf[:SCP_LINE])
-            del buf[:SCP_LINE]
+        if len(buf) >= limit:
+            line = bytes(buf[:limit])
+            del buf[:limit]
             return line
         return None
 

@@ -146,6 +146,9 @@ class GatewayConnection(paramiko.ServerInterface):
         self.channels: dict[int, _Channel] = {}
         self.forwards: dict[int, tuple[socket.socket, str, int]] = {}
         self.cut_reason: tuple[str, str] | None = None
+        # Why the session ended when nobody cut it (the target refused the login).
+        self.end_reason: tuple[str, str] | None = None
+        self.reported_bytes = (0, 0)
         self.finished = threading.Event()
         self.workers: list[threading.Thread] = []
 
@@ -235,7 +238,7 @@ class GatewayConnection(paramiko.ServerInterface):
             except RecordingError as exc:
                 failed = str(exc)
         if self.session is not None and self.session.ended_at is None:
-            reason, message = self.cut_reason or (Session.EndReason.CLOSED, "")
+            reason, message = self.cut_reason or self.end_reason or (Session.EndReason.CLOSED, "")
             if failed and not self.cut_reason:
                 reason, message = Session.EndReason.ERROR, failed
             try:
@@ -399,7 +402,7 @@ class GatewayConnection(paramiko.ServerInterface):
     def check_channel_request(self, kind, chanid):
         if kind != "session":
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        if len(self.channels) >= MAX_CHANNELS:
+        if len(self.channels) >= MAX_CHANNELS or self.cut_reason is not None:
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         return OPEN_SUCCEEDED
 
@@ -537,6 +540,13 @@ class GatewayConnection(paramiko.ServerInterface):
             pass
 
     def _run_channel(self, state: _Channel, kind: str, command: str) -> None:
+        try:
+            self._channel_work(state, kind, command)
+        finally:
+            self._close_recorder(state)
+            self.channels.pop(state.channel.get_id(), None)
+
+    def _channel_work(self, state: _Channel, kind: str, command: str) -> None:
         if self.account_slug is None:
             if kind == "shell" and state.pty:
                 if not self._menu(state):
@@ -564,6 +574,10 @@ class GatewayConnection(paramiko.ServerInterface):
         try:
             conn = self._upstream()
         except upstream.UpstreamError as exc:
+            self.end_reason = (
+                Session.EndReason.REFUSED,
+                f"Cannot log in to {self.account.target.name}: {exc}",
+            )
             self._say(state, f"pamsite: cannot log in to {self.account.target.name}: {exc}")
             self._close_soon()
             return
@@ -731,7 +745,6 @@ class GatewayConnection(paramiko.ServerInterface):
                     target=target.name,
                     message=str(exc),
                 )
-                self.cut_reason = (Session.EndReason.REFUSED, str(exc))
                 raise
             finally:
                 kwargs.clear()

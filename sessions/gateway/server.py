@@ -40,6 +40,7 @@ from sessions.upstream import generate_keypair
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 0.5
+BYTES_INTERVAL = 10.0
 
 
 class GatewayError(Exception):
@@ -216,7 +217,7 @@ class GatewayServer:
         connections.close_all()
 
     def _housekeeping(self) -> None:
-        last_check = 0.0
+        last_check = last_bytes = 0.0
         while not self._stopping.wait(HOUSEKEEPING_INTERVAL):
             try:
                 flush_due()
@@ -224,9 +225,24 @@ class GatewayServer:
                 if now - last_check >= 1.0:
                     last_check = now
                     self.enforce()
+                if now - last_bytes >= BYTES_INTERVAL:
+                    last_bytes = now
+                    self.report_bytes()
             except Exception:
                 logger.exception("Gateway housekeeping failed; retrying")
                 connections.close_all()
+
+    def report_bytes(self) -> None:
+        """Keep the live sessions' byte counts current for the live sessions page."""
+        with self._lock:
+            live = [c for c in self.connections if c.session is not None and c.session.ended_at is None]
+        for connection in live:
+            counts = (connection.counter.to_target, connection.counter.to_user)
+            if counts != connection.reported_bytes:
+                Session.objects.filter(pk=connection.session.pk, ended_at__isnull=True).update(
+                    bytes_in=counts[0], bytes_out=counts[1]
+                )
+                connection.reported_bytes = counts
 
     def enforce(self) -> int:
         """Cut the sessions whose grant ended or that were terminated; how many were cut."""

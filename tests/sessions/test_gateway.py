@@ -35,9 +35,10 @@ ASCIINEMA = (
 
 
 def _session(alice) -> Session:
+    """Her session that reached a grant (not a refusal at login), once the gateway ended it."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        session = Session.objects.filter(user=alice).exclude(end_reason=Session.EndReason.REFUSED).first()
+        session = Session.objects.filter(user=alice, grant__isnull=False).first()
         if session is not None and session.ended_at is not None:
             return session
         time.sleep(0.1)
@@ -442,3 +443,14 @@ def test_window_changes_reach_the_target_and_the_recording(gateway, alice, bob, 
     lines = (Path(settings.RECORDINGS_ROOT) / cast.path).read_text().splitlines()
     assert json.loads(lines[0])["width"] == 80
     assert [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"] == ["132x43"]
+
+
+def test_a_target_refusing_the_login_is_reported_and_ends_the_session(gateway, alice, bob, static_account):
+    grant_for(alice, bob, static_account)
+    sources.static_set_password(account=services.account_ref(static_account), password="not-the-password-1A!")
+    result = gateway.ssh(alice, "alice:pacs01-svc", "id")
+    assert result.returncode != 0
+    assert "cannot log in to pacs01" in result.stderr.decode()
+    session = _session(alice)
+    assert session.end_reason == Session.EndReason.REFUSED
+    assert "rejected" in session.end_message

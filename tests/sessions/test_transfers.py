@@ -57,8 +57,10 @@ to_server = threading.Thread(
 to_server.start()
 pump(proc.stdout.fileno(), 1, b"s", lambda: os.close(1))
 status = proc.wait()
-to_server.join(5)
-os._exit(status)
+# Whatever the server read was logged before it was forwarded; scp's client only closes its
+# end once "ssh" has exited, so do not wait for it. The lock keeps the last record whole.
+with lock:
+    os._exit(status)
 """
 
 
@@ -771,7 +773,8 @@ def scp_tree(scp):
     return tree
 
 
-def test_scp_upload_recursive_reports_every_file_under_the_target(scp, scp_tree, tmp_path):
+@pytest.mark.usefixtures("scp_tree")
+def test_scp_upload_recursive_reports_every_file_under_the_target(scp, tmp_path):
     remote = tmp_path / "remote"
     remote.mkdir()
     records, command = scp("-r", "-p", "study", f"fakehost:{remote}")
@@ -785,7 +788,8 @@ def test_scp_upload_recursive_reports_every_file_under_the_target(scp, scp_tree,
     assert tracker.failed is None
 
 
-def test_scp_upload_of_several_files_goes_into_the_target_directory(scp, scp_tree, tmp_path):
+@pytest.mark.usefixtures("scp_tree")
+def test_scp_upload_of_several_files_goes_into_the_target_directory(scp, tmp_path):
     remote = tmp_path / "remote"
     remote.mkdir()
     records, command = scp("study/scan.dcm", "study/empty", f"fakehost:{remote}")
@@ -795,7 +799,8 @@ def test_scp_upload_of_several_files_goes_into_the_target_directory(scp, scp_tre
     assert transfers == [as_transfer("upload", remote / "scan.dcm"), as_transfer("upload", remote / "empty")]
 
 
-def test_scp_upload_of_one_file_to_a_file_name(scp, scp_tree, tmp_path):
+@pytest.mark.usefixtures("scp_tree")
+def test_scp_upload_of_one_file_to_a_file_name(scp, tmp_path):
     """Same name as the target: reported as the target itself."""
     remote = tmp_path / "remote"
     remote.mkdir()
@@ -804,7 +809,8 @@ def test_scp_upload_of_one_file_to_a_file_name(scp, scp_tree, tmp_path):
     assert transfers == [as_transfer("upload", remote / "scan.dcm")]
 
 
-def test_scp_upload_to_a_new_name_is_reported_under_the_target(scp, scp_tree, tmp_path):
+@pytest.mark.usefixtures("scp_tree")
+def test_scp_upload_to_a_new_name_is_reported_under_the_target(scp, tmp_path):
     """The documented guess: a different name is taken to mean the target is a directory."""
     remote = tmp_path / "remote"
     remote.mkdir()
@@ -838,7 +844,8 @@ def test_scp_download_of_a_glob_reports_each_match(scp, scp_tree):
     assert transfers == [as_transfer("download", scp_tree / "scan.dcm")]
 
 
-def test_scp_upload_the_sink_refuses_is_not_a_transfer(scp, scp_tree, tmp_path):
+@pytest.mark.usefixtures("scp_tree")
+def test_scp_upload_the_sink_refuses_is_not_a_transfer(scp, tmp_path):
     records, command = scp("study/scan.dcm", f"fakehost:{tmp_path}/missing/dir/scan.dcm", check=False)
     transfers, tracker = track_scp(records, command)
     assert transfers == []
@@ -847,6 +854,7 @@ def test_scp_upload_the_sink_refuses_is_not_a_transfer(scp, scp_tree, tmp_path):
 
 @pytest.fixture
 def scp_recursive_upload(scp, scp_tree, tmp_path):
+    """A real scp -r upload of scp_tree: (records, command, transfers)."""
     (tmp_path / "remote").mkdir()
     records, command = scp("-r", "study", f"fakehost:{tmp_path}/remote")
     transfers, _ = track_scp(records, command)
@@ -869,7 +877,7 @@ def test_scp_one_byte_at_a_time_gives_the_same_transfers(scp_recursive_upload):
 
 
 def test_scp_data_and_trailer_in_one_chunk_with_the_next_record():
-    """The source waits for answers, but chunking must not matter when it does not."""
+    """A source that sends ahead of the sink's answers is followed once they arrive."""
     transfers: list[Transfer] = []
     tracker = ScpTracker("upload", transfers.append, paths=["/dst/"])
     tracker.from_server(b"\0")
