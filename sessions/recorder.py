@@ -447,13 +447,32 @@ class EventLog(_Recorder):
     def exit_status(self, *, channel: int, status: int) -> None:
         self._event("exit", channel=channel, status=status)
 
-    def file_transfer(self, *, channel: int, direction: str, path: str, size: int, sha256: str) -> None:
-        """An SFTP/scp transfer; direction is "upload" (to the target) or "download"."""
+    def file_transfer(
+        self,
+        *,
+        channel: int,
+        direction: str,
+        path: str,
+        size: int,
+        sha256: str,
+        complete: bool = True,
+        note: str = "",
+    ) -> None:
+        """An SFTP/scp transfer; direction is "upload" (to the target) or "download".
+
+        ``complete`` is False (with ``note`` saying why, and sha256 possibly empty) when the
+        gateway could not follow the whole file: never closed, gaps, tracking stopped.
+        """
         if direction not in ("upload", "download"):
             raise ValueError(f"direction must be upload or download, not {direction!r}")
-        self._event(
-            "file-transfer", channel=channel, direction=direction, path=path, size=size, sha256=sha256
-        )
+        fields = {"direction": direction, "path": path, "size": size, "sha256": sha256}
+        if not complete:
+            fields.update(complete=False, note=note)
+        self._event("file-transfer", channel=channel, **fields)
+
+    def note(self, event: str, **fields) -> None:
+        """Any other session event (a refused request, a file operation, tracking stopped)."""
+        self._event(event, **fields)
 
     def forwarded_connection(
         self, *, channel: int, host: str, port: int, bytes_in: int, bytes_out: int

@@ -502,7 +502,7 @@ class GatewayConnection(paramiko.ServerInterface):
     def _refused(self, what: str) -> None:
         if self.events is not None:
             with contextlib.suppress(RecordingError):
-                self.events._event("refused", what=what)
+                self.events.note("refused", what=what)
         if self.user is not None:
             _db(
                 records.record_refused_channel,
@@ -639,7 +639,9 @@ class GatewayConnection(paramiko.ServerInterface):
                     direction=transfer.direction,
                     path=transfer.path,
                     size=transfer.size,
-                    sha256=transfer.sha256 if transfer.complete else "",
+                    sha256=transfer.sha256,
+                    complete=transfer.complete,
+                    note=transfer.note,
                 )
             except RecordingError as exc:
                 self.recording_failed(str(exc))
@@ -675,6 +677,9 @@ class GatewayConnection(paramiko.ServerInterface):
         status = relay.run()
         if tracker is not None:
             tracker.close()
+            if tracker.failed:
+                # A stream the tracker could not follow may be an attempt to hide a transfer.
+                self._tracking_stopped(channel_id, kind, tracker.failed)
         if status is not None and self.cut_reason is None:
             try:
                 events.exit_status(channel=channel_id, status=status)
@@ -693,9 +698,22 @@ class GatewayConnection(paramiko.ServerInterface):
     def _file_operation(self, channel_id: int, operation: tuple[str, ...]) -> None:
         """An SFTP remove, rename, mkdir, rmdir or setstat, for the event log."""
         try:
-            self.events._event("file-operation", channel=channel_id, operation=list(operation))
+            self.events.note("file-operation", channel=channel_id, operation=list(operation))
         except RecordingError as exc:
             self.recording_failed(str(exc))
+
+    def _tracking_stopped(self, channel_id: int, kind: str, why: str) -> None:
+        try:
+            self.events.note("transfer-tracking-stopped", channel=channel_id, why=why[:300])
+        except RecordingError as exc:
+            self.recording_failed(str(exc))
+        _db(
+            records.record_tracking_stopped,
+            session=self.session,
+            user=self.user,
+            client_address=self.client_ip,
+            what=f"{kind} transfer tracking stopped: {why}",
+        )
 
     def recording_failed(self, message: str) -> None:
         self.cut(

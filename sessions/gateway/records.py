@@ -218,6 +218,18 @@ def record_refused_channel(*, session: Session | None, user: User, client_addres
     )
 
 
+def record_tracking_stopped(*, session: Session, user: User, client_address: str, what: str) -> None:
+    """File transfers on a channel could not be followed to the end: auditors should look."""
+    close_old_connections()
+    audit_record(
+        action="security.alert.transfer_untracked",
+        actor=user,
+        source_ip=client_address,
+        obj=session,
+        details={"account": session.account, "what": what[:500]},
+    )
+
+
 def record_host_key_mismatch(
     *, session: Session | None, user: User, client_address: str, target: str, message: str
 ) -> None:

@@ -454,3 +454,24 @@ def test_a_target_refusing_the_login_is_reported_and_ends_the_session(gateway, a
     session = _session(alice)
     assert session.end_reason == Session.EndReason.REFUSED
     assert "rejected" in session.end_message
+
+
+def test_an_sftp_stream_the_gateway_cannot_follow_raises_a_security_alert(
+    gateway, alice, bob, static_account
+):
+    grant_for(alice, bob, static_account)
+    transport = _paramiko_login(gateway, alice, "alice:pacs01-svc")
+    try:
+        channel = transport.open_session()
+        channel.invoke_subsystem("sftp")
+        channel.sendall(b"\xff\xff\xff\xff" + b"\x03" + b"x" * 64)  # a 4 GiB "packet"
+        channel.shutdown_write()
+        while channel.recv(65536):
+            pass
+    finally:
+        transport.close()
+    events = _events(_session(alice))
+    assert any(e["event"] == "transfer-tracking-stopped" for e in events)
+    assert AuditEvent.objects.filter(
+        action="security.alert.transfer_untracked", actor_username="alice"
+    ).exists()
