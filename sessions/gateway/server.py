@@ -36,6 +36,7 @@ from sessions.gateway.connection import GatewayConnection
 from sessions.models import Session
 from sessions.recorder import finalize_interrupted, flush_due
 from sessions.upstream import generate_keypair
+from vault.client import reset_client
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +281,8 @@ def run(*, listen: str, host_key_file: Path, workers: int) -> None:
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
+            # Nothing network-bound is shared with the parent: its Vault session is rebuilt.
+            reset_client()
             try:
                 _serve_process(host, port, host_key)
             finally:

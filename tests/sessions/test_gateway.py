@@ -475,3 +475,15 @@ def test_an_sftp_stream_the_gateway_cannot_follow_raises_a_security_alert(
     assert AuditEvent.objects.filter(
         action="security.alert.transfer_untracked", actor_username="alice"
     ).exists()
+
+
+def test_remote_port_forwarding_is_refused_and_audited(gateway, alice, bob, ssh_account):
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(
+        alice, "alice:pacs01-admin", "true", options=("-R", "0:127.0.0.1:9", "-o", "ExitOnForwardFailure=yes")
+    )
+    assert result.returncode == 255
+    assert "forwarding failed" in result.stderr.decode()
+    assert AuditEvent.objects.filter(
+        action="gateway.request.refused", details__what__startswith="remote port forwarding"
+    ).exists()

@@ -57,11 +57,20 @@ class GatewayProcess:
             "GATEWAY_PUBLIC_HOST": "127.0.0.1",
         }
         self.process: subprocess.Popen | None = None
+        self.workers = 1
 
     def start(self) -> GatewayProcess:
         log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115  (closed with the process)
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "ssh_gateway", "--listen", f"127.0.0.1:{self.port}"],
+            [
+                sys.executable,
+                "manage.py",
+                "ssh_gateway",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -191,3 +200,35 @@ def test_a_gateway_killed_with_sigkill_has_its_recordings_sealed_at_the_next_sta
         [str(ROOT / ".venv" / "bin" / "asciinema"), "cat", str(path)], capture_output=True, check=True
     )
     assert b"before-the-crash-42" in played.stdout
+
+
+def test_sessions_on_several_worker_processes_are_all_cut_when_the_grant_is_revoked(
+    settings, approle_settings, tmp_path, alice, bob, ssh_account
+):
+    alice.password = make_password(PASSWORD, hasher=PBKDF2PasswordHasher())
+    alice.save(update_fields=["password"])
+    (tmp_path / "gw").mkdir()
+    process = GatewayProcess(settings, tmp_path / "gw")
+    process.workers = 2
+    process.start()
+    try:
+        grant = grant_for(alice, bob, ssh_account)
+        clients = []
+        for number in range(1, 5):
+            # One after the other: a code is spent by each login (the helper re-arms it).
+            clients.append(_client(process).popen(alice, "alice:pacs01-admin", tty=True))
+            deadline = time.monotonic() + 30
+            while Session.objects.filter(user=alice, ended_at__isnull=True).count() < number:
+                assert time.monotonic() < deadline, "the session did not start:\n" + process.log()
+                time.sleep(0.1)
+        nodes = set(Session.objects.filter(user=alice).values_list("gateway_node", flat=True))
+        assert all(node.startswith("gw-test-node:") for node in nodes)
+        services.grant_revoke(grant=grant, acting_user=bob, reason="end of maintenance window")
+        revoked = time.monotonic()
+        for client in clients:
+            out, _ = client.communicate(timeout=15)
+            assert b"revoked by bob" in out
+        assert time.monotonic() - revoked < 5
+    finally:
+        process.stop()
+    assert not Session.objects.filter(user=alice, ended_at__isnull=True).exists()
