@@ -163,6 +163,7 @@ class GatewayConnection(paramiko.ServerInterface):
             self.transport.close()
             self.finished.set()
             return
+        upstream.quiet_transport(self.transport)
         try:
             self._accept_loop()
         finally:
@@ -174,7 +175,6 @@ class GatewayConnection(paramiko.ServerInterface):
             channel = self.transport.accept(timeout=1)
             if self.user is None and time.monotonic() > login_deadline:
                 logger.info("Login from %s timed out", self.client_ip)
-                self.transport.close()
                 return
             if channel is None:
                 continue
@@ -216,11 +216,14 @@ class GatewayConnection(paramiko.ServerInterface):
             self.upstream.close()
         # The user's client closes the connection when its channels are gone; if it does
         # not (ssh -N, a stuck client), the transport is closed shortly after.
-        threading.Timer(2.0, self.transport.close).start()
+        threading.Timer(2.0, self._close_transport).start()
+
+    def _close_transport(self) -> None:
+        upstream.close_transport(self.transport)
 
     def _finish(self) -> None:
         """The connection is gone: close the target, seal recordings, end the Session."""
-        self.transport.close()
+        self._close_transport()
         if self.upstream is not None:
             self.upstream.close()
         for sock, _host, _port in self.forwards.values():
@@ -722,7 +725,7 @@ class GatewayConnection(paramiko.ServerInterface):
         )
 
     def _close_soon(self) -> None:
-        threading.Timer(1.0, self.transport.close).start()
+        threading.Timer(1.0, self._close_transport).start()
 
     def _upstream(self) -> upstream.UpstreamConnection:
         """Log in to the target once per connection, with the grant's credential."""
