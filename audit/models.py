@@ -117,3 +117,36 @@ class ChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit chain head at {self.last_sequence}"
+
+
+class ForwardCursor(models.Model):
+    """How far the audit trail has been forwarded to one destination of ``AUDIT_FORWARD``.
+
+    ``last_sequence`` is the last event the destination accepted (or, in the DICOM
+    format, passed over because DICOM has no message for it): the forwarder sends the
+    events after it, in order, and moves it only once the receiver has taken them, so
+    a receiver that is down loses nothing and gets no event twice from one forwarder.
+    ``lease_owner``/``lease_until`` let one forwarder at a time work on a destination
+    (the loop process and the Celery task may both run); a lease left by a killed
+    process expires. Rows are keyed by the destination's name and never deleted:
+    a destination added again resumes where it stopped.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    last_sequence = models.BigIntegerField(default=0)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"audit forwarding to {self.name} at {self.last_sequence}"
+
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed: an error newer than the last success."""
+        if self.last_error_at is None:
+            return False
+        return self.last_success_at is None or self.last_error_at > self.last_success_at

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 
 from audit.chain import ChainVerification, verify_chain
-from audit.models import AuditEvent
+from audit.destinations import Destination
+from audit.models import AuditEvent, ChainHead, ForwardCursor
 from identity.roles import Role, require_role
 
 
@@ -26,6 +28,10 @@ class AuditEventFilters:
     until: dt.datetime | None = None  # exclusive
     before: int | None = None
     after: int | None = None
+
+    def without_cursor(self) -> AuditEventFilters:
+        """The same filters for every page at once (an export): no keyset cursor."""
+        return replace(self, before=None, after=None)
 
     def as_details(self) -> dict:
         """The filters as audit details (times in ISO 8601), leaving out the unset ones."""
@@ -84,6 +90,79 @@ def audit_events_for(*, user, filters: AuditEventFilters, page_size: int | None 
         newer_cursor=rows[0].sequence if rows and has_newer else None,
         older_cursor=rows[-1].sequence if rows and has_older else None,
     )
+
+
+def audit_events_export_for(
+    *, user, filters: AuditEventFilters, through_sequence: int, batch_size: int = 1000
+) -> Iterator[list[AuditEvent]]:
+    """The events matching ``filters`` up to ``through_sequence``, oldest first, in batches.
+
+    PermissionDenied (at once, not when iterated) unless an auditor. The keyset cursors
+    of ``filters`` are ignored: an export covers every page. Each batch is one index range
+    scan after the last sequence of the batch before, so memory holds one batch whatever
+    the size of the trail; the upper bound makes the export end even while events are
+    recorded (events are never changed, so batches read at different times agree).
+    """
+    audit_trail_require_access(user=user)
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive.")
+    events = _filtered(filters.without_cursor()).filter(sequence__lte=through_sequence)
+    return _in_batches(events, batch_size)
+
+
+def _in_batches(events, batch_size: int) -> Iterator[list[AuditEvent]]:
+    last = 0
+    while True:
+        batch = list(events.filter(sequence__gt=last).order_by("sequence")[:batch_size])
+        if batch:
+            yield batch
+        if len(batch) < batch_size:
+            return
+        last = batch[-1].sequence
+
+
+@dataclass(frozen=True)
+class ForwardingStatus:
+    """One destination of ``AUDIT_FORWARD`` as the System status page shows it."""
+
+    destination: Destination
+    cursor: int
+    head: int
+    last_success_at: dt.datetime | None
+    last_error: str
+    last_error_at: dt.datetime | None
+    failing: bool
+
+    @property
+    def backlog(self) -> int:
+        return max(self.head - self.cursor, 0)
+
+
+def audit_forwarding_status(*, destinations=None) -> list[ForwardingStatus]:
+    """Each destination's cursor, backlog (newest event less cursor) and last error; for the status page.
+
+    The page's view checks the role (pam-admin). Names and states only: nothing of an event.
+    """
+    destinations = tuple(settings.AUDIT_FORWARD if destinations is None else destinations)
+    if not destinations:
+        return []
+    head = ChainHead.objects.filter(pk=1).values_list("last_sequence", flat=True).first() or 0
+    cursors = {c.name: c for c in ForwardCursor.objects.filter(name__in=[d.name for d in destinations])}
+    rows = []
+    for destination in destinations:
+        cursor = cursors.get(destination.name) or ForwardCursor(name=destination.name)
+        rows.append(
+            ForwardingStatus(
+                destination=destination,
+                cursor=cursor.last_sequence,
+                head=head,
+                last_success_at=cursor.last_success_at,
+                last_error=cursor.last_error,
+                last_error_at=cursor.last_error_at,
+                failing=cursor.failing,
+            )
+        )
+    return rows
 
 
 def audit_chain_verify_for(*, user) -> ChainVerification:

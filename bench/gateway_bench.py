@@ -1392,6 +1392,12 @@ def report_bulk(args, bulk: list[BulkCase], summary: list[str]) -> list[str]:
             rows,
         ),
     ]
+    lines.append("- Each run, whole command MB/s (the spread shows how noisy the machine was):")
+    for case in bulk:
+        lines.append(
+            f"  {case.name}: direct {', '.join(fmt(mbps(x.nbytes, x.total_s)) for x in case.direct)}; "
+            f"gateway {', '.join(fmt(mbps(x.nbytes, x.total_s)) for x in case.gateway)}"
+        )
     for case in bulk:
         lines += [f"- error ({case.name}): {e}" for e in case.errors[:3]]
     target = TARGETS["bulk_text_ratio"]
@@ -1440,6 +1446,12 @@ def report_steady(steady: SteadyResult, summary: list[str]) -> list[str]:
             ],
         ),
     ]
+    lines.append(
+        "- Each run, first → last byte MB/s: direct "
+        + ", ".join(fmt(mbps(steady.data_bytes, x.transfer_s)) for x in steady.direct)
+        + "; gateway "
+        + ", ".join(fmt(mbps(steady.data_bytes, x.transfer_s)) for x in steady.gateway)
+    )
     lines += [f"- error: {e}" for e in steady.errors[:3]]
     target = TARGETS["steady_ratio"]
     summary.append(
@@ -1656,6 +1668,8 @@ def report(args, info, r) -> str:
         "- The gateway runs as its own process (`manage.py ssh_gateway`) and records every session "
         "(non-pty exec: raw .bin + .idx; pty: asciicast). The client, the gateway, sshd and the remote "
         "command share the machine's cores. MB = 10^6 bytes; MiB = 2^20 bytes.",
+        f"- Load average (1 min) at the start {info['load_start']:.1f}, at the end {info['load_end']:.1f} on "
+        f"{info['cpus']} CPUs: whatever else ran on the machine shares it with the bench.",
     ]
     summary: list[str] = []
     if r.get("bulk"):
@@ -1694,6 +1708,7 @@ def main() -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the gateway and sshd
     began = time.perf_counter()
+    load_start = os.getloadavg()[0]
     (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     results: dict = {"failures": []}
     with contextlib.ExitStack() as stack:
@@ -1889,6 +1904,7 @@ def main() -> int:
         from vault.client import get_client
 
         info = machine_info(get_client().health().version)
+        info["load_start"], info["load_end"] = load_start, os.getloadavg()[0]
         text = report(args, info, results)
         say("")
         say(text)

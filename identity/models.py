@@ -7,6 +7,8 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
+from identity.roles import BREAK_GLASS_GROUP, Role
+
 
 class User(AbstractUser):
     """A person who uses pamsite: requester, approver, auditor or pam-admin (or several).
@@ -24,6 +26,12 @@ class User(AbstractUser):
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.LOCAL)
     # The directory's stable identifier (entryUUID / objectGUID): a rename is an update.
     external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    # Where the directory keeps the user now (changes with an OU move); blank for local users.
+    directory_dn = models.CharField("directory DN", max_length=1000, blank=True)
+    # Why the directory sync deactivated the user ("left the directory", "disabled in the
+    # directory"); blank if it did not. Only such users are reactivated when they come back:
+    # one a pam-admin deactivated stays deactivated.
+    deactivated_reason = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["username"]
@@ -60,3 +68,91 @@ class SSHPublicKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.fingerprint})"
+
+
+class DirectorySyncRun(models.Model):
+    """One run of the directory sync (``manage.py sync_ldap`` or the worker): when, how
+    long, what it changed, why it failed.
+
+    A successful run that was not a dry run keeps the directory's newest modification
+    time it saw (``high_water_mark``): the next incremental run asks only for users
+    changed since. At most one run is ``running`` at a time (a unique constraint).
+    """
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        COMMAND = "command", "manage.py sync_ldap"
+        SCHEDULE = "schedule", "Schedule (worker)"
+
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.COMMAND)
+    full = models.BooleanField(help_text="Every user read (finds deleted users); else only changed ones.")
+    dry_run = models.BooleanField(default=False)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    server = models.CharField(max_length=255, blank=True, help_text="The directory server that answered.")
+    seen = models.PositiveIntegerField(default=0, help_text="Users read from the directory.")
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(
+        default=0, help_text="Users whose name, e-mail, DN or roles changed."
+    )
+    deactivated = models.PositiveIntegerField(default=0)
+    reactivated = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0, help_text="Directory users left alone (see problems).")
+    # Why the run failed (directory unreachable, safety limit); blank when it succeeded.
+    error = models.TextField(blank=True)
+    # Entries that could not be applied and mapped groups not found (the run still succeeds).
+    problems = models.JSONField(default=list, blank=True)
+    # What the run changed (or, for a dry run or a refused run, would have): the first 1,000.
+    changes = models.JSONField(default=list, blank=True)
+    high_water_mark = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["state"], condition=models.Q(state="running"), name="identity_one_sync_running"
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "dry_run", "-started_at"], name="identity_syncrun_last")]
+
+    def __str__(self) -> str:
+        kind = "full" if self.full else "incremental"
+        return f"{kind} directory sync at {self.started_at:%Y-%m-%d %H:%M:%S} ({self.state})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class LdapGroupMapping(models.Model):
+    """A directory group whose members hold a pamsite role (pam-admins edit these).
+
+    Once there is one row, these rows are the whole mapping and LDAP_GROUP_ROLE_MAP is
+    no longer read; the first edit on the Directory page copies that setting's pairs in.
+    """
+
+    ROLE_CHOICES = [*((role.value, role.label) for role in Role), (BREAK_GLASS_GROUP, "Break-glass")]
+
+    group_dn = models.CharField("group DN", max_length=1000)
+    role = models.CharField(max_length=20, choices=ROLE_CHOICES)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["role", "group_dn"]
+        verbose_name = "LDAP group mapping"
+        constraints = [
+            models.UniqueConstraint(fields=["group_dn", "role"], name="identity_ldapgroupmapping_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group_dn} → {self.role}"

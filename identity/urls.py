@@ -16,4 +16,11 @@ urlpatterns = [
     path("account/ssh-keys/<int:pk>/remove/", views.ssh_key_remove_view, name="ssh_key_remove"),
     path("users/", views.user_list_view, name="users"),
     path("users/<int:pk>/reset-mfa/", views.admin_reset_view, name="admin_reset"),
+    path("users/directory/", views.directory_view, name="directory"),
+    path("users/directory/mappings/", views.directory_mapping_add_view, name="directory_mapping_add"),
+    path(
+        "users/directory/mappings/<int:pk>/remove/",
+        views.directory_mapping_remove_view,
+        name="directory_mapping_remove",
+    ),
 ]

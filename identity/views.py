@@ -1,9 +1,11 @@
-"""Login (password, then TOTP), enrolment, logout, the user's own account and SSH keys, user admin."""
+"""Login (password, then TOTP), enrolment, logout, the user's own account and SSH keys, user admin,
+the directory sync's page."""
 
 from __future__ import annotations
 
 import segno
 from axes.handlers.proxy import AxesProxyHandler
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
@@ -20,7 +22,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from identity import services
+from identity import directory, services
 from identity.forms import (
     AdminResetForm,
     BackupCodesForm,
@@ -30,6 +32,7 @@ from identity.forms import (
     SelfResetForm,
     SSHKeyForm,
 )
+from identity.models import LdapGroupMapping
 from identity.selectors import get_user_for_mfa_reset, ssh_keys_for, users_for
 
 
@@ -319,3 +322,69 @@ def admin_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
         )
         return redirect("identity:users")
     return render(request, "identity/admin_reset.html", {"target": target, "form": form})
+
+
+class GroupMappingForm(forms.Form):
+    group_dn = forms.CharField(
+        label="Directory group (DN)",
+        max_length=1000,
+        widget=forms.TextInput(attrs={"placeholder": "cn=pacs-admins,ou=groups,dc=hospital,dc=example"}),
+    )
+    role = forms.ChoiceField(label="gives the role", choices=LdapGroupMapping.ROLE_CHOICES)
+
+
+def _directory_page(request: HttpRequest, *, form=None, status: int = 200) -> HttpResponse:
+    overview = directory.directory_overview_for(acting_user=request.user)
+    context = {
+        "overview": overview,
+        "config": overview.config,
+        "form": form or GroupMappingForm(),
+        "interval": settings.LDAP_SYNC_INTERVAL_MINUTES,
+        "full_interval": settings.LDAP_SYNC_FULL_INTERVAL_HOURS,
+        "max_deactivate": settings.LDAP_SYNC_MAX_DEACTIVATE,
+        "max_deactivate_percent": settings.LDAP_SYNC_MAX_DEACTIVATE_PERCENT,
+    }
+    return render(request, "identity/directory.html", context, status=status)
+
+
+@never_cache
+@require_http_methods(["GET", "HEAD"])
+def directory_view(request: HttpRequest) -> HttpResponse:
+    """pam-admins: the directory sync's last runs, and the group → role mapping editor."""
+    return _directory_page(request)
+
+
+@never_cache
+@require_POST
+def directory_mapping_add_view(request: HttpRequest) -> HttpResponse:
+    """pam-admins: map a directory group to a role (audited; the next sync applies it)."""
+    form = GroupMappingForm(request.POST)
+    if form.is_valid():
+        try:
+            mapping = directory.group_mapping_add(
+                acting_user=request.user,
+                group_dn=form.cleaned_data["group_dn"],
+                role=form.cleaned_data["role"],
+                request=request,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(
+                request, f"Members of {mapping.group_dn} get the role {mapping.role} from the next sync."
+            )
+            return redirect("identity:directory")
+    return _directory_page(request, form=form, status=400)
+
+
+@never_cache
+@require_POST
+def directory_mapping_remove_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: remove a group → role row (audited; the next sync takes the role away)."""
+    try:
+        directory.group_mapping_remove(acting_user=request.user, mapping_pk=pk, request=request)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, "Mapping removed: the next sync takes the role from the group's members.")
+    return redirect("identity:directory")

@@ -9,6 +9,7 @@ hardened defaults and refuses to start without a real SECRET_KEY and ALLOWED_HOS
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -342,3 +343,165 @@ LOGGING = {
         "paramiko": {"level": "WARNING"},
     },
 }
+
+# --- Audit forwarding (manage.py audit_forward --loop, or the Celery task audit.forward) -----
+# Comma-separated syslog URLs: syslog+tcp://HOST:514?format=json|cef|dicom,
+# syslog+tls://HOST:6514?format=...&ca=/path/ca.pem (see audit/destinations.py).
+from audit.destinations import parse_destinations  # noqa: E402  (plain Python: no models)
+
+try:
+    AUDIT_FORWARD = parse_destinations(env_str("AUDIT_FORWARD", ""))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"AUDIT_FORWARD: {exc}") from None
+# This host's name in the messages (syslog HOSTNAME, DICOM AuditSourceID); empty: the host name.
+AUDIT_FORWARD_HOSTNAME = env_str("AUDIT_FORWARD_HOSTNAME", "")
+# Seconds between the forwarder's looks for new events.
+AUDIT_FORWARD_INTERVAL = env_int("AUDIT_FORWARD_INTERVAL", 2, minimum=1, maximum=3600)
+# Events per batch; the cursor moves after each batch the receiver took.
+AUDIT_FORWARD_BATCH = env_int("AUDIT_FORWARD_BATCH", 500, minimum=1, maximum=10000)
+# Longest wait between retries of a receiver that is down (the wait doubles from 1 s).
+AUDIT_FORWARD_MAX_BACKOFF = env_int("AUDIT_FORWARD_MAX_BACKOFF", 60, minimum=1, maximum=3600)
+if AUDIT_FORWARD:
+    CELERY_BEAT_SCHEDULE["audit-forward"] = {
+        "task": "audit.forward",
+        "schedule": float(AUDIT_FORWARD_INTERVAL),
+    }
+
+# --- Recordings retention and search ------------------------------------------------
+# Days after a session ends before its recordings' files are deleted (0: keep forever). A
+# legal hold on the session or on its user keeps them; the rows (sha256, signature) stay.
+RECORDINGS_RETENTION_DAYS = env_int("RECORDINGS_RETENTION_DAYS", 365, minimum=0, maximum=100 * 366)
+# Characters of text kept per session for the search (commands first, then output).
+SESSIONS_SEARCH_MAX_CHARS = env_int(
+    "SESSIONS_SEARCH_MAX_CHARS", 2_000_000, minimum=10_000, maximum=50_000_000
+)
+SESSIONS_PAGE_SIZE = env_int("SESSIONS_PAGE_SIZE", 50, minimum=10, maximum=500)
+# How often the worker indexes ended sessions not indexed yet and deletes expired recordings.
+SESSIONS_MAINTAIN_SECONDS = env_int("SESSIONS_MAINTAIN_SECONDS", 300, minimum=10, maximum=24 * 3600)
+CELERY_BEAT_SCHEDULE["sessions-maintain"] = {
+    "task": "sessions.maintain",
+    "schedule": float(SESSIONS_MAINTAIN_SECONDS),
+}
+
+# --- Directory (LDAP / Active Directory) ---------------------------------------------
+# Empty LDAP_SERVER_URI (the default): no directory; only local users. Set: `manage.py
+# sync_ldap` (and the worker, every LDAP_SYNC_INTERVAL_MINUTES) mirrors the directory's users
+# and their roles, and users log in with their directory password (then TOTP, as everyone).
+_LDAP_ROLES = ("requester", "approver", "auditor", "pam-admin", "break-glass")  # identity.roles
+_LDAP_ATTR_NAME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|\d+(?:\.\d+)+)$")
+
+
+def _ldap_uris(name: str) -> list[str]:
+    uris = [u for u in re.split(r"[\s,]+", env_str(name, "").strip()) if u]
+    for uri in uris:
+        if not re.match(r"^ldaps?://[^/\s]+/?$", uri, re.I):
+            raise ImproperlyConfigured(
+                f"{name}: {uri!r} is not an LDAP server URI like ldaps://dc1.hospital.example "
+                "or ldap://ldap.hospital.example:389 (several: space- or comma-separated, for fail-over)."
+            )
+    return uris
+
+
+def _ldap_filter(name: str) -> str:
+    value = env_str(name, "").strip()
+    # Parentheses balanced, ignoring escaped characters (\28 is the escape of "(" anyway).
+    depth = 0
+    for ch in re.sub(r"\\.", "", value):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if value and (depth != 0 or not (value.startswith("(") and value.endswith(")"))):
+        raise ImproperlyConfigured(
+            f"{name} must be an LDAP filter in parentheses, like (objectClass=person)."
+        )
+    return value
+
+
+def _ldap_attr(name: str) -> str:
+    value = env_str(name, "").strip()
+    if value and not _LDAP_ATTR_NAME.match(value):
+        raise ImproperlyConfigured(
+            f"{name} must be an LDAP attribute name (like uid or objectGUID), not {value!r}."
+        )
+    return value
+
+
+def _ldap_group_role_map(name: str) -> list[tuple[str, str]]:
+    # "cn=pacs-admins,ou=groups,dc=x=requester;cn=helpdesk,ou=groups,dc=x=approver"
+    pairs = []
+    for item in re.split(r"(?<!\\)[;\n]", env_str(name, "")):
+        item = item.strip()
+        if not item:
+            continue
+        dn, sep, role = item.rpartition("=")
+        if not sep or "=" not in dn or role.strip() not in _LDAP_ROLES:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not GROUP-DN=ROLE with ROLE one of {', '.join(_LDAP_ROLES)} "
+                "(pairs separated by ';')."
+            )
+        pairs.append((dn.strip(), role.strip()))
+    return pairs
+
+
+# Several servers (space- or comma-separated) are tried in order: fail-over.
+LDAP_SERVER_URI = _ldap_uris("LDAP_SERVER_URI")
+LDAP_START_TLS = env_bool("LDAP_START_TLS", False)
+# PEM file of the CA(s) that signed the directory's certificate (blank: the system's).
+LDAP_CA_FILE = env_str("LDAP_CA_FILE", "")
+if LDAP_CA_FILE and not os.access(LDAP_CA_FILE, os.R_OK):
+    raise ImproperlyConfigured(f"LDAP_CA_FILE: cannot read {LDAP_CA_FILE}.")
+# The sync (service) account: reads users and groups; no size limit on its searches.
+LDAP_BIND_DN = env_str("LDAP_BIND_DN", "")
+LDAP_BIND_PASSWORD = env_secret("LDAP_BIND_PASSWORD", "")
+LDAP_USER_BASE = env_str("LDAP_USER_BASE", "")
+# Blank: the preset's ((objectClass=inetOrgPerson); AD: (&(objectCategory=person)(objectClass=user))).
+LDAP_USER_FILTER = _ldap_filter("LDAP_USER_FILTER")
+LDAP_GROUP_BASE = env_str("LDAP_GROUP_BASE", "")
+LDAP_GROUP_FILTER = _ldap_filter("LDAP_GROUP_FILTER")
+# Attribute names and defaults: openldap (uid, entryUUID, memberOf overlay, ppolicy) or
+# ad (sAMAccountName, objectGUID, userAccountControl, nested groups). See identity/ldap_client.py.
+LDAP_PRESET = env_choice("LDAP_PRESET", "openldap", ("openldap", "ad"))
+# Overrides of the preset's attribute names (blank: the preset's).
+LDAP_ATTR_USERNAME = _ldap_attr("LDAP_ATTR_USERNAME")
+LDAP_ATTR_DISPLAY_NAME = _ldap_attr("LDAP_ATTR_DISPLAY_NAME")
+LDAP_ATTR_EMAIL = _ldap_attr("LDAP_ATTR_EMAIL")
+LDAP_ATTR_FIRST_NAME = _ldap_attr("LDAP_ATTR_FIRST_NAME")
+LDAP_ATTR_LAST_NAME = _ldap_attr("LDAP_ATTR_LAST_NAME")
+LDAP_ATTR_STABLE_ID = _ldap_attr("LDAP_ATTR_STABLE_ID")
+LDAP_ATTR_DISABLED = _ldap_attr("LDAP_ATTR_DISABLED")
+LDAP_ATTR_MEMBER_OF = _ldap_attr("LDAP_ATTR_MEMBER_OF")
+LDAP_ATTR_MODIFIED = _ldap_attr("LDAP_ATTR_MODIFIED")
+# With a value, a user is disabled when LDAP_ATTR_DISABLED holds it; blank: when it is present
+# (AD: userAccountControl's ACCOUNTDISABLE bit).
+LDAP_DISABLED_VALUE = env_str("LDAP_DISABLED_VALUE", "")
+# The initial group → role mapping; once pam-admins edit it on the Directory page, theirs rules.
+LDAP_GROUP_ROLE_MAP = _ldap_group_role_map("LDAP_GROUP_ROLE_MAP")
+# A run that would deactivate more users than this, or more than this percentage of the
+# directory's users, changes nothing, fails and alerts pam-admins.
+LDAP_SYNC_MAX_DEACTIVATE = env_int("LDAP_SYNC_MAX_DEACTIVATE", 10, minimum=0)
+LDAP_SYNC_MAX_DEACTIVATE_PERCENT = env_int("LDAP_SYNC_MAX_DEACTIVATE_PERCENT", 10, minimum=0, maximum=100)
+LDAP_SYNC_INTERVAL_MINUTES = env_int("LDAP_SYNC_INTERVAL_MINUTES", 15, minimum=1, maximum=24 * 60)
+# The periodic sync is incremental, but a full one (which finds deleted users) at least this often.
+LDAP_SYNC_FULL_INTERVAL_HOURS = env_int("LDAP_SYNC_FULL_INTERVAL_HOURS", 24, minimum=1, maximum=24 * 30)
+# Seconds to connect to, and to wait for each answer of, a directory server.
+LDAP_TIMEOUT = env_int("LDAP_TIMEOUT", 5, minimum=1, maximum=120)
+if LDAP_SERVER_URI:
+    if not LDAP_USER_BASE:
+        raise ImproperlyConfigured(
+            "LDAP_USER_BASE must name where the users are when LDAP_SERVER_URI is set."
+        )
+    if PRODUCTION and not LDAP_START_TLS and any(u.lower().startswith("ldap://") for u in LDAP_SERVER_URI):
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI uses ldap:// without LDAP_START_TLS: passwords would cross the network in "
+            "clear. Use ldaps:// or set LDAP_START_TLS=true when PAMSITE_MODE=production."
+        )
+    # After axes (a locked-out username never reaches the directory), before ModelBackend (a
+    # local pam-admin still logs in when the directory is down).
+    AUTHENTICATION_BACKENDS.insert(
+        AUTHENTICATION_BACKENDS.index("django.contrib.auth.backends.ModelBackend"),
+        "identity.backends.DirectoryBackend",
+    )
+    CELERY_BEAT_SCHEDULE["identity-directory-sync"] = {
+        "task": "identity.directory_sync",
+        "schedule": float(LDAP_SYNC_INTERVAL_MINUTES * 60),
+    }

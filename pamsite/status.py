@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from audit.selectors import audit_forwarding_status
 from identity.roles import Role, require_role
 from vault.client import VaultClient, VaultError, VaultHealth, get_client
 
@@ -19,7 +20,8 @@ _AUTH_LABELS = {"approle": "AppRole", "none": "none configured"}  # else the met
 @require_GET
 @never_cache
 def system_status(request: HttpRequest) -> HttpResponse:
-    """Vault's health and mounts, how pamsite authenticates to it, and the database engine.
+    """Vault's health and mounts, how pamsite authenticates to it, the database engine, and
+    how far the audit trail has been forwarded to each AUDIT_FORWARD destination.
 
     For pam-admins. Shows names and states only: never a token, role_id or secret_id.
     """
@@ -35,6 +37,7 @@ def system_status(request: HttpRequest) -> HttpResponse:
         "approle_mount": settings.VAULT_APPROLE_MOUNT,
         "token_in_production": vault.auth_method == "token" and settings.PRODUCTION,
         "database": _database_status(),
+        "forwarding": audit_forwarding_status(),
         **_vault_details(vault, health),
     }
     return render(request, "status.html", context)

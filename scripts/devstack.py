@@ -142,6 +142,7 @@ def main() -> int:
             app_env,
         )
         start("worker", [sys.executable, "manage.py", "access_sweep", "--loop"], app_env)
+        start("audit-forwarder", [sys.executable, "manage.py", "audit_forward", "--loop"], app_env)
         start("gateway", [sys.executable, "manage.py", "ssh_gateway"], app_env)
         say("")
         say(f"pamsite is running: open http://{WEB_HOST}:{WEB_PORT}/ and sign in with the account above")

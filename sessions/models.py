@@ -9,6 +9,7 @@ to one more. ``sessions/recorder.py`` writes the files and finalises the rows.
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils import timezone
 
@@ -59,6 +60,11 @@ class Session(models.Model):
         indexes = [
             models.Index(fields=["gateway_node", "ended_at"]),
             models.Index(fields=["grant", "ended_at"]),
+            # The search page: newest first, paged by keyset on (started_at, id), and its filters.
+            models.Index(fields=["started_at", "id"], name="recordings_session_started"),
+            models.Index(fields=["user", "started_at"], name="recordings_session_user"),
+            models.Index(fields=["account", "started_at"], name="recordings_session_account"),
+            models.Index(fields=["ended_at"], name="recordings_session_ended"),
         ]
 
     def __str__(self) -> str:
@@ -98,6 +104,9 @@ class Recording(models.Model):
     interrupted = models.BooleanField(
         default=False, help_text="Finalised after the gateway stopped or failed: the end may be missing."
     )
+    # Set when the retention job deleted the file(s); the row, its sha256 and signature stay
+    # as the record of what existed.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["session", "channel", "pk"]
@@ -117,3 +126,98 @@ class Recording(models.Model):
     def __str__(self) -> str:
         where = "events" if self.channel is None else f"channel {self.channel}"
         return f"session {self.session_id} {where} ({self.kind})"
+
+
+class SessionText(models.Model):
+    """The searchable text of one ended session, extracted from its recordings.
+
+    Built by ``sessions.search.session_index`` when the session ends (or by the periodic
+    job): commands, file-transfer paths and forwarded host:port from the events file, then
+    the terminal output (escape sequences stripped, line edits applied) and text-like exec
+    output, at most ``SESSIONS_SEARCH_MAX_CHARS`` characters (``truncated`` says it was cut).
+
+    Words are matched through an index of the text's distinct words: on PostgreSQL
+    ``search_vector`` (GIN), on SQLite the FTS5 table ``recordings_sessiontext_fts`` (rowid =
+    session id), both filled by the service from the same word list. A text with more
+    distinct words than that index takes (a tsvector holds at most 1 MB) has
+    ``all_words_indexed`` false and is searched by its text instead.
+    """
+
+    session = models.OneToOneField(
+        Session, primary_key=True, on_delete=models.CASCADE, related_name="search_text"
+    )
+    text = models.TextField(blank=True)
+    indexed_at = models.DateTimeField(default=timezone.now)
+    truncated = models.BooleanField(default=False, help_text="The text was cut at SESSIONS_SEARCH_MAX_CHARS.")
+    all_words_indexed = models.BooleanField(default=True)
+    # A recording was still being written when the text was extracted: done again once sealed.
+    partial = models.BooleanField(default=False)
+    # PostgreSQL only (the GIN index is made by the migration there); always empty on SQLite.
+    search_vector = SearchVectorField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Few rows: the texts searched without the word index, and those to redo.
+            models.Index(
+                fields=["session"],
+                condition=models.Q(all_words_indexed=False),
+                name="recordings_text_unindexed",
+            ),
+            models.Index(
+                fields=["session"], condition=models.Q(partial=True), name="recordings_text_partial"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"text of session {self.session_id} ({len(self.text)} characters)"
+
+
+class LegalHold(models.Model):
+    """Keeps recordings past their retention: of one session, or of every session of one user.
+
+    Placed and released by auditors and pam-admins (``sessions.retention``); a hold is
+    active until ``released_at`` is set. The retention job never deletes the files of a
+    session that has an active hold on it or on its user. Rows are kept after release.
+    """
+
+    session = models.ForeignKey(
+        Session, null=True, blank=True, on_delete=models.PROTECT, related_name="legal_holds"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="legal_holds"
+    )
+    reason = models.TextField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(session__isnull=False, user__isnull=True)
+                | models.Q(session__isnull=True, user__isnull=False),
+                name="recordings_legalhold_session_xor_user",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["session"],
+                condition=models.Q(released_at__isnull=True),
+                name="recordings_hold_session",
+            ),
+            models.Index(
+                fields=["user"], condition=models.Q(released_at__isnull=True), name="recordings_hold_user"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        what = f"session {self.session_id}" if self.session_id else f"user {self.user}"
+        return f"legal hold on {what}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.released_at is None

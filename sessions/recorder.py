@@ -8,6 +8,9 @@ Three writers, one file (or pair of files) each, under ``RECORDINGS_ROOT``:
   decoded as UTF-8 with one incremental decoder per channel, so a character split across
   two reads stays whole; invalid bytes become U+FFFD; escape sequences are kept (JSON
   escapes them, e.g. ``\\u001b``). Output chunks less than 10 ms apart share one event.
+  ``[t, "m", label]`` markers: what the user types is never recorded (``input()``), but each
+  Enter adds a marker labelled with the screen line the target had echoed, so the replay
+  lists and jumps to each command.
 - ``ExecRecorder``: a non-pty exec channel's output, which may be binary (tar, DICOM), as
   the exact raw bytes in ``channel-N.bin`` plus a text timing index ``channel-N.idx`` with
   one line ``"<t> <offset> <length> <stream>"`` per chunk (stream ``o`` stdout, ``e``
@@ -23,13 +26,13 @@ Three writers, one file (or pair of files) each, under ``RECORDINGS_ROOT``:
 
 Buffering, and why there is no thread: ``write()`` is called on the relay's hot path, so it
 only appends a reference to an in-memory list (conversion to asciicast JSON and index lines
-is deferred to the flush). File I/O happens in ``write()`` only when 1 s has passed since the
-last flush or 64 KiB are pending. A channel that goes quiet right after some output would
-keep it in memory, so the gateway calls ``flush_due()`` from its one housekeeping loop (it
-already wakes every few seconds to enforce grant ends) to flush every recorder that is due:
+is deferred to the flush). File I/O happens in ``write()`` only when FLUSH_INTERVAL
+(0.25 s) has passed since the last flush or 64 KiB are pending. A channel that goes quiet
+right after some output would keep it in memory, so the gateway calls ``flush_due()`` from
+its one housekeeping loop (four times a second) to flush every recorder that is due:
 one timer per process, not one thread per recorder (the prototype measured 5 threads and
 ~10 MB per recorder process; recorders must be cheap and shared). A flush hands the bytes to
-the kernel (``write(2)``), so a killed gateway (SIGKILL) loses at most the last second; fsync
+the kernel (``write(2)``), so a killed gateway (SIGKILL) loses at most the last 0.25 s; fsync
 is done at close only (a power cut may lose what the kernel had not written back yet).
 
 Sealing: ``close()`` (or ``finalize_interrupted()`` for files a dead gateway left) computes the
@@ -53,6 +56,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -68,10 +72,12 @@ from vault.client import VaultError, get_client
 
 logger = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 1.0  # seconds: the most a killed gateway may lose
+FLUSH_INTERVAL = 0.25  # seconds: the most a killed gateway may lose, and how far live viewers lag
 MAX_BUFFER = 64 * 1024  # bytes pending before write() flushes regardless of time
 MIN_FREE_BYTES = 16 * 1024 * 1024  # refuse to start a recording on a nearly full disk
 COALESCE_SECONDS = 0.01  # exec chunks of one stream closer than this share an index line
+MARKER_LABEL_MAX = 80  # characters of the screen line kept as a marker's label
+LINE_TAIL_MAX = 4096  # bytes of the current output line kept to label the next marker
 _HASH_BLOCK = 1024 * 1024
 
 _live: weakref.WeakSet[_Recorder] = weakref.WeakSet()
@@ -333,6 +339,7 @@ class TerminalRecorder(_Recorder):
         if term:
             self._header["env"] = {"TERM": term}
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._line_tail = b""  # flushed output since the last newline, for marker labels
         super().__init__(session=session, channel=channel, root=root)
 
     def _paths(self, folder: str, channel: int | None) -> tuple[str, str]:
@@ -352,6 +359,28 @@ class TerminalRecorder(_Recorder):
         """The user's terminal changed size (a window-change request)."""
         self._append(("r", f"{int(width)}x{int(height)}"), 16)
 
+    def input(self, data: bytes) -> None:
+        """What the user typed on this pty channel: never recorded; Enter adds a marker.
+
+        The typed bytes are not kept (a password typed at a prompt with echo off would be in
+        the recording otherwise). When ``data`` holds an Enter (CR, or LF) a marker event
+        ``[t, "m", label]`` is queued, labelled with the current screen line as the target
+        echoed it: the output since the last newline with carriage returns, backspaces and
+        line edits applied and escape sequences stripped, at most 80 characters; empty when
+        nothing was echoed. One marker per call: a pasted block is one marker.
+
+        Cheap on the relay's input path: keystrokes without Enter return at once; on Enter
+        only the output since the last newline is looked at.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        if b"\r" not in data and b"\n" not in data:
+            return
+        with self._lock:
+            tail = _line_since_newline(self._pending, self._line_tail)
+        label = screen_line(tail)
+        self._append(("m", label), len(label) + 16)
+
     def _finish(self) -> None:
         self._flush_locked()  # decode what is pending before asking the decoder for its tail
         tail = self._decoder.decode(b"", final=True)
@@ -361,6 +390,7 @@ class TerminalRecorder(_Recorder):
     def _encode(self, pending: list) -> tuple[bytes, bytes]:
         # orjson escapes ~5x faster than the json module (2.7 GB/s of terminal text here):
         # this runs on the relay thread at each flush.
+        self._line_tail = _line_since_newline(pending, self._line_tail)
         lines = []
         group_t, group = 0.0, []  # output chunks less than 10 ms apart become one event
         for t, code, payload in [*pending, (None, "", None)]:
@@ -376,6 +406,97 @@ class TerminalRecorder(_Recorder):
             elif code:
                 lines.append(orjson.dumps([round(t, 6), code, payload]))
         return (b"\n".join(lines) + b"\n") if lines else b"", b""
+
+
+def _line_since_newline(pending: list, tail: bytes) -> bytes:
+    """The raw output since the last newline: ``tail`` (flushed before) plus ``pending``."""
+    parts, size = [], 0
+    for entry in reversed(pending):
+        payload = entry[2]
+        if entry[1] != "o" or not isinstance(payload, bytes):
+            continue
+        newline = payload.rfind(b"\n")
+        if newline >= 0:
+            parts.append(payload[newline + 1 :])
+            break
+        parts.append(payload)
+        size += len(payload)
+        if size >= LINE_TAIL_MAX:
+            break
+    else:
+        parts.append(tail)
+    return b"".join(reversed(parts))[-LINE_TAIL_MAX:]
+
+
+# What a terminal does to one line, enough to read back what it shows: CSI sequences
+# (group 1 parameters, group 2 final byte), OSC/DCS/PM/APC strings, other escapes, controls.
+_LINE_CONTROLS = re.compile(
+    r"\x1b\[([0-?]*)[ -/]*([@-~])"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+    r"|\x1b[ -/]*[0-~]?"
+    r"|[\x00-\x1f\x7f]"
+)
+
+
+def screen_line(raw: bytes, *, limit: int = MARKER_LABEL_MAX) -> str:
+    """The text a terminal shows for one line of output (no newline in it), trimmed.
+
+    Applies carriage return, backspace, tab and the line-editing sequences shells use
+    (erase in line, cursor left/right/column, delete/insert/erase characters); strips
+    every other escape sequence and control character. At most ``limit`` characters.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    cells: list[str] = []
+    col = 0
+
+    def put(chars: str) -> None:
+        nonlocal col
+        for char in chars:
+            if col > len(cells):
+                cells.extend(" " * (col - len(cells)))
+            if col == len(cells):
+                cells.append(char)
+            else:
+                cells[col] = char
+            col += 1
+
+    pos = 0
+    for match in _LINE_CONTROLS.finditer(text):
+        put(text[pos : match.start()])
+        pos = match.end()
+        piece, final = match.group(0), match.group(2)
+        if piece == "\r":
+            col = 0
+        elif piece == "\b":
+            col = max(0, col - 1)
+        elif piece == "\t":
+            col = (col // 8 + 1) * 8
+        elif final:
+            params = match.group(1)
+            number = int(params) if params.isdigit() else 0
+            count = max(number, 1)
+            if final == "K":
+                if number == 0:
+                    del cells[col:]
+                elif number == 1:
+                    cells[: col + 1] = " " * min(col + 1, len(cells))
+                else:
+                    cells = []
+            elif final == "C":
+                col += count
+            elif final == "D":
+                col = max(0, col - count)
+            elif final == "G":
+                col = count - 1
+            elif final == "P":
+                del cells[col : col + count]
+            elif final == "@":
+                cells[col:col] = " " * count
+            elif final == "X":
+                cells[col : col + count] = " " * len(cells[col : col + count])
+    put(text[pos:])
+    return "".join(cells).strip()[:limit]
 
 
 class ExecRecorder(_Recorder):

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.pgtarget",
     "tests.fixtures.gateway",
+    "tests.fixtures.slapd",
 ]
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests

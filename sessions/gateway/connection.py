@@ -49,6 +49,7 @@ from sessions.gateway import records
 from sessions.gateway.relay import ChannelRelay, Counter, relay_socket, thread
 from sessions.models import Session
 from sessions.recorder import EventLog, ExecRecorder, RecordingError, TerminalRecorder
+from sessions.search import session_index
 from sessions.transfers import ScpTracker, SftpTracker
 from vault import sources
 from vault.client import VaultError
@@ -254,6 +255,11 @@ class GatewayConnection(paramiko.ServerInterface):
                 )
             except Exception:
                 logger.exception("Could not end session %s", self.session.pk)
+            try:
+                session_index(session=self.session)
+            except Exception:
+                # The worker's sessions_maintain indexes what is left unindexed.
+                logger.exception("Could not index session %s for search", self.session.pk)
         connections.close_all()
         self.finished.set()
 
@@ -654,6 +660,16 @@ class GatewayConnection(paramiko.ServerInterface):
             tracker = SftpTracker(transferred, on_operation=lambda op: self._file_operation(channel_id, op))
         elif kind == "exec" and not state.pty:
             tracker = ScpTracker.for_command(command, transferred)
+        if state.pty and isinstance(state.recorder, TerminalRecorder):
+            recorder = state.recorder
+
+            def observe_in(data: bytes) -> None:
+                # Typed bytes are never recorded; Enter adds a marker to jump to in replay.
+                try:
+                    recorder.input(data)
+                except RecordingError as exc:
+                    self.recording_failed(str(exc))
+
         if tracker is not None:
             # The two directions are relayed on two threads; the tracker follows one conversation.
             lock = threading.Lock()

@@ -37,3 +37,31 @@ def record_events(count: int, **fields) -> list:
 def events(db):
     """Seven chained events."""
     return record_events(7)
+
+
+@pytest.fixture
+def receiver():
+    """A real syslog receiver over TCP, on a free port of 127.0.0.1, stopped after the test."""
+    from tests.audit.syslog_server import SyslogReceiver
+
+    server = SyslogReceiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A throwaway CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA."""
+    from tests.audit.syslog_server import make_tls_files
+
+    return make_tls_files(tmp_path_factory.mktemp("syslog-tls"))
+
+
+@pytest.fixture
+def tls_receiver(tls_files):
+    """A real syslog receiver over TLS (RFC 5425) presenting the test CA's certificate for 127.0.0.1."""
+    from tests.audit.syslog_server import SyslogReceiver
+
+    server = SyslogReceiver(tls=tls_files.server_context()).start()
+    yield server
+    server.stop()

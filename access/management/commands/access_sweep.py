@@ -12,7 +12,8 @@ class Command(BaseCommand):
     help = (
         "Expire grants whose time is up, lapse stale requests, warn holders before expiry and retry "
         "credential releases and rotations. With --loop, every ACCESS_SWEEP_SECONDS (the embedded "
-        "default's worker; with a broker, `celery -A pamsite worker -B` runs the same job)."
+        "default's worker, which then also runs the directory sync every LDAP_SYNC_INTERVAL_MINUTES "
+        "when LDAP is configured; with a broker, `celery -A pamsite worker -B` runs the same jobs)."
     )
 
     def add_arguments(self, parser):
@@ -25,4 +26,12 @@ class Command(BaseCommand):
                 self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
             if not loop:
                 return
+            self._directory_sync_if_due()
             time.sleep(settings.ACCESS_SWEEP_SECONDS)
+
+    def _directory_sync_if_due(self) -> None:
+        """The embedded worker also runs the directory sync, every LDAP_SYNC_INTERVAL_MINUTES."""
+        from identity.tasks import directory_sync_due, directory_sync_task
+
+        if directory_sync_due():
+            self.stdout.write(f"directory sync: {directory_sync_task()}")
