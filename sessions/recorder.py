@@ -626,7 +626,9 @@ def flush_due() -> int:
     return flushed
 
 
-def finalize_interrupted(*, root: Path | str | None = None, gateway_node: str | None = None) -> int:
+def finalize_interrupted(
+    *, root: Path | str | None = None, gateway_node: str | None = None, session_ids: list[int] | None = None
+) -> int:
     """Seal the recordings a killed gateway left unfinalised; the number sealed.
 
     Call it when a gateway starts, with its node name when several gateway hosts share the
@@ -638,6 +640,8 @@ def finalize_interrupted(*, root: Path | str | None = None, gateway_node: str | 
     pending = Recording.objects.filter(finalized_at__isnull=True).select_related("session")
     if gateway_node is not None:
         pending = pending.filter(session__gateway_node=gateway_node)
+    if session_ids is not None:
+        pending = pending.filter(session_id__in=session_ids)
     sealed = 0
     for recording in pending:
         try:

@@ -245,16 +245,20 @@ class GatewayConnection(paramiko.ServerInterface):
             reason, message = self.cut_reason or self.end_reason or (Session.EndReason.CLOSED, "")
             if failed and not self.cut_reason:
                 reason, message = Session.EndReason.ERROR, failed
-            try:
-                records.session_end(
-                    session=self.session,
-                    reason=reason,
-                    message=message,
-                    bytes_in=self.counter.to_target,
-                    bytes_out=self.counter.to_user,
-                )
-            except Exception:
-                logger.exception("Could not end session %s", self.session.pk)
+            for attempt in range(3):  # a busy database (many sessions ending at once) is retried
+                try:
+                    records.session_end(
+                        session=self.session,
+                        reason=reason,
+                        message=message,
+                        bytes_in=self.counter.to_target,
+                        bytes_out=self.counter.to_user,
+                    )
+                    break
+                except Exception:
+                    logger.exception("Could not end session %s (attempt %s)", self.session.pk, attempt + 1)
+                    connections.close_all()
+                    time.sleep(1 + attempt)
             try:
                 session_index(session=self.session)
             except Exception:

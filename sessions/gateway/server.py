@@ -230,9 +230,34 @@ class GatewayServer:
                 if now - last_bytes >= BYTES_INTERVAL:
                     last_bytes = now
                     self.report_bytes()
+                    self.end_orphans()
             except Exception:
                 logger.exception("Gateway housekeeping failed; retrying")
                 connections.close_all()
+
+    def end_orphans(self) -> int:
+        """End this process's sessions whose connection is gone but whose end was not saved.
+
+        A connection that could not write its end (the database was busy or down at that
+        moment) would otherwise stay "live" until the process restarts.
+        """
+        with self._lock:
+            live_ids = [c.session.pk for c in self.connections if c.session is not None]
+        orphans = list(
+            Session.objects.filter(gateway_node=self.node, ended_at__isnull=True)
+            .exclude(pk__in=live_ids)
+            .values_list("pk", flat=True)
+        )
+        if not orphans:
+            return 0
+        finalize_interrupted(session_ids=orphans)
+        for session in Session.objects.filter(pk__in=orphans, ended_at__isnull=True):
+            records.session_end(
+                session=session,
+                reason=Session.EndReason.ERROR,
+                message="The gateway could not record the end of this session when it closed.",
+            )
+        return len(orphans)
 
     def report_bytes(self) -> None:
         """Keep the live sessions' byte counts current for the live sessions page."""

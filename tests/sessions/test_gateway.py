@@ -487,3 +487,18 @@ def test_remote_port_forwarding_is_refused_and_audited(gateway, alice, bob, ssh_
     assert AuditEvent.objects.filter(
         action="gateway.request.refused", details__what__startswith="remote port forwarding"
     ).exists()
+
+
+def test_a_session_whose_end_could_not_be_saved_is_ended_by_housekeeping(gateway, alice, bob, ssh_account):
+    grant = grant_for(alice, bob, ssh_account)
+    orphan = Session.objects.create(
+        user=alice, grant=grant, account="pacs01-admin", gateway_node=gateway.server.node
+    )
+    elsewhere = Session.objects.create(
+        user=alice, grant=grant, account="pacs01-admin", gateway_node="other-gw:1"
+    )
+    assert gateway.server.end_orphans() == 1
+    orphan.refresh_from_db()
+    elsewhere.refresh_from_db()
+    assert orphan.end_reason == Session.EndReason.ERROR and orphan.ended_at is not None
+    assert elsewhere.ended_at is None  # another gateway's live session is not touched
