@@ -486,7 +486,8 @@ def _safety_problem(plan: _Plan) -> str:
     limit = settings.LDAP_SYNC_MAX_DEACTIVATE
     percent = settings.LDAP_SYNC_MAX_DEACTIVATE_PERCENT
     if count > limit:
-        return f"it would deactivate {count} users, more than LDAP_SYNC_MAX_DEACTIVATE ({limit})"
+        users = "user" if count == 1 else "users"
+        return f"it would deactivate {count} {users}, more than LDAP_SYNC_MAX_DEACTIVATE ({limit})"
     if plan.active_before and count * 100 > percent * plan.active_before:
         share = 100 * count / plan.active_before
         return (

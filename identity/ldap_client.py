@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 import ldap
 import ldap.dn
@@ -230,24 +232,6 @@ def escape_filter(value: str) -> str:
     return ldap.filter.escape_filter_chars(value)
 
 
-def is_valid_filter(filterstr: str) -> bool:
-    """A rough syntax check of a search filter (parentheses balanced, starts and ends with one)."""
-    depth = 0
-    escaped = False
-    for ch in filterstr:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0 and filterstr.startswith("(") and filterstr.endswith(")")
-
-
 def guid_to_str(raw: bytes) -> str:
     """Active Directory's objectGUID (16 bytes, little-endian fields) as its canonical string,
     the one AD tools print: e.g. b'\\x10\\x32...' -> '3210…-…'."""
@@ -397,8 +381,15 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
         )
     if isinstance(exc, ldap.SERVER_DOWN):
         info = _info(exc)
-        if any(word in info.lower() for word in ("tls", "ssl", "certificate")):
-            return DirectoryError(f"TLS with {uri} failed: {info}.", kind="tls")
+        tls_words = any(word in info.lower() for word in ("tls", "ssl", "certificate"))
+        if tls_words or (uri.lower().startswith("ldaps://") and _tcp_reachable(uri, config.timeout)):
+            # libldap says only "Can't contact LDAP server" when an LDAPS handshake fails.
+            ca = f"LDAP_CA_FILE {config.ca_file}" if config.ca_file else "the system's CA certificates"
+            return DirectoryError(
+                f"TLS with {uri} failed ({info}): the server answers, but its certificate is not signed "
+                f"by a CA in {ca} or its name does not match the URI's host.",
+                kind="tls",
+            )
         return DirectoryError(f"Cannot reach the directory server {uri}: {info}.", kind="down")
     if isinstance(exc, ldap.NO_SUCH_OBJECT):
         return DirectoryError(
@@ -417,6 +408,19 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
             f"{uri}: the sync account may not read what {during} needs ({_info(exc)}).", kind="config"
         )
     return DirectoryError(f"{uri}: directory error while {during}: {_info(exc)}.", kind="search")
+
+
+def _tcp_reachable(uri: str, timeout: int) -> bool:
+    """Whether something accepts TCP connections at the URI's host and port."""
+    try:
+        parts = urlsplit(uri)
+        default = 636 if parts.scheme.lower() == "ldaps" else 389
+        with socket.create_connection(
+            (parts.hostname or "localhost", parts.port or default), timeout=timeout
+        ):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 # --- Connections --------------------------------------------------------------------------------
@@ -613,17 +617,6 @@ class DirectoryClient:
                 if exc.kind != "missing":
                     raise
         return found
-
-    def list_groups(self, *, limit: int = 1000) -> list[str]:
-        """DNs of the groups under LDAP_GROUP_BASE (for the mapping editor), sorted, at most ``limit``."""
-        dns = []
-        for dn, _ in self.paged_search(
-            self.config.group_base, self.config.group_filter, ["1.1"], during="listing the groups"
-        ):
-            dns.append(dn)
-            if len(dns) >= limit:
-                break
-        return sorted(dns, key=str.lower)
 
 
 # --- The login backend (django-auth-ldap) --------------------------------------------------

@@ -90,6 +90,13 @@ def test_starttls_with_the_ca_file(ldap_settings, ldap_tree, slapd):
         assert [e.username for e in client.iter_users()] == ["alice"]
 
 
+def test_ldaps_with_the_ca_file(ldap_settings, ldap_tree, slapd):
+    ldap_tree.add_user("alice")
+    config = config_for(ldap_settings, uris=(slapd.ldaps_uri,), ca_file=str(slapd.cacert))
+    with DirectoryClient(config) as client:
+        assert [e.username for e in client.iter_users()] == ["alice"]
+
+
 def test_starttls_with_another_ca_is_a_tls_error(ldap_settings, slapd, tmp_path):
     _make_tls_files(tmp_path)  # a CA that did not sign slapd's certificate
     config = config_for(ldap_settings, start_tls=True, ca_file=str(tmp_path / "ca.pem"))
@@ -97,6 +104,10 @@ def test_starttls_with_another_ca_is_a_tls_error(ldap_settings, slapd, tmp_path)
         DirectoryClient(config).connect()
     assert caught.value.kind == "tls"
     assert str(tmp_path / "ca.pem") in str(caught.value)
+    ldaps = config_for(ldap_settings, uris=(slapd.ldaps_uri,), ca_file=str(tmp_path / "ca.pem"))
+    with pytest.raises(DirectoryError, match=f"TLS with {slapd.ldaps_uri} failed") as caught:
+        DirectoryClient(ldaps).connect()
+    assert caught.value.kind == "tls"
 
 
 def test_a_missing_search_base_is_named(ldap_settings, slapd):

@@ -360,6 +360,10 @@ def test_port_forward_reaches_postgresql_with_a_database_grant(
     finally:
         client.terminate()
         client.wait(timeout=10)
+    # Give the dynamic role back (the PostgreSQL target is shared by the whole test run).
+    services.grant_checkin(grant=grant, acting_user=alice)
+    services.grants_cleanup_due()
+    assert secret.login not in pg_target.roles()
     session = _session(alice)
     forwards = [e for e in _events(session) if e["event"] == "forward"]
     assert forwards and forwards[0]["port"] == pg_target.port and forwards[0]["bytes_out"] > 0
