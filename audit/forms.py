@@ -27,7 +27,24 @@ class DateTimeLocalInput(forms.DateTimeInput):
         super().__init__(attrs, format="%Y-%m-%dT%H:%M")
 
 
-class AuditFilterForm(forms.Form):
+class ReasonableTimesMixin:
+    """A filter form's ``since``/``until`` limited to years the database can convert."""
+
+    def clean_since(self):
+        return _reasonable_time(self.cleaned_data["since"])
+
+    def clean_until(self):
+        return _reasonable_time(self.cleaned_data["until"])
+
+
+def _reasonable_time(value):
+    # Years at the ends of the calendar overflow when converted to UTC for the query.
+    if value is not None and not (MIN_YEAR <= value.year <= MAX_YEAR):
+        raise forms.ValidationError(f"Pick a time between the years {MIN_YEAR} and {MAX_YEAR}.")
+    return value
+
+
+class AuditFilterForm(ReasonableTimesMixin, forms.Form):
     """Actor, action (exact, or a prefix ending in "." or "*"), a time range and a keyset cursor.
 
     Every field is optional and bounded, so anything typed into the URL gives a form
@@ -67,19 +84,6 @@ class AuditFilterForm(forms.Form):
     )
     before = forms.IntegerField(required=False, min_value=1, max_value=MAX_SEQUENCE, widget=forms.HiddenInput)
     after = forms.IntegerField(required=False, min_value=0, max_value=MAX_SEQUENCE, widget=forms.HiddenInput)
-
-    def clean_since(self):
-        return self._reasonable_time(self.cleaned_data["since"])
-
-    def clean_until(self):
-        return self._reasonable_time(self.cleaned_data["until"])
-
-    @staticmethod
-    def _reasonable_time(value):
-        # Years at the ends of the calendar overflow when converted to UTC for the query.
-        if value is not None and not (MIN_YEAR <= value.year <= MAX_YEAR):
-            raise forms.ValidationError(f"Pick a time between the years {MIN_YEAR} and {MAX_YEAR}.")
-        return value
 
     def clean(self):
         cleaned = super().clean()

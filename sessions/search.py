@@ -61,7 +61,7 @@ from django.db.models import BooleanField, Exists, Func, OuterRef, Q, TextField,
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from audit.forms import DATETIME_LOCAL_FORMATS, MAX_YEAR, MIN_YEAR, DateTimeLocalInput
+from audit.forms import DATETIME_LOCAL_FORMATS, DateTimeLocalInput, ReasonableTimesMixin
 from sessions.models import Recording, Session, SessionText
 
 logger = logging.getLogger(__name__)
@@ -591,7 +591,7 @@ class SessionSearchFilters:
 MAX_ID = 2**63 - 1
 
 
-class SessionSearchForm(forms.Form):
+class SessionSearchForm(ReasonableTimesMixin, forms.Form):
     """The session search page's filters; every field optional and bounded."""
 
     q = forms.CharField(
@@ -632,18 +632,6 @@ class SessionSearchForm(forms.Form):
     )
     before = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
     after = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, widget=forms.HiddenInput)
-
-    def clean_since(self):
-        return self._reasonable_time(self.cleaned_data["since"])
-
-    def clean_until(self):
-        return self._reasonable_time(self.cleaned_data["until"])
-
-    @staticmethod
-    def _reasonable_time(value):
-        if value is not None and not (MIN_YEAR <= value.year <= MAX_YEAR):
-            raise forms.ValidationError(f"Pick a time between the years {MIN_YEAR} and {MAX_YEAR}.")
-        return value
 
     def clean_q(self):
         q = self.cleaned_data["q"]
