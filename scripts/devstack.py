@@ -144,6 +144,7 @@ def main() -> int:
         start("worker", [sys.executable, "manage.py", "access_sweep", "--loop"], app_env)
         start("audit-forwarder", [sys.executable, "manage.py", "audit_forward", "--loop"], app_env)
         start("gateway", [sys.executable, "manage.py", "ssh_gateway"], app_env)
+        start("sessions", [sys.executable, "manage.py", "sessions_maintain", "--loop"], app_env)
         say("")
         say(f"pamsite is running: open http://{WEB_HOST}:{WEB_PORT}/ and sign in with the account above")
         say("(first sign-in: scan the QR code with an authenticator app, then keep the backup codes).")
