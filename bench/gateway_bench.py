@@ -29,8 +29,11 @@ clients are paramiko Transports in this process (one thread each).
 1. Bulk: ``cat`` of a 256 MiB text file and of a 256 MiB random file (non-pty exec), and the
    text through a pty (``ssh -tt``: the asciicast path); whole command timed, and the
    recording's size against the data.
-2. Steady state: ``head -c 1G /dev/zero``, MB/s from the first byte to the last.
-3. 20 concurrent streams of 64 MiB, aggregate MB/s; the gateway with 1 and with 2 workers.
+2. Steady state: 1 GiB of log lines (``yes LINE | head -c 1G``), MB/s from the first byte to the last.
+3. 20 concurrent streams of 64 MiB (log lines), aggregate MB/s; the gateway with 1 and with 2 workers.
+   After every gateway run the bench waits until the gateway is idle again and reports the CPU it
+   spent after the session ended (sealing the recordings, indexing the session for search), so
+   that this work does not overlap the next run.
 4. Echo round trip in a pty (``stty raw -echo; cat`` on the target), 1000 one-byte round
    trips after a warm-up, through ``ssh -tt`` on a local pty (os.openpty).
 5. Time to a shell prompt: from starting ``ssh ... echo READY`` to reading READY.
@@ -80,6 +83,14 @@ KEX = "curve25519-sha256@libssh.org"
 GRANT_MINUTES = 50  # the gateway asks Vault for a certificate of the grant's time left + 60 s
 MiB = 1024 * 1024
 MB = 1_000_000
+LOG_LINE = '2026-11-28T01:02:03.456Z pacs01 dicomd[4711]: C-STORE-RQ from AE "CT1_MODALITY" status=0x0000 ok'
+
+
+def text_stream(size: int) -> str:
+    """A remote command writing `size` bytes of log lines (text: the search indexer stops early)."""
+    return f"yes '{LOG_LINE}' | head -c {size}"
+
+
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 TARGETS = {
@@ -473,6 +484,23 @@ class Gateway:
             pids += [int(p) for p in children]
         return pids
 
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += cpu_seconds(pid)
+        return total
+
+    def settle(self, since: float, timeout: float = 180) -> float:
+        """Wait until the gateway is idle (two 0.5 s windows under 3 % of a core); the CPU
+        seconds it used from ``since`` (a cpu_seconds() reading) until then."""
+        quiet, deadline = 0, time.monotonic() + timeout
+        while quiet < 2 and time.monotonic() < deadline:
+            c0 = self.cpu_seconds()
+            time.sleep(0.5)
+            quiet = quiet + 1 if self.cpu_seconds() - c0 < 0.015 else 0
+        return self.cpu_seconds() - since
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -750,6 +778,7 @@ class BulkCase:
     gateway: list[Run] = field(default_factory=list)
     recording_bytes: list[int] = field(default_factory=list)  # .bin/.cast
     index_bytes: list[int] = field(default_factory=list)
+    after_cpu: list[float] = field(default_factory=list)  # gateway CPU s after the session ended
     errors: list[str] = field(default_factory=list)
 
     def rate(self, runs: list[Run], *, whole: bool = True) -> float:
@@ -765,7 +794,7 @@ class BulkCase:
         return median(values)
 
 
-def measure_bulk(clients: Clients, site: Site, root: Path, files, args) -> list[BulkCase]:
+def measure_bulk(clients: Clients, gateway: Gateway, site: Site, root: Path, files, args) -> list[BulkCase]:
     from sessions.models import Recording
 
     text, rand = files
@@ -789,6 +818,7 @@ def measure_bulk(clients: Clients, site: Site, root: Path, files, args) -> list[
             argv, env = clients.gateway(user, "cat", str(path), tty=tty)
             run = run_reader(argv, env, expect=size, tty_stdin=tty)
             case.gateway.append(run)
+            case.after_cpu.append(gateway.settle(gateway.cpu_seconds()))  # from the client's exit
             if not run.ok:
                 case.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
             try:
@@ -804,6 +834,7 @@ def measure_bulk(clients: Clients, site: Site, root: Path, files, args) -> list[
                 f"direct {fmt(mbps(case.direct[-1].nbytes, case.direct[-1].total_s))} MB/s, "
                 f"gateway {fmt(mbps(run.nbytes, run.total_s))} MB/s"
                 + (f" (recording {case.recording_bytes[-1] / size:.3f}x)" if case.recording_bytes else "")
+                + f"; gateway CPU after the session {case.after_cpu[-1]:.1f} s"
             )
         results.append(case)
     return results
@@ -817,12 +848,13 @@ class SteadyResult:
     data_bytes: int
     direct: list[Run] = field(default_factory=list)
     gateway: list[Run] = field(default_factory=list)
+    after_cpu: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
-def measure_steady(clients: Clients, site: Site, root: Path, args) -> SteadyResult:
+def measure_steady(clients: Clients, gateway: Gateway, site: Site, root: Path, args) -> SteadyResult:
     size = args.steady_mib * MiB
-    command = f"head -c {size} /dev/zero"
+    command = text_stream(size)
     result = SteadyResult(size)
     user = site.users[0]
     for n in range(args.repeats):
@@ -830,18 +862,20 @@ def measure_steady(clients: Clients, site: Site, root: Path, args) -> SteadyResu
         run = run_reader(argv, env, expect=size)
         result.direct.append(run)
         if not run.ok:
-            result.errors.append(f"direct: exit {run.returncode}: {run.stderr}")
+            result.errors.append(f"direct: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
         before = last_session_pk()
         argv, env = clients.gateway(user, command)
         run = run_reader(argv, env, expect=size)
         result.gateway.append(run)
+        result.after_cpu.append(gateway.settle(gateway.cpu_seconds()))
         if not run.ok:
-            result.errors.append(f"gateway: exit {run.returncode}: {run.stderr}")
+            result.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
         with contextlib.suppress(RuntimeError):
             drop_recording_files(root, wait_sessions_ended(before))
         say(
             f"  #{n + 1}: direct {fmt(mbps(size, result.direct[-1].transfer_s))} MB/s, "
-            f"gateway {fmt(mbps(size, run.transfer_s))} MB/s (first byte to last)"
+            f"gateway {fmt(mbps(size, run.transfer_s))} MB/s (first byte to last); "
+            f"gateway CPU after the session {result.after_cpu[-1]:.1f} s"
         )
     return result
 
@@ -857,6 +891,7 @@ class ConcurrentResult:
     runs: list[Run] = field(default_factory=list)
     wall_s: float = float("nan")
     per_process: list[int] = field(default_factory=list)  # gateway sessions per worker process
+    after_cpu: float = float("nan")  # gateway CPU s from the last client's exit until idle
 
     @property
     def ok(self) -> int:
@@ -1334,6 +1369,14 @@ def machine_info(bao_version: str) -> dict:
     }
 
 
+AFTER_CPU_NOTE = (
+    "Gateway CPU after the session = CPU seconds the gateway process used from the client's exit until "
+    "it was idle again (sealing the recordings: sha256 and Vault signature; indexing the session for "
+    "search: `sessions.search.session_index`, called from the connection's `_finish`); the bench waits "
+    "for it before the next run"
+)
+
+
 def ratio_of(a: float, b: float) -> float:
     return a / b if a == a and b == b and b else float("nan")
 
@@ -1368,13 +1411,16 @@ def report_bulk(args, bulk: list[BulkCase], summary: list[str]) -> list[str]:
                 fmt(case.phase(case.direct, "close"), 2),
                 fmt(case.phase(case.gateway, "close"), 2),
                 "-" if case.recording_ratio != case.recording_ratio else f"{case.recording_ratio:.3f}x",
+                fmt(median(case.after_cpu), 1),
             ]
         )
     lines = [
         "",
         f"**1. Bulk transfer**: `ssh ... cat FILE` ({args.bulk_mib} MiB), the whole command timed from "
         f"starting ssh to its exit; median of {args.repeats} run(s) each, direct and gateway alternating. "
-        "Recording = the channel's recording files (.bin + .idx, or .cast) against the file's size:",
+        "Recording = the channel's recording files (.bin + .idx, or .cast) against the file's size. "
+        + AFTER_CPU_NOTE
+        + ":",
         "",
         *table(
             [
@@ -1388,6 +1434,7 @@ def report_bulk(args, bulk: list[BulkCase], summary: list[str]) -> list[str]:
                 "Direct last byte → exit (s)",
                 "Gateway last byte → exit (s)",
                 "Recording / data",
+                "Gateway CPU after the session (s)",
             ],
             rows,
         ),
@@ -1434,8 +1481,8 @@ def report_steady(steady: SteadyResult, summary: list[str]) -> list[str]:
     ratio = ratio_of(g, d)
     lines = [
         "",
-        f"**2. Steady state**: `head -c {steady.data_bytes // MiB}M /dev/zero`, non-pty exec; MB/s from the "
-        "first byte to the last (no login, no sealing of the recording), median of "
+        f"**2. Steady state**: {steady.data_bytes // MiB} MiB of log lines (`yes LINE | head -c N`), non-pty "
+        "exec; MB/s from the first byte to the last (no login, no sealing of the recording), median of "
         f"{len(steady.direct)} run(s) each:",
         "",
         *table(
@@ -1443,6 +1490,7 @@ def report_steady(steady: SteadyResult, summary: list[str]) -> list[str]:
             [
                 ["First → last byte MB/s", fmt(d), fmt(g), fmt(ratio, 2)],
                 ["Whole command MB/s", fmt(dw), fmt(gw), fmt(ratio_of(gw, dw), 2)],
+                ["Gateway CPU after the session (s)", "", fmt(median(steady.after_cpu), 1), ""],
             ],
         ),
     ]
@@ -1474,17 +1522,26 @@ def report_concurrent(args, concurrent: list[ConcurrentResult], summary: list[st
                 fmt(c.ratio, 2),
                 fmt(c.aggregate_wall),
                 fmt(c.wall_s, 1),
+                "-" if c.label == "direct" else fmt(c.after_cpu, 1),
             ]
         )
     lines = [
         "",
-        f"**3. {args.streams} concurrent streams** of {args.stream_mib} MiB each (`head -c` of /dev/zero, "
-        "non-pty exec, all started at once; through the gateway one user per stream). Aggregate MB/s over "
+        f"**3. {args.streams} concurrent streams** of {args.stream_mib} MiB of log lines each (non-pty "
+        "exec, all started at once; through the gateway one user per stream). Aggregate MB/s over "
         "the window from the first stream's first byte to the last stream's last byte, and over the whole "
         "wall time (with the logins):",
         "",
         *table(
-            ["Way", "Streams OK", "Aggregate MB/s", "Ratio", "Aggregate MB/s (wall)", "Wall (s)"],
+            [
+                "Way",
+                "Streams OK",
+                "Aggregate MB/s",
+                "Ratio",
+                "Aggregate MB/s (wall)",
+                "Wall (s)",
+                "Gateway CPU after the sessions (s)",
+            ],
             rows,
         ),
     ]
@@ -1619,14 +1676,23 @@ def report_idle(idle: IdleResult, summary: list[str]) -> list[str]:
         "- Opening, sessions open after so many seconds: "
         + (", ".join(f"{n:,} after {t:.0f} s" for n, t in idle.open_marks) or "-")
         + ".",
-        f"- Closing every client at once: the gateway was done with the connections (back to its threads of "
-        f"before) after {fmt(idle.close_busy_s, 1)} s; every session ended in the database after "
-        f"{fmt(idle.close_s, 1)} s"
+        "- Closing every client at once: "
         + (
-            f" — no: {idle.left_live:,} sessions were left live and {idle.left_unsealed:,} recordings "
-            "unsealed when the bench stopped waiting"
-            if idle.left_live or idle.left_unsealed
-            else ""
+            f"the gateway was done with the connections (back to its threads of before) after "
+            f"{fmt(idle.close_busy_s, 1)} s"
+            if idle.close_busy_s == idle.close_busy_s
+            else "the gateway was still busy with the connections when the bench stopped waiting"
+        )
+        + "; "
+        + (
+            f"every session had ended in the database after {fmt(idle.close_s, 1)} s"
+            if not idle.left_live
+            else f"{idle.left_live:,} sessions were still live in the database when the bench stopped waiting"
+        )
+        + (
+            f"; {idle.left_unsealed:,} recordings were left unsealed (no sha256, no signature)"
+            if idle.left_unsealed
+            else "; every recording was sealed"
         )
         + ". Gateway log during this part: "
         + (", ".join(f"{n:,} x “{k}”" for k, n in idle.log_problems.items()) or "no errors")
@@ -1638,8 +1704,8 @@ def report_idle(idle: IdleResult, summary: list[str]) -> list[str]:
         lines.append(f"- {len(idle.errors)} sessions failed to open; first: {idle.errors[0]}")
     if idle.left_live or idle.left_unsealed:
         summary.append(
-            f"(no target) After {idle.opened:,} clients disconnected at once, {idle.left_live:,} sessions "
-            f"stayed live and {idle.left_unsealed:,} recordings unsealed in the database — **a defect**"
+            f"(no target) After {idle.opened:,} clients disconnected at once: {idle.left_live:,} sessions "
+            f"left live and {idle.left_unsealed:,} recordings left unsealed in the database — **a defect**"
         )
     target = TARGETS["kb_per_session"]
     summary.append(
@@ -1668,8 +1734,9 @@ def report(args, info, r) -> str:
         "- The gateway runs as its own process (`manage.py ssh_gateway`) and records every session "
         "(non-pty exec: raw .bin + .idx; pty: asciicast). The client, the gateway, sshd and the remote "
         "command share the machine's cores. MB = 10^6 bytes; MiB = 2^20 bytes.",
-        f"- Load average (1 min) at the start {info['load_start']:.1f}, at the end {info['load_end']:.1f} on "
-        f"{info['cpus']} CPUs: whatever else ran on the machine shares it with the bench.",
+        "- Load average (1 min) at the start of each part: "
+        + ", ".join(f"{n}. {v:.1f}" for n, v in info["loads"].items())
+        + f" (on {info['cpus']} CPUs; whatever else runs on the machine shares them with the bench).",
     ]
     summary: list[str] = []
     if r.get("bulk"):
@@ -1708,7 +1775,7 @@ def main() -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the gateway and sshd
     began = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    loads: dict[int, float] = {}
     (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     results: dict = {"failures": []}
     with contextlib.ExitStack() as stack:
@@ -1800,6 +1867,7 @@ def main() -> int:
         def attempt(number: int, label: str, function):
             if number not in args.only:
                 return None
+            loads[number] = os.getloadavg()[0]
             say(f"{number}. {label}")
             try:
                 return function()
@@ -1809,15 +1877,15 @@ def main() -> int:
                 return None
 
         results["bulk"] = attempt(
-            1, "Bulk transfer", lambda: measure_bulk(clients, site, recordings, files, args)
+            1, "Bulk transfer", lambda: measure_bulk(clients, gateway, site, recordings, files, args)
         )
         results["steady"] = attempt(
-            2, "Steady state", lambda: measure_steady(clients, site, recordings, args)
+            2, "Steady state", lambda: measure_steady(clients, gateway, site, recordings, args)
         )
 
         def concurrent():
             size = args.stream_mib * MiB
-            command = f"head -c {size} /dev/zero"
+            command = text_stream(size)
             out = [measure_concurrent("direct", lambda i: clients.direct(command), args.streams, size)]
             say(f"  direct: {out[-1].ok}/{args.streams} OK, {fmt(out[-1].aggregate)} MB/s aggregate")
             before = last_session_pk()
@@ -1829,6 +1897,7 @@ def main() -> int:
                     size,
                 )
             )
+            out[-1].after_cpu = gateway.settle(gateway.cpu_seconds())
             say(
                 f"  gateway, 1 process: {out[-1].ok}/{args.streams} OK, "
                 f"{fmt(out[-1].aggregate)} MB/s aggregate"
@@ -1848,6 +1917,7 @@ def main() -> int:
                         size,
                     )
                 )
+                out[-1].after_cpu = gateway.settle(gateway.cpu_seconds())
                 say(
                     f"  gateway, --workers 2: {out[-1].ok}/{args.streams} OK, "
                     f"{fmt(out[-1].aggregate)} MB/s aggregate"
@@ -1904,7 +1974,7 @@ def main() -> int:
         from vault.client import get_client
 
         info = machine_info(get_client().health().version)
-        info["load_start"], info["load_end"] = load_start, os.getloadavg()[0]
+        info["loads"] = loads
         text = report(args, info, results)
         say("")
         say(text)
