@@ -65,6 +65,7 @@ from pathlib import Path
 
 import orjson
 from django.conf import settings
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from sessions.models import Recording, Session
@@ -79,6 +80,8 @@ COALESCE_SECONDS = 0.01  # exec chunks of one stream closer than this share an i
 MARKER_LABEL_MAX = 80  # characters of the screen line kept as a marker's label
 LINE_TAIL_MAX = 4096  # bytes of the current output line kept to label the next marker
 _HASH_BLOCK = 1024 * 1024
+SEAL_SAVE_TRIES = 3
+LEFTOVER_GRACE_SECONDS = 60  # an ended session's gateway may still be sealing its files
 
 _live: weakref.WeakSet[_Recorder] = weakref.WeakSet()
 _live_lock = threading.Lock()
@@ -164,9 +167,21 @@ def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
             f"Recording {recording.path} was written but could not be signed: {exc}"
         ) from None
     recording.finalized_at = timezone.now()
-    recording.save(
-        update_fields=["sha256", "size", "index_sha256", "interrupted", "signature", "finalized_at"]
-    )
+    fields = ["sha256", "size", "index_sha256", "interrupted", "signature", "finalized_at"]
+    # Many sessions ending at once (a gateway stopping) can find the database busy or the
+    # connection gone: retried on a fresh connection before giving up.
+    for attempt in range(SEAL_SAVE_TRIES):
+        try:
+            recording.save(update_fields=fields)
+            return
+        except DatabaseError as exc:
+            if attempt + 1 == SEAL_SAVE_TRIES:
+                raise RecordingError(
+                    f"Recording {recording.path} was signed but its row could not be saved: {exc}"
+                ) from None
+            if not connection.in_atomic_block:
+                connection.close()
+            time.sleep(0.5 * (attempt + 1))
 
 
 class _Recorder:
@@ -659,6 +674,24 @@ def finalize_interrupted(
                 session.ended_at = datetime.datetime.fromtimestamp(mtime, tz=datetime.UTC)
             session.save(update_fields=["end_reason", "ended_at"])
     return sealed
+
+
+def seal_leftovers(*, grace_seconds: int = LEFTOVER_GRACE_SECONDS, root: Path | str | None = None) -> int:
+    """Seal the recordings of sessions that ended but whose gateway could not seal them.
+
+    A gateway seals each recording as its session ends; when that fails (Vault or the
+    database unreachable at that moment) the session still ends and the recording waits
+    here. Sessions ended less than ``grace_seconds`` ago are left to their gateway. Sealed
+    files are marked interrupted: the writer did not seal them itself. The number sealed.
+    """
+    cutoff = timezone.now() - datetime.timedelta(seconds=grace_seconds)
+    ended = (
+        Session.objects.filter(ended_at__lt=cutoff, recordings__finalized_at__isnull=True)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    ids = list(ended)
+    return finalize_interrupted(root=root, session_ids=ids) if ids else 0
 
 
 def verify_recording(recording: Recording, *, root: Path | str | None = None) -> tuple[bool, str]:

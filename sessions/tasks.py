@@ -5,14 +5,16 @@ from __future__ import annotations
 from celery import shared_task
 
 from sessions.models import Session
+from sessions.recorder import seal_leftovers
 from sessions.retention import recordings_expire
 from sessions.search import session_index, sessions_index_pending
 
 
 @shared_task(name="sessions.maintain")
 def maintain_task() -> dict:
-    """Index ended sessions not indexed yet, then delete the recordings past their retention."""
-    return {"indexed": sessions_index_pending(), "expired": recordings_expire()}
+    """Seal what a gateway left unsealed, index ended sessions not indexed yet, then delete
+    the recordings past their retention."""
+    return {"sealed": seal_leftovers(), "indexed": sessions_index_pending(), "expired": recordings_expire()}
 
 
 @shared_task(name="sessions.index")

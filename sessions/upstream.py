@@ -165,6 +165,8 @@ def _open_transport(*, host: str, port: int, timeout: float, target: str, key_ty
         raise UpstreamUnreachable(f"{where}: cannot resolve the host name ({exc.strerror})") from None
     except OSError as exc:
         raise UpstreamUnreachable(f"{where} cannot be reached: {exc.strerror or exc}") from None
+    # Keystrokes and small replies go out at once (Nagle would hold them for an ACK).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(sock)
     transport.banner_timeout = timeout
     transport.handshake_timeout = timeout

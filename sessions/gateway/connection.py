@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import paramiko
 from django.conf import settings
 from django.db import connections
+from django.db.models import Sum
 from paramiko.auth_handler import AuthHandler
 from paramiko.common import (
     AUTH_FAILED,
@@ -60,6 +61,10 @@ ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CODE_TRIES = 3
 MAX_CHANNELS = 32
 FORWARD_CONNECT_TIMEOUT = 5
+# Lifetime of the certificate the gateway logs in to an ssh-ca target with (seconds).
+UPSTREAM_CERTIFICATE_SECONDS = 120
+# Sessions whose recordings total at most this are indexed for search as they end.
+INLINE_INDEX_MAX_BYTES = 8 * 1024 * 1024
 
 
 def parse_login(name: str) -> tuple[str, str | None]:
@@ -259,10 +264,14 @@ class GatewayConnection(paramiko.ServerInterface):
                     logger.exception("Could not end session %s (attempt %s)", self.session.pk, attempt + 1)
                     connections.close_all()
                     time.sleep(1 + attempt)
+            # A short session is searchable at once; indexing a large one (a 256 MiB exec
+            # output) would take the gateway's CPU from live sessions for seconds, so the
+            # worker's sessions_maintain indexes it, with anything missed here.
             try:
-                session_index(session=self.session)
+                recorded = self.session.recordings.aggregate(total=Sum("size"))["total"] or 0
+                if recorded <= INLINE_INDEX_MAX_BYTES:
+                    session_index(session=self.session)
             except Exception:
-                # The worker's sessions_maintain indexes what is left unindexed.
                 logger.exception("Could not index session %s for search", self.session.pk)
         connections.close_all()
         self.finished.set()
@@ -273,7 +282,8 @@ class GatewayConnection(paramiko.ServerInterface):
             return
         try:
             recorder.close()
-        except RecordingError:
+        except Exception:
+            # The session still ends; the worker's sessions_maintain seals what is left unsealed.
             logger.exception("Sealing a recording of session %s failed", self.session and self.session.pk)
 
     # --- Authentication -------------------------------------------------------------
@@ -708,8 +718,9 @@ class GatewayConnection(paramiko.ServerInterface):
                 events.exit_status(channel=channel_id, status=status)
             except RecordingError as exc:
                 self.recording_failed(str(exc))
-        self._close_recorder(state)
         if self.cut_reason is None:
+            # Everything the user got is in the recorder's buffer already; the user need not
+            # wait for it to be hashed and signed.
             try:
                 if status is not None:
                     state.channel.send_exit_status(status)
@@ -717,6 +728,7 @@ class GatewayConnection(paramiko.ServerInterface):
                 state.channel.close()
             except (OSError, EOFError, paramiko.SSHException):
                 pass
+        self._close_recorder(state)
 
     def _file_operation(self, channel_id: int, operation: tuple[str, ...]) -> None:
         """An SFTP remove, rename, mkdir, rmdir or setstat, for the event log."""
@@ -758,11 +770,13 @@ class GatewayConnection(paramiko.ServerInterface):
             try:
                 if account.kind == Account.Kind.SSH_CA:
                     private, public = upstream.generate_keypair()
-                    ttl = max(60, min(self.grant.seconds_left + 60, 24 * 3600))
-                    kwargs = {
-                        "private_key": private,
-                        "certificate": sources.ssh_sign(account=ref, public_key=public, ttl_seconds=ttl),
-                    }
+                    # sshd checks a certificate only when it logs in: it needs to live
+                    # for the login alone, whatever the grant's length (the gateway cuts
+                    # the session when the grant ends). A stolen one is soon worthless.
+                    certificate = sources.ssh_sign(
+                        account=ref, public_key=public, ttl_seconds=UPSTREAM_CERTIFICATE_SECONDS
+                    )
+                    kwargs = {"private_key": private, "certificate": certificate}
                 else:
                     kwargs = {"password": sources.static_login_password(account=ref)}
             except VaultError as exc:

@@ -77,6 +77,20 @@ def test_shell_on_ssh_ca_account_is_recorded_and_plays_with_asciinema(gateway, a
     assert AuditEvent.objects.filter(action="gateway.session.ended", object_id=str(session.pk)).exists()
 
 
+def test_a_grant_longer_than_the_ssh_roles_certificate_limit_still_logs_in(gateway, alice, bob, ssh_account):
+    """The Vault SSH role signs certificates for an hour at most; an 8-hour grant still works,
+    because the gateway's certificate only has to outlive the login."""
+    from access.models import AccessPolicy
+
+    AccessPolicy.objects.filter(accounts=ssh_account).update(max_duration_minutes=8 * 60)
+    grant = grant_for(alice, bob, ssh_account, minutes=8 * 60)
+    assert grant.seconds_left > sources.SSH_CERT_MAX_TTL
+    result = gateway.ssh(alice, "alice:pacs01-admin", "echo long-$((6*7))")
+    assert result.returncode == 0, result.stderr
+    assert b"long-42" in result.stdout
+    assert _session(alice).end_reason == Session.EndReason.CLOSED
+
+
 def test_exec_passes_exit_status_and_keeps_stdout_and_stderr_apart(gateway, alice, bob, static_account):
     grant_for(alice, bob, static_account)
     result = gateway.ssh(alice, "alice:pacs01-svc", "printf out; printf err >&2; exit 3")

@@ -13,9 +13,11 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from sessions import recorder as recorder_module
 from sessions.models import Recording, Session
@@ -26,6 +28,7 @@ from sessions.recorder import (
     TerminalRecorder,
     finalize_interrupted,
     flush_due,
+    seal_leftovers,
     verify_recording,
 )
 
@@ -304,6 +307,26 @@ def test_finalize_interrupted_seals_what_a_killed_gateway_left(root, session, al
     assert Recording.objects.get(pk=live_elsewhere.recording.pk).finalized_at is None
     assert finalize_interrupted(gateway_node="gw1") == 0
     live_elsewhere.close()
+
+
+def test_the_worker_seals_what_an_ended_sessions_gateway_could_not(root, session, alice):
+    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
+    rec.write(b"dcmdump /pacs/study/1.dcm\r\n")
+    rec.flush()
+    rec._close_fds()  # sealing failed: the session ended, the recording has no signature
+    session.end_reason, session.ended_at = Session.EndReason.CLOSED, timezone.now()
+    session.save()
+
+    assert seal_leftovers() == 0  # just ended: its gateway may still be sealing
+    Session.objects.filter(pk=session.pk).update(ended_at=timezone.now() - timedelta(minutes=5))
+    assert seal_leftovers() == 1
+
+    recording = Recording.objects.get(pk=rec.recording.pk)
+    assert recording.finalized_at is not None and recording.interrupted
+    assert verify_recording(recording)[0]
+    session.refresh_from_db()
+    assert session.end_reason == Session.EndReason.CLOSED  # the real reason is kept
+    assert seal_leftovers() == 0
 
 
 def test_file_names_come_from_ids_only(root, alice):
