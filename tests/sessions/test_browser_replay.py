@@ -1,9 +1,11 @@
-"""In Chromium: an auditor replays a recorded session in asciinema-player and jumps to a command
-by its marker; an approver watches a live session and sees new output within ~1-2 s.
+"""In Chromium: an auditor finds a session by a command it contains, sees it intact, replays it
+in asciinema-player and jumps to the command by its marker; a tampered recording shows as
+tampered; a requester gets 403 on every auditor page; an approver watches a live session and
+sees new output within ~1-2 s.
 
 The pages run under the site's strict Content-Security-Policy (only ``'wasm-unsafe-eval'``
 added for the player's WebAssembly terminal); a CSP violation in the console fails the test.
-Screenshots: ``test-artifacts/replay.png`` and ``test-artifacts/watch.png``.
+Screenshots: ``test-artifacts/`` (replay, search-and-replay, tampered, watch).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.utils import timezone
 from sessions import replay
 from sessions.models import Session
 from sessions.recorder import TerminalRecorder
-from tests.conftest import verified_client
+from tests.conftest import make_user, verified_client
 from tests.sessions.test_replay import PROMPT, typed
 from tests.sessions.test_services import make_grant, make_session
 
@@ -167,3 +169,97 @@ def test_an_approver_watches_a_live_session_within_two_seconds(page, live_server
         timeout=10_000,
     )
     assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
+
+
+def _recorded_session(alice, *commands: tuple[bytes, bytes], slug: str = "pacs01-root") -> Session:
+    """An ended session whose terminal recording holds each command typed and its output."""
+    session = make_session(make_grant(alice, slug=slug))
+    shell = TerminalRecorder(session=session, channel=0, width=100, height=20)
+    shell.write(PROMPT)
+    for command, output in commands:
+        typed(shell, command + b"\r")
+        time.sleep(0.02)
+        shell.write(b"\r\n" + output + b"\r\n" + PROMPT)
+        time.sleep(0.02)
+    shell.close()
+    Session.objects.filter(pk=session.pk).update(ended_at=timezone.now(), end_reason=Session.EndReason.CLOSED)
+    session.refresh_from_db()
+    return session
+
+
+def test_an_auditor_finds_a_session_by_a_command_and_replays_it(page, live_server, root, alice, carol):
+    """The whole auditor's path in the browser: search by a command, open the session, see it
+    intact, replay it, and the command is on the player's screen."""
+    from sessions.search import session_index
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    word = "purge" + secrets.token_hex(4)
+    other = _recorded_session(alice, (b"ls /var/pacs", b"archive  cache"))
+    wanted = _recorded_session(
+        alice, (f"dcm-{word} --study 1.2.840.1".encode(), b"3 studies purged"), slug="pacs01-admin"
+    )
+    session_index(session=other)
+    session_index(session=wanted)
+
+    errors = sign_in(page, live_server, carol)
+    page.goto(f"{live_server.url}/sessions/")
+    page.fill("input[name=q]", word)
+    page.click("form.filters button[type=submit]")
+    links = page.locator("#results a.session-link")
+    assert links.count() == 1
+    assert links.first.inner_text() == str(wanted.pk)
+    links.first.click()
+    page.wait_for_url(f"**/sessions/{wanted.pk}/")
+    assert page.locator("td.integrity[data-state=intact]").count() == wanted.recordings.count()
+    page.click("a.button:has-text('Replay')")
+    page.wait_for_url(f"**/replay/sessions/{wanted.pk}/")
+    page.wait_for_selector(SCREEN)
+    markers = page.locator("ol.markers li")
+    assert markers.count() == 1 and word in markers.first.inner_text()
+    markers.first.locator("button").click()
+    page.wait_for_function(
+        "([s, w]) => document.querySelector(s).innerText.includes(w)", arg=[SCREEN, word], timeout=10_000
+    )
+    page.screenshot(path=str(ARTIFACTS / "search-and-replay.png"), full_page=True)
+    assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
+
+
+def test_a_tampered_recording_shows_as_tampered_in_the_browser(page, live_server, root, alice, carol):
+    session = _recorded_session(alice, (b"cat /etc/pacs/ae.conf", b"AE_TITLE=PACS01"))
+    cast = session.recordings.get(kind="terminal")
+    path = Path(settings.RECORDINGS_ROOT) / cast.path
+    data = bytearray(path.read_bytes())
+    data[data.index(b"PACS01")] = ord("X")  # one byte of the output changed after the fact
+    path.write_bytes(bytes(data))
+
+    sign_in(page, live_server, carol)
+    page.goto(f"{live_server.url}/sessions/{session.pk}/")
+    cell = page.locator(f"#recording-{cast.pk} td.integrity")
+    assert cell.get_attribute("data-state") == "tampered"
+    assert "TAMPERED" in cell.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "tampered.png"), full_page=True)
+
+
+def test_a_requester_gets_403_on_every_auditor_page(page, live_server, root, alice, carol):
+    """Alice holds grants and has sessions of her own, yet none of the auditor's pages open for her."""
+    from django.urls import reverse
+
+    theirs = _recorded_session(make_user("dave", "requester"), (b"id", b"uid=0(root)"), slug="pacs02-root")
+    recording = theirs.recordings.get(kind="terminal")
+    pages = [
+        reverse("sessions:search"),
+        reverse("audit:events"),
+        reverse("audit:export_csv"),
+        reverse("audit:export_jsonl"),
+        reverse("sessions:download", args=[recording.pk]),
+        reverse("replay:session", args=[theirs.pk]),
+        reverse("replay:watch", args=[theirs.pk]),
+        reverse("replay:cast", args=[recording.pk]),
+    ]
+    sign_in(page, live_server, alice)
+    for url in pages:
+        response = page.goto(live_server.url + url)
+        assert response.status in (403, 404), f"{url} answered {response.status} to a requester"
+        assert "AE_TITLE" not in page.content() and "uid=0(root)" not in page.content()
+        if response.status == 403:
+            assert "Not allowed" in page.inner_text("h1"), url
