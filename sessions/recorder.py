@@ -81,6 +81,7 @@ MARKER_LABEL_MAX = 80  # characters of the screen line kept as a marker's label
 LINE_TAIL_MAX = 4096  # bytes of the current output line kept to label the next marker
 _HASH_BLOCK = 1024 * 1024
 SEAL_SAVE_TRIES = 3
+REPLAY_INDEX_SUFFIX = ".replay-index.json"  # the player's index beside a terminal recording
 LEFTOVER_GRACE_SECONDS = 60  # an ended session's gateway may still be sealing its files
 
 _live: weakref.WeakSet[_Recorder] = weakref.WeakSet()

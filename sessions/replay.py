@@ -63,7 +63,7 @@ from identity.roles import has_role
 from sessions import selectors
 from sessions.forms import TerminateForm
 from sessions.models import Recording, Session
-from sessions.recorder import recordings_root
+from sessions.recorder import REPLAY_INDEX_SUFFIX, recordings_root
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ PLAYER_MARKERS_MAX = 100
 MARKERS_LISTED_MAX = 5000
 SCAN_BLOCK = 8 * 1024 * 1024
 INDEX_VERSION = 1
-INDEX_SUFFIX = ".replay-index.json"
+INDEX_SUFFIX = REPLAY_INDEX_SUFFIX
 EXEC_PREVIEW_BYTES = 64 * 1024  # of a non-pty command's output shown on the page
 EXEC_PREVIEWS_MAX = 20  # commands whose output is shown; the others are listed
 EVENTS_MAX_LINES = 5000  # of events.jsonl shown on the page

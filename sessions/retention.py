@@ -33,6 +33,7 @@ from audit.services import audit_record
 from identity.models import User
 from identity.roles import has_role
 from sessions.models import LegalHold, Recording, Session
+from sessions.recorder import REPLAY_INDEX_SUFFIX
 from sessions.search import session_text_clear
 from sessions.selectors import HOLDERS
 
@@ -104,6 +105,10 @@ def _expire_session(*, pk: int, cutoff: dt.datetime, root: Path) -> bool:
             except FileNotFoundError:
                 entry["missing"] = True
             files.append(entry)
+        # The player's index of a terminal recording is derived from it (and holds its
+        # screen text): it goes with it.
+        with contextlib.suppress(FileNotFoundError):
+            _inside(root, recording.path + REPLAY_INDEX_SUFFIX).unlink()
     now = timezone.now()
     Recording.objects.filter(pk__in=[r.pk for r in recordings]).update(deleted_at=now)
     session_text_clear(session=session)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from sessions.models import LegalHold, Recording, Session, SessionText
+from sessions.recorder import REPLAY_INDEX_SUFFIX
 from sessions.retention import legal_hold_place, legal_hold_release, recordings_expire
 from sessions.search import session_index, session_text_store
 from tests.conftest import make_user, verified_client
@@ -93,7 +94,10 @@ def grant(alice):
 def test_old_unheld_sessions_lose_their_files_and_keep_their_rows(root, grant):
     old = ended_days_ago(grant, 31, root)
     recent = ended_days_ago(grant, 29, root)
+    cast = old.recordings.get(kind="terminal").path
+    (root / (cast + REPLAY_INDEX_SUFFIX)).write_text('{"screen": "AE_TITLE=PACS01"}')
     assert recordings_expire() == 1
+    assert not (root / (cast + REPLAY_INDEX_SUFFIX)).exists()  # derived text goes too
     assert not any(p.exists() for p in files_of(old, root))
     assert not (root / f"2024/01/01/session-{old.pk}").exists()
     for r in old.recordings.all():
