@@ -1,30 +1,9 @@
-"""Configuration of targets, accounts and policies (pam-admins, behind TOTP)."""
+"""Configuration of targets, accounts and policies (pam-admins, behind TOTP; every change
+audited by pamsite.admin.AuditedModelAdmin)."""
 
 from django.contrib import admin
 
 from access.models import AccessPolicy, Account, Target
-from audit.services import audit_record
-
-
-class AuditedAdmin(admin.ModelAdmin):
-    """Every configuration change made here goes in the audit trail."""
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        audit_record(
-            action="config.changed" if change else "config.created",
-            request=request,
-            obj=obj,
-            details={"fields": sorted(form.changed_data)},
-        )
-
-    def delete_model(self, request, obj):
-        audit_record(action="config.deleted", request=request, obj=obj)
-        super().delete_model(request, obj)
-
-    def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            self.delete_model(request, obj)
 
 
 class AccountInline(admin.TabularInline):
@@ -34,7 +13,7 @@ class AccountInline(admin.TabularInline):
 
 
 @admin.register(Target)
-class TargetAdmin(AuditedAdmin):
+class TargetAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "host", "port", "host_key_fingerprint")
     search_fields = ("name", "host", "description")
     list_filter = ("kind",)
@@ -44,14 +23,14 @@ class TargetAdmin(AuditedAdmin):
 
 
 @admin.register(Account)
-class AccountAdmin(AuditedAdmin):
-    list_display = ("slug", "target", "kind", "username", "is_active")
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ("slug", "target", "kind", "username", "is_active", "emergency_rotation_due_since")
     list_filter = ("kind", "is_active")
     search_fields = ("slug", "username", "target__name")
 
 
 @admin.register(AccessPolicy)
-class AccessPolicyAdmin(AuditedAdmin):
+class AccessPolicyAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "approvals_required",

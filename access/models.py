@@ -8,8 +8,6 @@ ends by check-in, revocation or expiry, after which the credential is released
 
 from __future__ import annotations
 
-import re
-
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
@@ -17,6 +15,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
+
+from access.ticket_patterns import ticket_pattern_problem
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$", "Use lower-case letters, digits and hyphens (e.g. pacs01-root)."
@@ -108,6 +108,15 @@ class Account(models.Model):
     tags = models.JSONField(default=list, blank=True)
     description = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
+    # Set when break-glass sent someone to the account's sealed emergency credential because
+    # Vault was down: that password is no longer a secret. The worker rotates a static
+    # account's password as soon as Vault is back and clears this; for other kinds a pam-admin
+    # changes the emergency password on the target and clears it here.
+    emergency_rotation_due_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The sealed emergency credential was handed out (Vault down): change it, then clear this.",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -162,11 +171,9 @@ class AccessPolicy(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if self.ticket_pattern:
-            try:
-                re.compile(self.ticket_pattern)
-            except re.error as exc:
-                raise ValidationError({"ticket_pattern": f"Not a valid regular expression: {exc}"}) from None
+        problem = ticket_pattern_problem(self.ticket_pattern) if self.ticket_pattern else None
+        if problem:
+            raise ValidationError({"ticket_pattern": problem})
 
     def applies_to(self, account: Account) -> bool:
         """Names the account, its target, or a shared tag (uses prefetched relations)."""
@@ -269,6 +276,12 @@ class Grant(models.Model):
         DONE = "done", "Released / rotated"
         FAILED = "failed", "Release or rotation failing: retried"
 
+    class Credential(models.TextChoices):
+        VAULT = "vault", "Checked out of Vault"
+        # Break-glass while Vault was unreachable or sealed: the holder was told to use the
+        # account's emergency password that the hospital keeps offline (e.g. in a safe).
+        SEALED_ENVELOPE = "sealed-envelope", "Sealed emergency credential (Vault was unreachable)"
+
     TRANSITIONS = {State.ACTIVE: {State.CHECKED_IN, State.REVOKED, State.EXPIRED}}
 
     request = models.OneToOneField(AccessRequest, on_delete=models.PROTECT, related_name="grant")
@@ -285,6 +298,7 @@ class Grant(models.Model):
     # What Vault handed out, minus any secret: the lease to revoke and the login name.
     lease_id = models.CharField(max_length=255, blank=True)
     login = models.CharField(max_length=128, blank=True)
+    credential = models.CharField(max_length=16, choices=Credential.choices, default=Credential.VAULT)
     break_glass = models.BooleanField(default=False)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"

@@ -81,6 +81,33 @@ def break_glass(grant) -> None:
     )
 
 
+def break_glass_without_vault(grant, vault_message: str) -> None:
+    """Security alert to pam-admins: emergency access went ahead on the sealed emergency credential."""
+    account = grant.account
+    if account.kind == account.Kind.STATIC:
+        then = (
+            "pamsite rotates this password on the target as soon as Vault is back, so the envelope's "
+            "copy stops working; then seal the new password in a new envelope."
+        )
+    else:
+        then = (
+            "pamsite cannot rotate this kind of account's emergency password itself: once the "
+            "emergency is over, change it on the target, seal the new one in a new envelope and clear "
+            f"'emergency rotation due' on the account {account.slug}."
+        )
+    _send(
+        f"SECURITY ALERT: break-glass without Vault: {grant.user.username} on {account.slug}",
+        f"Vault could not be used when {grant.user} activated emergency access to {account.slug} on "
+        f"{account.target}: {vault_message}\n\n"
+        f"pamsite could not check the credential out, so {grant.user.username} was told to open the "
+        f"sealed emergency envelope of {account.slug} (login {account.username}). The grant lasts until "
+        f"{grant.ends_at:%Y-%m-%d %H:%M} UTC; what is done with it is not recorded by the gateway.\n"
+        f"Justification: {grant.request.reason}\n\n"
+        f"Bring Vault back (unseal or restart it). {then}\n{_link(grant)}\n",
+        _emails_of(Role.PAM_ADMIN),
+    )
+
+
 def cleanup_failed(grant, message: str, attempts: int) -> None:
     _send(
         f"Credential release failing for {grant.account.slug}",

@@ -10,7 +10,7 @@ ended the grant (retried until they succeed).
 from __future__ import annotations
 
 import contextlib
-import re
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,11 +22,14 @@ from django.utils import timezone
 from access import notifications
 from access.models import AccessPolicy, AccessRequest, Account, Approval, Grant, InvalidTransition
 from access.selectors import policy_for
+from access.ticket_patterns import ticket_pattern_matches
 from audit.services import audit_record
 from identity.models import User
 from identity.roles import BREAK_GLASS_GROUP, Role, has_role, roles_of
 from vault import sources
-from vault.client import VaultError
+from vault.client import VaultError, VaultHealth, get_client
+
+logger = logging.getLogger(__name__)
 
 
 class CheckoutFailed(Exception):
@@ -53,7 +56,14 @@ def account_ref(account: Account) -> sources.AccountRef:
 def _ticket_problem(policy: AccessPolicy, ticket: str) -> str | None:
     if not ticket:
         return "This account needs a ticket reference (e.g. INC-123)." if policy.ticket_required else None
-    if policy.ticket_pattern and not re.fullmatch(policy.ticket_pattern, ticket):
+    if not policy.ticket_pattern:
+        return None
+    try:
+        matches = ticket_pattern_matches(policy.ticket_pattern, ticket)
+    except ValueError:
+        # Saved before patterns were checked, or in the database by hand: never run it.
+        return "This policy's ticket pattern cannot be used; ask a pam-admin to correct it."
+    if not matches:
         return (
             f"The ticket reference {ticket!r} does not look like one this policy accepts "
             f"({policy.ticket_pattern})."
@@ -483,7 +493,14 @@ def grant_reveal(*, grant: Grant, acting_user: User, code: str, http_request: Ht
 def break_glass_activate(
     *, user: User, account: Account, justification: str, duration_minutes: int, http_request=None
 ) -> Grant:
-    """Emergency access without approval: members of break-glass, at most an hour, reviewed after."""
+    """Emergency access without approval: members of break-glass, at most an hour, reviewed after.
+
+    An emergency does not wait for Vault. When Vault is unreachable or sealed the grant is
+    made all the same, without a checkout: it tells the holder to use the account's sealed
+    emergency credential (kept offline by the hospital), raises a security alert to
+    pam-admins, and flags the account so that its password is rotated as soon as Vault is
+    back (``break_glass_rotations_due``). Any other checkout failure raises CheckoutFailed.
+    """
     if BREAK_GLASS_GROUP not in roles_of(user):
         raise PermissionDenied("Only members of the break-glass group can use emergency access.")
     limit = settings.ACCESS_BREAK_GLASS_MAX_MINUTES
@@ -518,9 +535,111 @@ def break_glass_activate(
                 "justification": req.reason[:500],
             },
         )
-    grant = grant_checkout(access_request=req, acting_user=user)
+    try:
+        grant = grant_checkout(access_request=req, acting_user=user)
+    except CheckoutFailed:
+        health = get_client().health()
+        if health.ok:
+            raise  # Vault answers: a configuration problem, not an outage
+        grant = _break_glass_from_sealed_envelope(
+            access_request=req, health=health, http_request=http_request
+        )
     transaction.on_commit(lambda: notifications.break_glass(grant))
     return grant
+
+
+def _break_glass_from_sealed_envelope(
+    *, access_request: AccessRequest, health: VaultHealth, http_request=None
+) -> Grant:
+    """The emergency grant when Vault is down: no checkout, the sealed emergency credential instead."""
+    with transaction.atomic():
+        req = (
+            AccessRequest.objects.select_for_update(of=("self",))
+            .select_related("account", "requester")
+            .get(pk=access_request.pk)
+        )
+        if req.state != AccessRequest.State.APPROVED:
+            raise InvalidTransition(f"This request is {req.get_state_display().lower()}: nothing to grant.")
+        account = req.account
+        now = timezone.now()
+        grant = Grant.objects.create(
+            request=req,
+            user=req.requester,
+            account=account,
+            starts_at=now,
+            ends_at=now + timedelta(minutes=req.duration_minutes),
+            login=account.username,
+            credential=Grant.Credential.SEALED_ENVELOPE,
+            break_glass=True,
+        )
+        # checkout_error stays on the request: it says why Vault could not be used.
+        req.transition_to(AccessRequest.State.FULFILLED)
+        req.save(update_fields=["state"])
+        Account.objects.filter(pk=account.pk, emergency_rotation_due_since__isnull=True).update(
+            emergency_rotation_due_since=now
+        )
+        audit_record(
+            action="security.alert.break_glass_without_vault",
+            actor=req.requester,
+            request=http_request,
+            obj=grant,
+            details={
+                "account": account.slug,
+                "kind": account.kind,
+                "vault": health.state,
+                "vault_message": health.message[:500],
+                "ends_at": grant.ends_at.isoformat(),
+                "request": req.pk,
+                "rotation": "when Vault is back" if account.kind == Account.Kind.STATIC else "by a pam-admin",
+            },
+        )
+        transaction.on_commit(lambda: notifications.break_glass_without_vault(grant, health.message))
+    return grant
+
+
+def break_glass_rotations_due(*, vault=None) -> int:
+    """Rotate the static passwords that break-glass handed out from the sealed envelope; how many.
+
+    Runs with the worker's sweep. While Vault is still down it does nothing (the next sweep
+    tries again); once Vault is back each flagged static account gets a new password on its
+    target (``sources.static_rotate``), so the envelope's password stops working, and its
+    flag is cleared. A rotation that fails stays flagged and is retried at the next sweep;
+    the emergency grant's own release, when it ends, retries with back-off and alerts.
+    """
+    due = list(
+        Account.objects.filter(kind=Account.Kind.STATIC, emergency_rotation_due_since__isnull=False)
+        .select_related("target")
+        .order_by("emergency_rotation_due_since")[:100]
+    )
+    if not due:
+        return 0
+    vault = vault or get_client()
+    if not vault.health().ok:
+        return 0
+    rotated = 0
+    for account in due:
+        try:
+            version = sources.static_rotate(account=account_ref(account), vault=vault)
+        except Exception as exc:  # Vault or the target: retried at the next sweep
+            logger.warning("Rotation of %s after break-glass without Vault failed: %s", account.slug, exc)
+            continue
+        with transaction.atomic():
+            # Only the flag this rotation answered: a new emergency meanwhile keeps it set.
+            Account.objects.filter(
+                pk=account.pk, emergency_rotation_due_since=account.emergency_rotation_due_since
+            ).update(emergency_rotation_due_since=None)
+            audit_record(
+                action="access.password.rotated",
+                obj=account,
+                details={
+                    "account": account.slug,
+                    "kind": account.kind,
+                    "kv_version": version,
+                    "after": "break-glass without Vault",
+                },
+            )
+        rotated += 1
+    return rotated
 
 
 def grant_review(*, grant: Grant, reviewer: User, comment: str, http_request=None) -> None:

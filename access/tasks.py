@@ -9,12 +9,14 @@ from access import services
 
 @shared_task(name="access.sweep")
 def sweep_task() -> dict:
-    """Expire grants whose time is up, lapse stale requests, warn holders, retry releases."""
+    """Expire grants whose time is up, lapse stale requests, warn holders, retry releases, and
+    rotate the passwords break-glass handed out from the sealed envelope once Vault is back."""
     return {
         "grants_expired": services.grants_expire_due(),
         "requests_expired": services.requests_expire_stale(),
         "warned": services.grants_warn_expiring(),
         "released": services.grants_cleanup_due(),
+        "rotated_after_break_glass": services.break_glass_rotations_due(),
     }
 
 

@@ -22,7 +22,7 @@ from access.forms import (
     RevokeForm,
     StaticSetupForm,
 )
-from access.models import AccessRequest, Account, InvalidTransition, Target
+from access.models import AccessRequest, Account, Grant, InvalidTransition, Target
 from identity.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
 from sessions import selectors as session_selectors
@@ -201,6 +201,7 @@ def grant_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "gateway_port": getattr(settings, "GATEWAY_PUBLIC_PORT", 2222),
         # Database accounts go through the gateway as a port forward only (no shell).
         "forward_only": grant.account.kind == Account.Kind.DATABASE,
+        "sealed_envelope": grant.credential == Grant.Credential.SEALED_ENVELOPE,
     }
     return render(request, "access/grant_detail.html", context)
 
@@ -296,7 +297,14 @@ def break_glass(request: HttpRequest) -> HttpResponse:
         except services.CheckoutFailed as exc:
             form.add_error(None, f"The credential could not be checked out: {exc}")
         else:
-            messages.warning(request, "Emergency access granted. Auditors and approvers have been told.")
+            if grant.credential == Grant.Credential.SEALED_ENVELOPE:
+                messages.error(
+                    request,
+                    f"Emergency access granted, but Vault is unreachable: use the sealed emergency "
+                    f"credential of {grant.account.slug}. pam-admins, auditors and approvers have been told.",
+                )
+            else:
+                messages.warning(request, "Emergency access granted. Auditors and approvers have been told.")
             return redirect(grant)
     return render(request, "access/break_glass.html", {"form": form})
 
@@ -340,6 +348,9 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
             )
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
+        except UpstreamError as exc:
+            # The host stopped answering between showing its key and the confirmation.
+            messages.error(request, f"Nothing was pinned: {exc}")
         else:
             messages.success(request, f"Host key of {target.name} pinned: {target.host_key_fingerprint}")
             return redirect("access:targets")

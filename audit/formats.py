@@ -51,6 +51,8 @@ NAMES = {
     "access.secret.revealed": "Secret shown",
     "security.alert.host_key_mismatch": "Target host key mismatch",
     "security.alert.transfer_untracked": "File transfer could not be followed",
+    "security.alert.access_without_grant": "Repeated connections without a grant",
+    "security.alert.break_glass_without_vault": "Emergency access without Vault",
     "audit.viewed": "Audit trail viewed",
     "audit.exported": "Audit trail exported",
     "audit.verified": "Audit trail verified",

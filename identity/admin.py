@@ -1,5 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from identity.models import DirectorySyncRun, LdapGroupMapping, User
 
@@ -27,6 +29,19 @@ class PamsiteUserAdmin(UserAdmin):
             return (*fields, *DIRECTORY_FIELDS)
         return fields
 
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            from audit.services import audit_record
+
+            audit_record(
+                action="config.changed",
+                request=request,
+                obj=User.objects.get(pk=id),
+                details={"fields": ["password"]},
+            )
+        return response
+
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request, obj=None):
@@ -53,3 +68,36 @@ class LdapGroupMappingAdmin(ReadOnlyAdmin):
 
     list_display = ("group_dn", "role", "created_at", "created_by")
     list_filter = ("role",)
+
+
+# django-otp's own admins show each authenticator's seed (and its QR code) and each user's
+# backup codes, and let the admin set a seed of her choosing: replaced by read-only lists
+# without secrets. A lost authenticator is reset on the user's page (identity:admin_reset,
+# audited); the user enrols the new one herself.
+for _model in (TOTPDevice, StaticDevice):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+
+
+@admin.register(TOTPDevice)
+class TOTPDeviceAdmin(ReadOnlyAdmin):
+    """Who has an authenticator app, and when it was last used: never its seed."""
+
+    list_display = ("user", "name", "confirmed", "created_at", "last_used_at")
+    list_filter = ("confirmed",)
+    search_fields = ("user__username",)
+    fields = ("user", "name", "confirmed", "created_at", "last_used_at")
+
+
+@admin.register(StaticDevice)
+class StaticDeviceAdmin(ReadOnlyAdmin):
+    """Who has backup codes and how many are left: never the codes."""
+
+    list_display = ("user", "name", "confirmed", "codes_left")
+    search_fields = ("user__username",)
+    fields = ("user", "name", "confirmed", "codes_left")
+    readonly_fields = ("codes_left",)
+
+    @admin.display(description="codes left")
+    def codes_left(self, obj):
+        return obj.token_set.count()

@@ -11,6 +11,16 @@ class LoginForm(AuthenticationForm):
         "inactive": "This account is disabled. Ask a pam-admin if you need access.",
     }
 
+    def clean_username(self):
+        # AuthenticationForm sets the field's max_length after the field is made, so it is
+        # never checked: a longer name would reach the backends (and django-axes' 255-character
+        # column on PostgreSQL).
+        username = self.cleaned_data["username"]
+        limit = self.fields["username"].max_length or 150
+        if len(username) > limit:
+            raise forms.ValidationError(f"A username has at most {limit} characters.", code="max_length")
+        return username
+
 
 def code_field(
     label: str, *, max_length: int, autofocus: bool = False, help_text: str = ""

@@ -135,7 +135,9 @@ def gateway_key_login(*, username: str, key_type: str, key_blob: bytes, client_i
         return None
     with transaction.atomic():
         key = (
-            SSHPublicKey.objects.select_for_update()
+            # Only the key's row: locking the user's too (the join) deadlocks with a
+            # transaction that holds the audit trail's head and then updates the user.
+            SSHPublicKey.objects.select_for_update(of=("self",))
             .select_related("user")
             .filter(
                 key_type=key_type,
@@ -172,17 +174,42 @@ def _key_failure(request: HttpRequest, username: str, reason: str, fingerprint: 
     )
 
 
+def gateway_lockout_message() -> str:
+    """What a locked-out user is told (the gateway disconnects with it)."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return (
+        "Too many wrong passwords or codes were entered for this account or from this address, "
+        f"so sign-in is locked for {minutes} minutes. Try again after that."
+    )
+
+
+def gateway_keys_refused(*, username: str, client_ip: str) -> None:
+    """A connection ended having offered only keys that are not ``username``'s: one failure.
+
+    Each unknown key is audited but not counted (an agent offers all its keys in turn);
+    a connection that never got past the first factor with them is counted once towards
+    the lockout, as one wrong password would be, so that trying keys over and over from one
+    address or against one username is locked out too. Audited "auth.login.failure"
+    (reason "keys_refused"). Nothing is counted while the username or address is locked.
+    """
+    request = gateway_request(client_ip=client_ip)
+    if _is_locked(request, username):
+        return
+    user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
+    audit_record(
+        action="auth.login.failure",
+        request=request,
+        actor_username=username[:150],
+        details={"reason": "keys_refused", "step": "publickey", "channel": CHANNEL},
+    )
+
+
 def _refusal(request: HttpRequest, user: User) -> MFAError | None:
     """Why no code may be tried now for this user (disabled, locked, not enrolled), or None."""
     if not User.objects.filter(pk=user.pk, is_active=True).exists():
         return MFAError("This account is disabled. Ask a pam-admin if you need access.", reason="inactive")
     if _is_locked(request, user.username):
-        minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-        return MFAError(
-            "Too many wrong passwords or codes were entered for this account or from this address, "
-            f"so sign-in is locked for {minutes} minutes. Try again after that.",
-            reason="locked_out",
-        )
+        return MFAError(gateway_lockout_message(), reason="locked_out")
     if not mfa_has_confirmed_device(user=user):
         return MFAError(
             "You have not set up an authenticator app yet: sign in to pamsite on the web to set one up, "

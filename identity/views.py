@@ -34,6 +34,7 @@ from identity.forms import (
 )
 from identity.models import LdapGroupMapping
 from identity.selectors import get_user_for_mfa_reset, ssh_keys_for, users_for
+from identity.ssh_keys import PublicKeyError, parse_public_key
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -84,10 +85,16 @@ def login_view(request: HttpRequest) -> HttpResponse:
             return redirect(_with_next(target, request))
         services.record_login_failure(
             request=request,
-            username=request.POST.get("username", ""),
+            username=_typed_username(request),
             locked_out=bool(getattr(request, "axes_locked_out", False)),
         )
     return render(request, "identity/login.html", {"form": form, "next": request.GET.get("next", "")})
+
+
+def _typed_username(request: HttpRequest) -> str:
+    """The username as typed, for the audit trail: as much as it keeps, without NUL (which
+    PostgreSQL cannot store or even look up; the form refused it already)."""
+    return request.POST.get("username", "")[:150].replace("\x00", "\ufffd")
 
 
 def _locked(request: HttpRequest) -> bool:
@@ -230,14 +237,25 @@ def ssh_key_add_view(request: HttpRequest) -> HttpResponse:
             )
         except ValidationError as exc:
             form.add_error(None, exc)
-            if any(e.code == "private_key" for e in exc.error_dict.get("public_key", [])):
-                # Never send a pasted private key back to the browser in the form.
-                form.data = form.data.copy()
-                form.data["public_key"] = ""
         else:
             messages.success(request, f"SSH key “{key.name}” added ({key.fingerprint}).")
             return HttpResponseRedirect(_account_anchor("ssh-keys"))
+    _withhold_private_key(form)
     return _account_page(request, ssh_key_form=form, status=400)
+
+
+def _withhold_private_key(form: SSHKeyForm) -> None:
+    """Never send a pasted private key back to the browser in the form, whatever else was
+    wrong with the post (a bad name fails the form before the key is looked at)."""
+    try:
+        parse_public_key(form.data.get("public_key", ""))
+    except PublicKeyError as exc:
+        if exc.code != "private_key":
+            return
+        if not form.has_error("public_key", "private_key"):
+            form.add_error("public_key", ValidationError(str(exc), code="private_key"))
+        form.data = form.data.copy()
+        form.data["public_key"] = ""
 
 
 @never_cache

@@ -104,7 +104,11 @@ DATABASE_URL = env_secret("DATABASE_URL", f"sqlite:///{VAR_DIR / 'pamsite.sqlite
 try:
     DATABASES = {
         "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+            DATABASE_URL,
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+            # A kept connection the server dropped (restart, failover) is replaced at the next
+            # request instead of failing it.
+            conn_health_checks=True,
         )
     }
 except ValueError as exc:
@@ -154,6 +158,11 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+if PRODUCTION and not (SESSION_COOKIE_SECURE and CSRF_COOKIE_SECURE):
+    # Sent over plain HTTP, the cookie of a session past both factors is anyone's to take.
+    raise ImproperlyConfigured(
+        "SESSION_COOKIE_SECURE and CSRF_COOKIE_SECURE cannot be false when PAMSITE_MODE=production."
+    )
 CSRF_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_FAILURE_VIEW = "pamsite.views.csrf_failure"
@@ -271,8 +280,19 @@ GATEWAY_WORKERS = env_int("GATEWAY_WORKERS", 1, minimum=1, maximum=64)
 # Ciphers the gateway offers users' clients. AES-GCM only by default: OpenSSH clients pick
 # their own first choice among those offered, and GCM relays fastest (no separate MAC).
 GATEWAY_CIPHERS = env_list("GATEWAY_CIPHERS", ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
-# Seconds a client has to finish logging in (password/key and TOTP).
+# Seconds a client has to finish logging in (password/key and TOTP), counted from the TCP
+# accept: a client stalled anywhere before (banner, key exchange, authentication) is dropped.
 GATEWAY_LOGIN_TIMEOUT = env_int("GATEWAY_LOGIN_TIMEOUT", 60, minimum=5, maximum=600)
+# Connection limits of one gateway process (sessions/gateway/limits.py), checked at the TCP
+# accept so a flood costs no key exchange: all connections; connections from one client
+# address (logging in or logged in); connections still logging in (handshakes cost CPU).
+GATEWAY_MAX_CONNECTIONS = env_int("GATEWAY_MAX_CONNECTIONS", 500, minimum=1, maximum=100_000)
+GATEWAY_MAX_CONNECTIONS_PER_ADDRESS = env_int(
+    "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", 20, minimum=1, maximum=100_000
+)
+GATEWAY_MAX_UNAUTHENTICATED = env_int("GATEWAY_MAX_UNAUTHENTICATED", 100, minimum=1, maximum=100_000)
+# Live gateway sessions one user may have at once, counted in the database (all processes).
+GATEWAY_MAX_SESSIONS_PER_USER = env_int("GATEWAY_MAX_SESSIONS_PER_USER", 10, minimum=1, maximum=10_000)
 # Seconds to log in to a target before the session is refused.
 GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 15, minimum=1, maximum=120)
 

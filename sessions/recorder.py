@@ -45,13 +45,25 @@ anything a user typed; no secret is ever put in a Recording row.
 Errors: a recording that cannot be created (missing or read-only folder, disk nearly full)
 raises ``RecordingError`` at open, so the gateway refuses the session; a write that fails
 mid-session raises ``RecordingError`` from ``write()``/``flush()`` and every later call, so
-the gateway ends the session.
+the gateway ends the session (a failure found by ``flush_due()`` calls the recorder's
+``on_failure``, so an idle channel is ended too). A failed write is cut back to the end of
+the last complete flush, so a recording always ends at a whole record: an asciicast or
+event line, an exec chunk with its index line. A full recordings volume says so in
+every message ("recordings volume is full").
+
+Vault down at close: the file is complete, but cannot be signed. ``close()`` keeps the
+sha256 it computed on the row (not finalised) and raises ``SealDeferred``: the session
+ends normally, and ``seal_leftovers()`` (the worker's ``sessions_maintain``) signs it once
+Vault is back, as complete if the file still has that sha256 (else it is not signed: it
+changed after its gateway closed it).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -92,6 +104,20 @@ class RecordingError(Exception):
     """A recording could not be created, written or sealed; the message says what and where."""
 
 
+class SealDeferred(RecordingError):
+    """The recording was written completely but could not be signed yet (Vault or the database
+    unreachable): ``seal_leftovers()`` seals it later. Not a reason to end a session as failed."""
+
+
+def _os_error(exc: OSError, what: str) -> str:
+    """What went wrong writing a recording; a full volume named as such."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"The recordings volume is full: {what} failed ({exc.strerror}). Free space under RECORDINGS_ROOT"
+        )
+    return f"{what[:1].upper()}{what[1:]} failed: {exc.strerror or exc}"
+
+
 def recordings_root() -> Path:
     return Path(settings.RECORDINGS_ROOT)
 
@@ -115,13 +141,15 @@ def _create(root: Path, relative: str) -> int:
         ) from None
     if free < MIN_FREE_BYTES:
         raise RecordingError(
-            f"The disk holding {root} has {free // 1024} KiB free (at least "
-            f"{MIN_FREE_BYTES // (1024 * 1024)} MiB needed): free space under RECORDINGS_ROOT"
+            f"The recordings volume is full: the disk holding {root} has {free // 1024} KiB free (at "
+            f"least {MIN_FREE_BYTES // (1024 * 1024)} MiB needed). Free space under RECORDINGS_ROOT"
         )
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         return os.open(path, flags, 0o640)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RecordingError(_os_error(exc, f"creating the recording {path}")) from None
         raise RecordingError(f"Cannot create the recording {path}: {exc.strerror or exc}") from None
 
 
@@ -163,9 +191,13 @@ def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
     try:
         recording.signature = get_client().transit_sign(signed_manifest(recording))
     except VaultError as exc:
-        # The row stays unfinalised: finalize_interrupted() signs it at the next gateway start.
-        raise RecordingError(
-            f"Recording {recording.path} was written but could not be signed: {exc}"
+        # The row stays unfinalised, with the sha256 its writer saw, for seal_leftovers() (or
+        # finalize_interrupted() at the next gateway start) to sign once Vault is back.
+        with contextlib.suppress(DatabaseError):
+            recording.save(update_fields=["sha256", "size", "index_sha256", "interrupted"])
+        raise SealDeferred(
+            f"Recording {recording.path} was written but could not be signed yet ({exc}); "
+            "sessions_maintain signs it once Vault is back"
         ) from None
     recording.finalized_at = timezone.now()
     fields = ["sha256", "size", "index_sha256", "interrupted", "signature", "finalized_at"]
@@ -177,8 +209,9 @@ def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
             return
         except DatabaseError as exc:
             if attempt + 1 == SEAL_SAVE_TRIES:
-                raise RecordingError(
-                    f"Recording {recording.path} was signed but its row could not be saved: {exc}"
+                raise SealDeferred(
+                    f"Recording {recording.path} was signed but its row could not be saved ({exc}); "
+                    "sessions_maintain seals it again later"
                 ) from None
             if not connection.in_atomic_block:
                 connection.close()
@@ -200,6 +233,10 @@ class _Recorder:
         self._failed: str | None = None
         self._closed = False
         self._fds: list[int] = []
+        self._sizes: dict[int, int] = {}  # bytes of each file written by complete flushes
+        # Called with the message when a flush that nobody waits on fails (flush_due): the
+        # gateway ends the session then, not at the channel's next output.
+        self.on_failure = None
         path, index_path = self._paths(_session_dir(session), channel)
         created: list[str] = []
         try:
@@ -228,6 +265,7 @@ class _Recorder:
     def _open(self, relative: str) -> int:
         fd = _create(self.root, relative)
         self._fds.append(fd)
+        self._sizes[fd] = 0
         return fd
 
     def _write_header(self, session: Session) -> None:
@@ -237,7 +275,8 @@ class _Recorder:
         try:
             _write_all(fd, data)
         except OSError as exc:
-            raise RecordingError(f"Cannot write the recording: {exc.strerror or exc}") from None
+            raise RecordingError(_os_error(exc, "writing the recording's header")) from None
+        self._sizes[fd] += len(data)
 
     # --- Hot path -------------------------------------------------------------------
 
@@ -280,8 +319,22 @@ class _Recorder:
             if index:
                 _write_all(self._index_fd, index)
         except OSError as exc:
-            self._failed = f"Writing the recording {self.recording.path} failed: {exc.strerror or exc}"
+            self._failed = _os_error(exc, f"writing the recording {self.recording.path}")
+            self._cut_back()
             raise RecordingError(self._failed) from None
+        if data:
+            self._sizes[self._fd] += len(data)
+        if index:
+            self._sizes[self._index_fd] += len(index)
+
+    def _cut_back(self) -> None:
+        """Truncate each file to its last complete flush, so no half record is left at its end
+        (a half JSON line, output its index does not describe). Nothing is written after."""
+        for fd, size in self._sizes.items():
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                logger.warning("Could not cut %s back to %s bytes", self.recording.path, size, exc_info=True)
 
     def _encode(self, pending: list) -> tuple[bytes, bytes]:
         raise NotImplementedError
@@ -295,7 +348,9 @@ class _Recorder:
         """Flush, fsync, close, then hash and sign the file(s); the finalised Recording.
 
         If the last flush failed the file is still sealed as it is on disk, marked
-        interrupted, and RecordingError is raised. Calling close() again does nothing.
+        interrupted, and RecordingError is raised. If it cannot be signed now (Vault
+        unreachable), SealDeferred is raised: ``seal_leftovers()`` signs it later. Calling
+        close() again does nothing.
         """
         with self._lock:
             if self._closed:
@@ -316,7 +371,12 @@ class _Recorder:
             self._close_fds()
         with _live_lock:
             _live.discard(self)
-        _seal(self.recording, root=self.root, interrupted=error is not None)
+        try:
+            _seal(self.recording, root=self.root, interrupted=error is not None)
+        except SealDeferred:
+            if error is None:
+                raise
+            # The write failure is what the session ends for; the seal waits for Vault.
         if error is not None:
             raise error
         return self.recording
@@ -637,8 +697,13 @@ def flush_due() -> int:
     for recorder in recorders:
         try:
             flushed += recorder.flush_if_due()
-        except RecordingError:
-            logger.exception("Flushing a recording failed")
+        except RecordingError as exc:
+            logger.error("Flushing a recording failed: %s", exc)
+            if recorder.on_failure is not None:
+                try:
+                    recorder.on_failure(str(exc))
+                except Exception:
+                    logger.exception("Ending the session of a failed recording failed")
     return flushed
 
 
@@ -651,6 +716,9 @@ def finalize_interrupted(
     database (without it, every node's unfinalised recordings are sealed, live ones too).
     Each is hashed and signed as it is on disk and marked interrupted; its session gets end
     reason "interrupted" and, if unset, an end time from the files' last modification.
+    A recording its writer closed but could not sign (Vault was down) keeps the writer's
+    verdict when the file still has the sha256 the writer saved; one that no longer has it
+    is not signed (it was changed after its gateway closed it: logged as an error).
     """
     root = Path(root) if root is not None else recordings_root()
     pending = Recording.objects.filter(finalized_at__isnull=True).select_related("session")
@@ -661,20 +729,46 @@ def finalize_interrupted(
     sealed = 0
     for recording in pending:
         try:
-            _seal(recording, root=root, interrupted=True)
-        except RecordingError:
-            logger.exception("Could not seal the interrupted recording %s", recording.path)
+            _seal(recording, root=root, interrupted=_interrupted_on_disk(recording, root))
+        except RecordingError as exc:
+            logger.error("Could not seal the recording %s left unsealed: %s", recording.path, exc)
             continue
         sealed += 1
         session = recording.session
-        if not session.end_reason or session.ended_at is None:
-            if not session.end_reason:
-                session.end_reason = Session.EndReason.INTERRUPTED
-            if session.ended_at is None:
-                mtime = (root / recording.path).stat().st_mtime
-                session.ended_at = datetime.datetime.fromtimestamp(mtime, tz=datetime.UTC)
-            session.save(update_fields=["end_reason", "ended_at"])
+        if session.ended_at is None:
+            # Ended like any session (audited), at the time its files were last written.
+            from sessions.gateway.records import session_end
+
+            mtime = (root / recording.path).stat().st_mtime
+            session_end(
+                session=session,
+                reason=Session.EndReason.INTERRUPTED,
+                message="The gateway process relaying it stopped before it ended the session.",
+                bytes_in=session.bytes_in,
+                bytes_out=session.bytes_out,
+                ended_at=datetime.datetime.fromtimestamp(mtime, tz=datetime.UTC),
+            )
+        elif not session.end_reason:
+            session.end_reason = Session.EndReason.INTERRUPTED
+            session.save(update_fields=["end_reason"])
     return sealed
+
+
+def _interrupted_on_disk(recording: Recording, root: Path) -> bool:
+    """Whether a recording left unsealed must be sealed as interrupted (see finalize_interrupted)."""
+    if not recording.sha256:
+        return True  # its writer never closed it: the end may be missing
+    try:
+        sha256, size = _hash_file(root / recording.path)
+        index_sha256 = _hash_file(root / recording.index_path)[0] if recording.index_path else ""
+    except OSError as exc:
+        raise RecordingError(f"Cannot read the recording {recording.path}: {exc.strerror or exc}") from None
+    if (sha256, size, index_sha256) != (recording.sha256, recording.size, recording.index_sha256):
+        raise RecordingError(
+            f"{recording.path} no longer has the sha256 its gateway computed when it closed it: "
+            "it was changed since, so it is not signed"
+        )
+    return recording.interrupted
 
 
 def seal_leftovers(*, grace_seconds: int = LEFTOVER_GRACE_SECONDS, root: Path | str | None = None) -> int:
@@ -682,8 +776,9 @@ def seal_leftovers(*, grace_seconds: int = LEFTOVER_GRACE_SECONDS, root: Path | 
 
     A gateway seals each recording as its session ends; when that fails (Vault or the
     database unreachable at that moment) the session still ends and the recording waits
-    here. Sessions ended less than ``grace_seconds`` ago are left to their gateway. Sealed
-    files are marked interrupted: the writer did not seal them itself. The number sealed.
+    here. Sessions ended less than ``grace_seconds`` ago are left to their gateway. A file
+    its writer closed completely (its sha256 saved on the row) is sealed as complete; any
+    other is marked interrupted. The number sealed.
     """
     cutoff = timezone.now() - datetime.timedelta(seconds=grace_seconds)
     ended = (

@@ -242,6 +242,7 @@ class UpstreamConnection:
         self.port = port
         self.username = username
         self.target = target
+        self._closed = False
 
     def __repr__(self) -> str:
         state = "open" if self.transport.is_active() else "closed"
@@ -260,7 +261,19 @@ class UpstreamConnection:
                 f"{self.where} refused to open a session channel: {exc or type(exc).__name__}"
             ) from None
 
+    @property
+    def lost(self) -> bool:
+        """True when the target's side ended the connection (sshd killed, host gone), not us."""
+        return not self._closed and not self.transport.is_active()
+
+    def lost_message(self) -> str:
+        """What to tell the user when the connection is ``lost``."""
+        return (
+            f"The connection to {self.where} was lost: the target's SSH server stopped or the host went down."
+        )
+
     def close(self) -> None:
+        self._closed = True
         close_transport(self.transport)
 
     def __enter__(self) -> UpstreamConnection:

@@ -195,6 +195,10 @@ def terminate(request: HttpRequest, pk: int) -> HttpResponse:
     # An over-long reason fails the form; the service says so with its own message.
     reason = form.cleaned_data["reason"] if valid else request.POST.get("reason", "")
     already = session.terminate_requested_at is not None
+    if "\x00" in reason:
+        # A NUL character (never typed in a browser) cannot be stored: the form says so.
+        messages.error(request, "Not terminated: " + " ".join(form.errors["reason"]))
+        return redirect("sessions:detail", session.pk)
     try:
         services.session_terminate(
             session=session, acting_user=request.user, reason=reason, http_request=request
@@ -231,7 +235,14 @@ def hold_place(request: HttpRequest) -> HttpResponse:
     """Place a legal hold on a session (from its page) or on a user (by username); back where it came from."""
     selectors.holds_require_access(user=request.user)
     form = retention.LegalHoldForm(request.POST)
-    data = form.cleaned_data if form.is_valid() else {}
+    if not form.is_valid():
+        problems = "; ".join(
+            f"{form[name].label if name in form.fields else 'form'}: {' '.join(errors)}"
+            for name, errors in form.errors.items()
+        )
+        messages.error(request, f"No hold placed: {problems}")
+        return _back(request)
+    data = form.cleaned_data
     session = (
         selectors.get_session_for(user=request.user, pk=data["session"]) if data.get("session") else None
     )

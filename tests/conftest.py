@@ -11,10 +11,14 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 pytest_plugins = [
+    # Logs the run at DEBUG and fails it when a log file holds a secret the suite created.
+    "tests.secrets_registry",
     "tests.fixtures.openbao",
     "tests.fixtures.sshd",
+    "tests.fixtures.pacs",
     "tests.fixtures.pgtarget",
     "tests.fixtures.gateway",
+    "tests.fixtures.gateway_process",
     "tests.fixtures.slapd",
 ]
 
@@ -58,7 +62,9 @@ def _fast_password_hashing(settings):
 def make_user(username: str, *roles: str, password: str = PASSWORD, totp: bool = True, **fields):
     """A user with the given roles and, unless totp=False, a confirmed TOTP device."""
     from identity.models import User
+    from tests.secrets_registry import remember_secret
 
+    remember_secret(password, "the personas' password" if password == PASSWORD else "a test user's password")
     user = User.objects.create_user(username=username, password=password, **fields)
     for role in roles:
         # get_or_create: a transactional test's flush also empties the groups the migration made.

@@ -5,37 +5,15 @@ The URLconf is walked, so a view added later without protection fails this test.
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from django.urls import resolve
 from django.urls.exceptions import Resolver404
 
 from pamsite.middleware import MFA_PENDING_VIEWS, PUBLIC_VIEWS
 from tests.conftest import make_user
+from tests.urlwalk import concrete, walk
 
-# Values that make a pattern's parameters resolve to something real-looking.
-SAMPLES = {"app_label": "identity", "model_name": "user", "object_id": "1", "pk": "1", "content_type_id": "1"}
-
-
-def _walk(patterns, prefix=""):
-    for entry in patterns:
-        pattern = str(entry.pattern)
-        if isinstance(entry, URLResolver):
-            yield from _walk(entry.url_patterns, prefix + pattern)
-        elif isinstance(entry, URLPattern):
-            yield prefix + pattern
-
-
-def _concrete(pattern: str) -> str:
-    path = pattern.replace("^", "").replace("$", "").replace("\\Z", "").replace("\\", "")
-    path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: SAMPLES.get(m.group(1), "1"), path)
-    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: SAMPLES.get(m.group(1), "1"), path)
-    path = re.sub(r"\(\?:[^)]*\)\??", "", path)
-    return "/" + path
-
-
-ALL_URLS = sorted({_concrete(p) for p in _walk(get_resolver().url_patterns)})
+ALL_URLS = sorted({concrete(p.route) for p in walk()})
 
 
 def test_the_walk_finds_the_pages():
@@ -48,7 +26,7 @@ def test_anonymous_is_sent_to_login(client, db, url):
     try:
         match = resolve(url)
     except Resolver404:
-        pytest.fail(f"{url} does not resolve: add a sample value for its parameter to SAMPLES")
+        pytest.fail(f"{url} does not resolve: add a sample value for its parameter to tests.urlwalk.SAMPLES")
     if match.view_name in PUBLIC_VIEWS:
         return
     for method in (client.get, client.post):

@@ -110,7 +110,7 @@ class VaultConfig:
 
     def token_only(self) -> VaultConfig:
         """The same server with VAULT_TOKEN as the credential (for privileged commands)."""
-        return replace(self, role_id="", secret_id="")  # nosec B106
+        return replace(self, role_id="", secret_id="")  # nosec B106  # clears them: no password here
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ KINDS = (SSH_CA, DATABASE, STATIC)
 
 # A checkout whose lease Vault caps below the grant by more than this is refused.
 LEASE_SLACK_SECONDS = 5
+# The lease (and database user) Vault hands out lives this long until the checkout renews it
+# to the grant's length: when Vault becomes unreachable between the two, and so cannot be
+# told to revoke it either, the lease left behind ends by itself this soon.
+CHECKOUT_LEASE_SECONDS = 300
 # The per-account SSH roles: a certificate only has to be valid when the gateway logs in.
 SSH_CERT_TTL = 300
 SSH_CERT_MAX_TTL = 3600
@@ -402,16 +406,23 @@ def configure_database_connection(
 
 
 def configure_database_role(
-    *, account: AccountRef, default_ttl: int = 3600, max_ttl: int = 86400, vault: VaultClient | None = None
+    *,
+    account: AccountRef,
+    default_ttl: int | None = None,
+    max_ttl: int = 86400,
+    vault: VaultClient | None = None,
 ) -> None:
     """Create or update the Vault role that makes the account's dynamic database users.
 
     Each user is a LOGIN role, valid until its lease ends, granted membership of the
     account's group role (``account.username``). At revocation its sessions are ended,
     what it created is handed to the group role, and it is dropped. The role is also
-    added to the connection's ``allowed_roles``.
+    added to the connection's ``allowed_roles``. ``default_ttl`` (the lease before the
+    checkout renews it to the grant) defaults to CHECKOUT_LEASE_SECONDS, within ``max_ttl``.
     """
     vault = vault or get_client()
+    if default_ttl is None:
+        default_ttl = min(CHECKOUT_LEASE_SECONDS, max_ttl)
     _check_kind(account, DATABASE)
     group = _pg_identifier(account.username, "group role (account username)")
     database = _pg_identifier(account.database, "database name")

@@ -46,10 +46,10 @@ from access.models import Account, Grant
 from identity import gateway_auth
 from identity.services import MFAError
 from sessions import upstream
-from sessions.gateway import records
+from sessions.gateway import limits, records
 from sessions.gateway.relay import ChannelRelay, Counter, relay_socket, thread
 from sessions.models import Session
-from sessions.recorder import EventLog, ExecRecorder, RecordingError, TerminalRecorder
+from sessions.recorder import EventLog, ExecRecorder, RecordingError, SealDeferred, TerminalRecorder
 from sessions.search import session_index
 from sessions.transfers import ScpTracker, SftpTracker
 from vault import sources
@@ -59,7 +59,8 @@ logger = logging.getLogger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CODE_TRIES = 3
-MAX_CHANNELS = 32
+MAX_CHANNELS = 32  # channels (sessions and forwards) open at once on one connection
+MAX_KEY_OFFERS = 64  # public-key queries and attempts on one connection (two per key)
 FORWARD_CONNECT_TIMEOUT = 5
 # Lifetime of the certificate the gateway logs in to an ssh-ca target with (seconds).
 UPSTREAM_CERTIFICATE_SECONDS = 120
@@ -98,6 +99,13 @@ class _GatewayAuthHandler(AuthHandler):
     def _send_auth_result(self, username, method, result):
         if method == "publickey" and result == AUTH_PARTIALLY_SUCCESSFUL:
             result = self.transport.server_object.publickey_verified(username)
+        goodbye = self.transport.server_object.goodbye
+        if goodbye is not None:
+            # Locked out, or at the session limit: say so (OpenSSH prints a disconnect's
+            # reason whatever its LogLevel) rather than invite more attempts.
+            reason, message = goodbye
+            limits.disconnect(self.transport, message, reason)
+            return
         super()._send_auth_result(username, method, result)
 
 
@@ -119,19 +127,38 @@ class _Channel:
 class GatewayConnection(paramiko.ServerInterface):
     """The server side of one user connection (paramiko ServerInterface + its threads)."""
 
-    def __init__(self, *, sock: socket.socket, address: tuple, host_key: paramiko.PKey, node: str, ciphers):
+    def __init__(
+        self,
+        *,
+        sock: socket.socket,
+        address: tuple,
+        host_key: paramiko.PKey,
+        node: str,
+        ciphers,
+        limiter: limits.Limiter | None = None,
+    ):
         self.sock = sock
         self.client_ip = address[0]
         self.node = node
         self.opened = time.monotonic()
-        self.transport = paramiko.Transport(sock)
+        # Hostile clients (sessions.gateway.limits): paramiko reads through a guard until
+        # login, and nothing before login may take longer than the login timeout.
+        self.limiter = limiter
+        self.goodbye: tuple[int, str] | None = None  # disconnect with this instead of an auth answer
+        self._key_offers = 0
+        self._refused_key_user = ""  # offered only keys that are not this user's (counted at the end)
+        self._channels_refused = False
+        self.transport = paramiko.Transport(
+            limits.ClientSocket(sock, logged_in=lambda: self.user is not None)
+        )
+        limits.quiet(self.transport)
         self.transport.auth_handler = _GatewayAuthHandler(self.transport)
         self.transport.add_server_key(host_key)
-        self.transport.local_version = "SSH-2.0-pamsite"
+        self.transport.local_version = limits.IDENTIFICATION
         options = self.transport.get_security_options()
         options.ciphers = tuple(ciphers)
-        self.transport.banner_timeout = 30
-        self.transport.handshake_timeout = 30
+        self.transport.banner_timeout = settings.GATEWAY_LOGIN_TIMEOUT
+        self.transport.handshake_timeout = settings.GATEWAY_LOGIN_TIMEOUT
         self.lock = threading.RLock()
         self.counter = Counter()
         # Login state
@@ -165,7 +192,10 @@ class GatewayConnection(paramiko.ServerInterface):
         try:
             self.transport.start_server(server=self)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            logger.info("SSH handshake with %s failed: %s", self.client_ip, exc or type(exc).__name__)
+            # One line, whatever the client sent (paramiko's own tracebacks are silenced).
+            logger.info(
+                "SSH handshake with %s failed: %s", self.client_ip, limits.failure_reason(self.transport, exc)
+            )
             self.transport.close()
             self.finished.set()
             return
@@ -173,6 +203,7 @@ class GatewayConnection(paramiko.ServerInterface):
         try:
             self._accept_loop()
         finally:
+            self._count_refused_keys()
             self._finish()
 
     def _accept_loop(self) -> None:
@@ -189,6 +220,10 @@ class GatewayConnection(paramiko.ServerInterface):
                 self.workers.append(
                     thread(self._run_forward, channel, *forward, name=f"forward-{channel.get_id()}")
                 )
+            else:
+                # Held until it closes (paramiko keeps channels weakly: one nobody holds is
+                # closed), so a request that comes late still finds it and MAX_CHANNELS counts it.
+                self._state(channel)
 
     @property
     def authenticated(self) -> bool:
@@ -244,6 +279,8 @@ class GatewayConnection(paramiko.ServerInterface):
         if self.events is not None:
             try:
                 self.events.close()
+            except SealDeferred as exc:
+                logger.warning("%s", exc)  # written in full: not a failed session
             except RecordingError as exc:
                 failed = str(exc)
         if self.session is not None and self.session.ended_at is None:
@@ -282,6 +319,8 @@ class GatewayConnection(paramiko.ServerInterface):
             return
         try:
             recorder.close()
+        except SealDeferred as exc:
+            logger.warning("%s", exc)  # written in full; the worker signs it once Vault is back
         except Exception:
             # The session still ends; the worker's sessions_maintain seals what is left unsealed.
             logger.exception("Sealing a recording of session %s failed", self.session and self.session.pk)
@@ -300,10 +339,12 @@ class GatewayConnection(paramiko.ServerInterface):
         if self._first is not None:
             return AUTH_FAILED
         name, _account = parse_login(username)
+        self._refused_key_user = ""  # this attempt is counted itself if it fails
         user = _db(
             gateway_auth.gateway_password_login, username=name, password=password, client_ip=self.client_ip
         )
         if user is None:
+            self._goodbye_if_locked_out(name)
             return AUTH_FAILED
         self._first = (username, user)
         self.method = "password"
@@ -312,8 +353,12 @@ class GatewayConnection(paramiko.ServerInterface):
     def check_auth_publickey(self, username, key):
         # Tentative: the key is looked up only once its signature has been verified
         # (publickey_verified). Answering "maybe" to every key also keeps which keys are
-        # registered private.
+        # registered private. Paramiko asks twice per key (query, then signed request);
+        # past MAX_KEY_OFFERS a client is only spraying keys.
         if self._first is not None:
+            return AUTH_FAILED
+        self._key_offers += 1
+        if self._key_offers > MAX_KEY_OFFERS:
             return AUTH_FAILED
         self._key_offered = key
         return AUTH_PARTIALLY_SUCCESSFUL
@@ -331,10 +376,33 @@ class GatewayConnection(paramiko.ServerInterface):
             client_ip=self.client_ip,
         )
         if user is None:
+            self._refused_key_user = name
+            self._goodbye_if_locked_out(name)
             return AUTH_FAILED
         self._first = (username, user)
+        self._refused_key_user = ""
         self.method = "publickey"
         return AUTH_PARTIALLY_SUCCESSFUL
+
+    def _goodbye_if_locked_out(self, name: str) -> None:
+        """After a failed factor: once the username or address is locked, disconnect saying so."""
+        if _db(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
+            self.goodbye = (
+                limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+                gateway_auth.gateway_lockout_message(),
+            )
+
+    def _count_refused_keys(self) -> None:
+        """A connection that offered only keys that are not the user's counts as one failure."""
+        if self._first is None and self._refused_key_user:
+            try:
+                _db(
+                    gateway_auth.gateway_keys_refused,
+                    username=self._refused_key_user,
+                    client_ip=self.client_ip,
+                )
+            except Exception:
+                logger.exception("Could not count the refused keys of a connection from %s", self.client_ip)
 
     def _code_query(self, note: str = "") -> paramiko.InteractiveQuery:
         text = (
@@ -353,14 +421,26 @@ class GatewayConnection(paramiko.ServerInterface):
         username, user = self._first
         name, _ = parse_login(username)
         if _db(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
+            self.goodbye = (
+                limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+                gateway_auth.gateway_lockout_message(),
+            )
             return AUTH_FAILED
         try:
             _db(gateway_auth.gateway_verify_code, user=user, code=responses[0], client_ip=self.client_ip)
         except MFAError as exc:
+            if exc.reason == "locked_out":
+                self.goodbye = (limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, str(exc))
+                return AUTH_FAILED
             self._code_tries += 1
             if self._code_tries >= CODE_TRIES:
                 return AUTH_FAILED
             return self._code_query(str(exc))
+        if self.limiter is not None:
+            too_many = _db(self.limiter.user_refusal, user=user, client_ip=self.client_ip)
+            if too_many:
+                self.goodbye = (limits.DISCONNECT_TOO_MANY_CONNECTIONS, too_many)
+                return AUTH_FAILED
         self.user = user
         self._after_login(username)
         return AUTH_SUCCESSFUL
@@ -398,13 +478,17 @@ class GatewayConnection(paramiko.ServerInterface):
         self.account = lookup.grant.account
         try:
             self.session = _db(
-                records.session_open,
+                self.limiter.session_open if self.limiter is not None else records.session_open,
                 user=self.user,
                 grant=self.grant,
                 client_address=self.client_ip,
                 node=self.node,
             )
             self.events = _db(EventLog, session=self.session)
+        except limits.SessionLimitReached as exc:
+            # Two logins raced for her last place (counted again under a lock): this one lost.
+            self.refusal, self.grant, self.account = str(exc), None, None
+            return False
         except RecordingError as exc:
             self.refusal = (
                 f"The session cannot be recorded ({exc}), so it is refused: no privileged access goes "
@@ -425,9 +509,29 @@ class GatewayConnection(paramiko.ServerInterface):
     def check_channel_request(self, kind, chanid):
         if kind != "session":
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        if len(self.channels) >= MAX_CHANNELS or self.cut_reason is not None:
+        if self.cut_reason is not None or self._too_many_channels():
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         return OPEN_SUCCEEDED
+
+    def _too_many_channels(self) -> bool:
+        """True when MAX_CHANNELS (sessions and forwards) are open; the first refusal is audited.
+
+        Paramiko's own table of the connection's channels is counted: a channel leaves it
+        when it is closed. The states of channels closed before they started anything are
+        forgotten here, so opening and closing channels for hours costs nothing.
+        """
+        for channel_id, state in list(self.channels.items()):
+            if state.channel.closed and not state.started:
+                self.channels.pop(channel_id, None)
+        if len(self.transport._channels) < MAX_CHANNELS:
+            return False
+        if not self._channels_refused:
+            self._channels_refused = True
+            logger.info(
+                "Connection from %s: more than %s channels at once refused", self.client_ip, MAX_CHANNELS
+            )
+            self._refused(f"more than {MAX_CHANNELS} channels open at once")
+        return True
 
     def check_channel_pty_request(self, channel, term, width, height, pixelwidth, pixelheight, modes):
         state = self._state(channel)
@@ -440,7 +544,10 @@ class GatewayConnection(paramiko.ServerInterface):
 
     def check_channel_window_change_request(self, channel, width, height, pixelwidth, pixelheight):
         state = self._state(channel)
-        state.width, state.height = _clamp(width, 80), _clamp(height, 24)
+        size = _clamp(width, state.width), _clamp(height, state.height)
+        if size == (state.width, state.height):
+            return True  # nothing changed (or nonsense clamped back): nothing to pass on or record
+        state.width, state.height = size
         if state.up is not None:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 state.up.resize_pty(state.width, state.height)
@@ -486,7 +593,7 @@ class GatewayConnection(paramiko.ServerInterface):
 
     def check_channel_direct_tcpip_request(self, chanid, origin, destination):
         host, port = destination
-        if self.user is None or self.account is None:
+        if self.user is None or self.account is None or self.refusal:
             self._refused(f"port forwarding to {host}:{port} without a grant")
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         target = self.account.target
@@ -497,7 +604,7 @@ class GatewayConnection(paramiko.ServerInterface):
             ports = ", ".join(str(p) for p in sorted(allowed)) or "none"
             self._refused(f"port forwarding to {host}:{port} (allowed: {target.name} ports {ports})")
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        if self.cut_reason is not None or len(self.forwards) >= MAX_CHANNELS:
+        if self.cut_reason is not None or self._too_many_channels():
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         try:
             sock = socket.create_connection((target.host, port), timeout=FORWARD_CONNECT_TIMEOUT)
@@ -519,7 +626,8 @@ class GatewayConnection(paramiko.ServerInterface):
     def _state(self, channel: paramiko.Channel) -> _Channel:
         state = self.channels.get(channel.get_id())
         if state is None:
-            state = self.channels[channel.get_id()] = _Channel(channel)
+            # setdefault: the accept loop and the transport thread may both get here first.
+            state = self.channels.setdefault(channel.get_id(), _Channel(channel))
         return state
 
     def _refused(self, what: str) -> None:
@@ -708,6 +816,8 @@ class GatewayConnection(paramiko.ServerInterface):
             separate_stderr=not state.pty,
         )
         status = relay.run()
+        if status is None and self.cut_reason is None and self.upstream is not None and self.upstream.lost:
+            self.cut(Session.EndReason.ERROR, self.upstream.lost_message())
         if tracker is not None:
             tracker.close()
             if tracker.failed:
@@ -866,12 +976,23 @@ def _account_ref(account: Account):
     return account_ref(account)
 
 
+MAX_TERMINAL_SIZE = 1000  # columns or rows
+
+
 def _clamp(value: int, default: int) -> int:
+    """A terminal dimension from the client, made sane: 1..MAX_TERMINAL_SIZE.
+
+    0 (or anything not a number) means "unknown": ``default``. SSH sends uint32, so a
+    client's -1 arrives as 4294967295; like 2^31 or any size past the limit it becomes
+    MAX_TERMINAL_SIZE, which the target and the recording's player can take.
+    """
     try:
         value = int(value)
     except (TypeError, ValueError):
         return default
-    return value if 1 <= value <= 1000 else default
+    if value < 1:
+        return default
+    return min(value, MAX_TERMINAL_SIZE)
 
 
 def _read_line(channel: paramiko.Channel, limit: int = 32, timeout: float = 120) -> tuple[str | None, bytes]:

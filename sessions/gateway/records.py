@@ -7,6 +7,7 @@ service with its audit row in the same transaction. Nothing here holds a secret.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
@@ -18,6 +19,11 @@ from access.models import Account, Grant
 from audit.services import audit_record
 from identity.models import User
 from sessions.models import Session
+
+# One refusal for want of a grant is usually a grant that just ended; this many for one user
+# within the window is someone trying accounts they were not given: a security alert.
+DENIALS_BEFORE_ALERT = 3
+DENIALS_WINDOW = timedelta(minutes=15)
 
 
 def _url(path: str) -> str:
@@ -106,7 +112,11 @@ def session_open(*, user: User, grant: Grant, client_address: str, node: str) ->
 def session_refuse(
     *, user: User, account: str, client_address: str, node: str, message: str, reason: str
 ) -> Session:
-    """Record a connection refused after login (no grant, unknown account, target refused)."""
+    """Record a connection refused after login (no grant, unknown account, target refused).
+
+    The DENIALS_BEFORE_ALERT-th such refusal of one user within DENIALS_WINDOW also raises
+    ``security.alert.access_without_grant`` (once per run of refusals).
+    """
     now = timezone.now()
     session = Session.objects.create(
         user=user,
@@ -125,18 +135,46 @@ def session_refuse(
         obj=session,
         details={"account": account[:63], "reason": reason, "message": message[:500]},
     )
+    # Counted under the audit chain's lock, which concurrent refusals take in turn.
+    recent = Session.objects.filter(
+        user=user,
+        grant__isnull=True,
+        end_reason=Session.EndReason.REFUSED,
+        started_at__gt=now - DENIALS_WINDOW,
+    )
+    if recent.count() == DENIALS_BEFORE_ALERT:
+        audit_record(
+            action="security.alert.access_without_grant",
+            actor=user,
+            source_ip=client_address,
+            obj=session,
+            details={
+                "refusals": DENIALS_BEFORE_ALERT,
+                "minutes": int(DENIALS_WINDOW.total_seconds() // 60),
+                "accounts": sorted(set(recent.values_list("account", flat=True))),
+            },
+        )
     return session
 
 
 @transaction.atomic
 def session_end(
-    *, session: Session, reason: str, message: str = "", bytes_in: int = 0, bytes_out: int = 0
+    *,
+    session: Session,
+    reason: str,
+    message: str = "",
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+    ended_at=None,
 ) -> None:
-    """Close a live Session (once); audited as gateway.session.ended."""
+    """Close a live Session (once); audited as gateway.session.ended.
+
+    ``ended_at``: when it ended, if not now (a session recovered after its gateway died).
+    """
     locked = Session.objects.select_for_update().get(pk=session.pk)
     if locked.ended_at is not None:
         return
-    locked.ended_at = timezone.now()
+    locked.ended_at = ended_at or timezone.now()
     locked.end_reason = reason
     locked.end_message = message[:2000]
     locked.bytes_in = bytes_in

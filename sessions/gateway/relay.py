@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import paramiko
@@ -57,7 +58,9 @@ class ChannelRelay:
     ``record_out`` / ``record_err`` receive the target's output before the user sees it;
     ``observe_in`` / ``observe_out`` (file-transfer trackers) see each direction. A
     RecordingError from a recorder calls ``on_recording_failed`` (the connection ends the
-    session: no unrecorded privileged access). ``run()`` returns the exit status (or None).
+    session: no unrecorded privileged access), also when the gateway's housekeeping flush
+    finds it (the recorder's ``on_failure``) while the channel is idle. ``run()`` returns
+    the exit status (or None: none was sent, e.g. the target's connection was lost).
     """
 
     def __init__(
@@ -79,6 +82,11 @@ class ChannelRelay:
         self.observe_in, self.observe_out = observe_in, observe_out
         self.on_recording_failed = on_recording_failed
         self.separate_stderr = separate_stderr
+        for record in (record_out, record_err):
+            # record_* are a recorder's bound methods: its background flush reports here too.
+            recorder = getattr(record, "__self__", None)
+            if recorder is not None and hasattr(recorder, "on_failure"):
+                recorder.on_failure = on_recording_failed
 
     def run(self) -> int | None:
         """Relay until the target's side ends; the exit status it sent, if any."""
@@ -92,8 +100,13 @@ class ChannelRelay:
         self._target_to_user()
         if stderr is not None:
             stderr.join(timeout=30)
-        # sshd sends the exit status just before closing; a target that never does is not waited for long.
-        self.up.status_event.wait(10)
+        # sshd sends the exit status just before closing; a target that never does is not waited
+        # for long, and one whose connection is gone (sshd killed, host down) not at all.
+        transport = self.up.get_transport()
+        deadline = time.monotonic() + 10
+        while not self.up.status_event.wait(0.1):
+            if time.monotonic() > deadline or transport is None or not transport.is_active():
+                break
         status = self.up.exit_status if self.up.status_event.is_set() else -1
         inbound.join(timeout=0.2)
         return status if status >= 0 else None

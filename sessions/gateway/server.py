@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from sessions.gateway import records
+from sessions.gateway import limits, records
 from sessions.gateway.connection import GatewayConnection
 from sessions.models import Session
 from sessions.recorder import finalize_interrupted, flush_due
@@ -157,6 +157,8 @@ class GatewayServer:
         self.connections: set[GatewayConnection] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # Connection limits and login deadlines (hostile clients): sessions.gateway.limits.
+        self.limiter = limits.Limiter(node=self.node)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -167,6 +169,9 @@ class GatewayServer:
         housekeeping.start()
         self.sock.settimeout(0.5)
         while not self._stopping.is_set():
+            with self._lock:
+                live = list(self.connections)
+            self.limiter.sweep(live)  # logins past their deadline, refused sockets to close
             try:
                 client, address = self.sock.accept()
             except TimeoutError:
@@ -176,11 +181,21 @@ class GatewayServer:
                     break
                 time.sleep(0.05)
                 continue
+            # Over a limit: refused here, before a thread or a key exchange is spent on it.
+            with self._lock:
+                live = list(self.connections)
+            if not self.limiter.admit(client, address, live):
+                continue
             client.settimeout(None)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 connection = GatewayConnection(
-                    sock=client, address=address, host_key=self.host_key, node=self.node, ciphers=self.ciphers
+                    sock=client,
+                    address=address,
+                    host_key=self.host_key,
+                    node=self.node,
+                    ciphers=self.ciphers,
+                    limiter=self.limiter,
                 )
             except Exception:
                 logger.exception("Could not set up a connection from %s", address[0])
@@ -207,6 +222,7 @@ class GatewayServer:
     def _shutdown(self) -> None:
         """Stopping (SIGTERM): tell every user, end every session cleanly."""
         self.sock.close()
+        self.limiter.close()
         with self._lock:
             live = list(self.connections)
         for connection in live:
@@ -227,6 +243,7 @@ class GatewayServer:
                 if now - last_check >= 1.0:
                     last_check = now
                     self.enforce()
+                    self.limiter.alerts.write_pending()  # refusals of the last second, audited
                 if now - last_bytes >= BYTES_INTERVAL:
                     last_bytes = now
                     self.report_bytes()
@@ -234,6 +251,8 @@ class GatewayServer:
             except Exception:
                 logger.exception("Gateway housekeeping failed; retrying")
                 connections.close_all()
+        self.limiter.alerts.write_pending()  # refusals of the last second
+        connections.close_all()  # this thread's own (connections are per thread)
 
     def end_orphans(self) -> int:
         """End this process's sessions whose connection is gone but whose end was not saved.

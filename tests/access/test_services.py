@@ -209,6 +209,58 @@ def test_break_glass_needs_membership_and_is_flagged_until_reviewed(
     assert "access.break_glass.reviewed" in actions()
 
 
+def test_break_glass_with_vault_unreachable_sends_to_the_sealed_envelope_and_alerts(
+    alice, pat, ssh_account, vault_ready, settings, mailoutbox
+):
+    from django.contrib.auth.models import Group
+
+    from tests.fixtures.openbao import free_port
+
+    alice.groups.add(Group.objects.get_or_create(name="break-glass")[0])
+    alice._pamsite_roles = None
+    settings.VAULT_ADDR = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    grant = services.break_glass_activate(
+        user=alice, account=ssh_account, justification="CT down, ER waiting for images", duration_minutes=30
+    )
+    assert (grant.break_glass, grant.is_live, grant.credential) == (
+        True,
+        True,
+        Grant.Credential.SEALED_ENVELOPE,
+    )
+    assert grant.request.state == AccessRequest.State.FULFILLED and grant.lease_id == ""
+    ssh_account.refresh_from_db()
+    assert ssh_account.emergency_rotation_due_since is not None
+    alert = AuditEvent.objects.get(action="security.alert.break_glass_without_vault")
+    assert (alert.details["vault"], alert.details["rotation"]) == ("unreachable", "by a pam-admin")
+    alerted = [m for m in mailoutbox if "SECURITY ALERT" in m.subject]
+    assert [m.to for m in alerted] == [[pat.email]] and "change it on the target" in alerted[0].body
+    # Vault back: an ssh-ca account's emergency password is not pamsite's to rotate.
+    settings.VAULT_ADDR = vault_ready.VAULT_ADDR
+    assert services.break_glass_rotations_due() == 0
+    ssh_account.refresh_from_db()
+    assert ssh_account.emergency_rotation_due_since is not None
+
+
+def test_break_glass_is_refused_when_vault_answers_but_cannot_hand_out_the_credential(
+    alice, pacs01, approle_settings
+):
+    from django.contrib.auth.models import Group
+
+    from access.models import Account
+
+    unconfigured = Account.objects.create(
+        target=pacs01, slug="pacs01-unconfigured", kind=Account.Kind.SSH_CA, username="root"
+    )
+    alice.groups.add(Group.objects.get_or_create(name="break-glass")[0])
+    alice._pamsite_roles = None
+    with pytest.raises(services.CheckoutFailed, match="pacs01-unconfigured"):
+        services.break_glass_activate(
+            user=alice, account=unconfigured, justification="CT down, ER waiting", duration_minutes=30
+        )
+    assert not Grant.objects.exists()
+    assert not AuditEvent.objects.filter(action="security.alert.break_glass_without_vault").exists()
+
+
 def test_approvers_are_told_of_new_requests(alice, bob, policy, ssh_account, mailoutbox):
     ask(alice, ssh_account)
     assert [m.to for m in mailoutbox] == [["bob@hospital.example"]]

@@ -19,6 +19,13 @@ def drop_triggers() -> None:
             cursor.execute(sql)
 
 
+def restore_triggers() -> None:
+    """Put the triggers back as the migration made them (after a test that committed their removal)."""
+    with connection.cursor() as cursor:
+        for sql in _triggers.STATEMENTS[connection.vendor][0]:
+            cursor.execute(sql)
+
+
 def tamper(sql: str, params: list | tuple = ()) -> None:
     """Run raw SQL against the audit table as an attacker would, triggers out of the way."""
     drop_triggers()

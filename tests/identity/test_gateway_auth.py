@@ -19,7 +19,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.models import AuditEvent
 from identity.gateway_auth import (
     gateway_key_login,
+    gateway_keys_refused,
     gateway_locked_out,
+    gateway_lockout_message,
     gateway_password_login,
     gateway_request,
     gateway_verify_code,
@@ -212,6 +214,24 @@ def test_an_inactive_users_key_is_refused(alice, tmp_path):
     alice.save()
     assert key_login("alice", key) is None
     assert last("auth.login.failure").details["reason"] == "inactive"
+
+
+def test_a_connection_that_offered_only_strangers_keys_counts_once_towards_the_lockout(alice, settings):
+    """Unknown keys are not counted one by one (an agent offers all it has), but a connection
+    that ended with nothing else counts as one failure: spraying keys gets locked out too."""
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        assert not gateway_locked_out(username="alice", client_ip=CLIENT_IP), n
+        gateway_keys_refused(username="alice", client_ip=CLIENT_IP)
+    assert gateway_locked_out(username="alice", client_ip=CLIENT_IP)
+    event = last("auth.login.failure")
+    assert event.actor_username == "alice" and event.source_ip == CLIENT_IP
+    assert event.details == {"reason": "keys_refused", "step": "publickey", "channel": "ssh"}
+    # Once locked, nothing more is counted or audited.
+    count = AuditEvent.objects.filter(action="auth.login.failure").count()
+    gateway_keys_refused(username="alice", client_ip=CLIENT_IP)
+    assert AuditEvent.objects.filter(action="auth.login.failure").count() == count
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    assert f"locked for {minutes} minutes" in gateway_lockout_message()
 
 
 def test_a_locked_out_user_is_refused_even_with_her_key(alice, tmp_path, settings):

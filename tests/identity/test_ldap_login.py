@@ -20,17 +20,12 @@ from identity.ldap_client import reset_config
 from identity.models import User
 from tests.conftest import PASSWORD, make_user
 from tests.fixtures.openbao import free_port
+from tests.fixtures.slapd import LDAP_BACKENDS
 from tests.totp import totp_code
 
 pytestmark = pytest.mark.django_db
 
 ALICE_PASSWORD = "Directory pw for Alice 42!"
-LDAP_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
-    "identity.backends.DirectoryBackend",
-    "django.contrib.auth.backends.ModelBackend",
-    "identity.backends.RolePermissionBackend",
-]
 
 
 @pytest.fixture

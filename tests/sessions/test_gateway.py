@@ -24,7 +24,8 @@ from audit.models import AuditEvent
 from sessions.models import Recording, Session
 from sessions.recorder import verify_recording
 from tests.conftest import PASSWORD, make_user
-from tests.sessions.conftest import grant_for, policy_for
+from tests.fixtures.gateway import ended_session
+from tests.fixtures.pacs import grant_for, policy_for
 from vault import sources
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -32,17 +33,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 ASCIINEMA = (
     Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin" / "asciinema"
 )
-
-
-def _session(alice) -> Session:
-    """Her session that reached a grant (not a refusal at login), once the gateway ended it."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        session = Session.objects.filter(user=alice, grant__isnull=False).first()
-        if session is not None and session.ended_at is not None:
-            return session
-        time.sleep(0.1)
-    raise AssertionError("the gateway did not end the session")
 
 
 def _events(session: Session) -> list[dict]:
@@ -60,7 +50,7 @@ def test_shell_on_ssh_ca_account_is_recorded_and_plays_with_asciinema(gateway, a
     out = result.stdout.decode(errors="replace")
     assert "hello-42" in out, (out, result.stderr)
     assert ssh_account.username in out
-    session = _session(alice)
+    session = ended_session(alice)
     assert session.end_reason == Session.EndReason.CLOSED
     assert session.grant.account == ssh_account and session.bytes_out > 0
     cast = session.recordings.get(kind=Recording.Kind.TERMINAL)
@@ -88,7 +78,7 @@ def test_a_grant_longer_than_the_ssh_roles_certificate_limit_still_logs_in(gatew
     result = gateway.ssh(alice, "alice:pacs01-admin", "echo long-$((6*7))")
     assert result.returncode == 0, result.stderr
     assert b"long-42" in result.stdout
-    assert _session(alice).end_reason == Session.EndReason.CLOSED
+    assert ended_session(alice).end_reason == Session.EndReason.CLOSED
 
 
 def test_exec_passes_exit_status_and_keeps_stdout_and_stderr_apart(gateway, alice, bob, static_account):
@@ -97,7 +87,7 @@ def test_exec_passes_exit_status_and_keeps_stdout_and_stderr_apart(gateway, alic
     assert result.returncode == 3, result.stderr
     assert result.stdout == b"out"
     assert b"err" in result.stderr
-    session = _session(alice)
+    session = ended_session(alice)
     events = _events(session)
     assert [e["command"] for e in events if e["event"] == "exec"] == ["printf out; printf err >&2; exit 3"]
     assert [e["status"] for e in events if e["event"] == "exit"] == [3]
@@ -121,7 +111,7 @@ def test_binary_exec_output_is_recorded_byte_for_byte(gateway, alice, bob, ssh_a
     assert result.returncode == 0, result.stderr
     assert len(result.stdout) == 3000000
     assert hashlib.sha256(result.stdout).hexdigest() in result.stderr.decode()
-    session = _session(alice)
+    session = ended_session(alice)
     raw = session.recordings.get(kind=Recording.Kind.EXEC)
     recorded = (Path(settings.RECORDINGS_ROOT) / raw.path).read_bytes()
     assert hashlib.sha256(result.stdout).hexdigest() in recorded.decode("latin-1")
@@ -224,7 +214,7 @@ def test_agent_forwarding_is_refused_and_logged(gateway, alice, bob, ssh_account
     finally:
         agent.terminate()
     assert b"agent=[]" in result.stdout, result.stderr
-    session = _session(alice)
+    session = ended_session(alice)
     assert any(e["event"] == "refused" and e["what"] == "agent forwarding" for e in _events(session))
     assert AuditEvent.objects.filter(
         action="gateway.request.refused", details__what="agent forwarding"
@@ -251,7 +241,7 @@ def test_revoking_the_grant_closes_the_live_session_within_five_seconds(gateway,
     text = out.decode(errors="replace")
     assert "started-2" in text
     assert "revoked by bob" in text and "vendor done" in text
-    session = _session(alice)
+    session = ended_session(alice)
     assert session.end_reason == Session.EndReason.REVOKED
     cast = session.recordings.get(kind=Recording.Kind.TERMINAL)
     assert verify_recording(cast)[0]
@@ -280,7 +270,7 @@ def test_sftp_upload_and_download_are_logged_with_their_sha256(
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "back.dcm").read_bytes() == payload
     digest = hashlib.sha256(payload).hexdigest()
-    transfers = [e for e in _events(_session(alice)) if e["event"] == "file-transfer"]
+    transfers = [e for e in _events(ended_session(alice)) if e["event"] == "file-transfer"]
     assert {(t["direction"], t["path"], t["size"], t["sha256"]) for t in transfers} == {
         ("upload", remote, len(payload), digest),
         ("download", remote, len(payload), digest),
@@ -308,7 +298,7 @@ def test_scp_upload_and_download_are_logged(gateway, alice, bob, static_account,
     sessions = Session.objects.filter(user=alice).order_by("pk")
     logged = []
     for session in sessions:
-        _session(alice)
+        ended_session(alice)
         session.refresh_from_db()
         logged += [
             (t["direction"], t["path"], t["size"], t["sha256"])
@@ -378,7 +368,7 @@ def test_port_forward_reaches_postgresql_with_a_database_grant(
     services.grant_checkin(grant=grant, acting_user=alice)
     services.grants_cleanup_due()
     assert secret.login not in pg_target.roles()
-    session = _session(alice)
+    session = ended_session(alice)
     forwards = [e for e in _events(session) if e["event"] == "forward"]
     assert forwards and forwards[0]["port"] == pg_target.port and forwards[0]["bytes_out"] > 0
     assert AuditEvent.objects.filter(action="gateway.forward.opened", object_id=str(session.pk)).exists()
@@ -399,7 +389,7 @@ def test_plain_username_gets_a_menu_of_live_grants(gateway, alice, bob, ssh_acco
     out = result.stdout.decode(errors="replace")
     assert "1) pacs01-admin on pacs01" in out
     assert ssh_account.username in out.split("Connecting to pacs01-admin")[-1]
-    assert _session(alice).account == "pacs01-admin"
+    assert ended_session(alice).account == "pacs01-admin"
 
 
 def test_an_unwritable_recordings_folder_refuses_the_session(
@@ -457,7 +447,7 @@ def test_window_changes_reach_the_target_and_the_recording(gateway, alice, bob, 
     finally:
         transport.close()
     assert b"43 132" in out
-    cast = _session(alice).recordings.get(kind=Recording.Kind.TERMINAL)
+    cast = ended_session(alice).recordings.get(kind=Recording.Kind.TERMINAL)
     lines = (Path(settings.RECORDINGS_ROOT) / cast.path).read_text().splitlines()
     assert json.loads(lines[0])["width"] == 80
     assert [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"] == ["132x43"]
@@ -469,7 +459,7 @@ def test_a_target_refusing_the_login_is_reported_and_ends_the_session(gateway, a
     result = gateway.ssh(alice, "alice:pacs01-svc", "id")
     assert result.returncode != 0
     assert "cannot log in to pacs01" in result.stderr.decode()
-    session = _session(alice)
+    session = ended_session(alice)
     assert session.end_reason == Session.EndReason.REFUSED
     assert "rejected" in session.end_message
 
@@ -488,7 +478,7 @@ def test_an_sftp_stream_the_gateway_cannot_follow_raises_a_security_alert(
             pass
     finally:
         transport.close()
-    events = _events(_session(alice))
+    events = _events(ended_session(alice))
     assert any(e["event"] == "transfer-tracking-stopped" for e in events)
     assert AuditEvent.objects.filter(
         action="security.alert.transfer_untracked", actor_username="alice"

@@ -1,11 +1,15 @@
 """Run the access workflow's periodic jobs: expiry, stale requests, warnings, releases."""
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
 
 from access.tasks import sweep_task
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -20,13 +24,21 @@ class Command(BaseCommand):
         parser.add_argument("--loop", action="store_true", help="keep running until stopped")
 
     def handle(self, *args, loop: bool, **options):
-        while True:
+        if not loop:
             result = sweep_task()
-            if any(result.values()) or not loop:
-                self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
-            if not loop:
-                return
-            self._directory_sync_if_due()
+            self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
+            return
+        while True:
+            # A connection the database dropped (restart, failover) is replaced, and a pass
+            # that fails is logged and tried again: the worker never stops by itself.
+            close_old_connections()
+            try:
+                result = sweep_task()
+                if any(result.values()):
+                    self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
+                self._directory_sync_if_due()
+            except Exception:
+                logger.exception("Worker pass failed; trying again in %s s", settings.ACCESS_SWEEP_SECONDS)
             time.sleep(settings.ACCESS_SWEEP_SECONDS)
 
     def _directory_sync_if_due(self) -> None:

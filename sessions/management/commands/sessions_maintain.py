@@ -1,11 +1,15 @@
 """Index ended sessions for search and delete recordings past their retention."""
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
 
 from sessions.tasks import maintain_task
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -20,10 +24,20 @@ class Command(BaseCommand):
         parser.add_argument("--loop", action="store_true", help="keep running until stopped")
 
     def handle(self, *args, loop: bool, **options):
-        while True:
+        if not loop:
             result = maintain_task()
-            if any(result.values()) or not loop:
-                self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
-            if not loop:
-                return
+            self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
+            return
+        while True:
+            # A dropped database connection is replaced, and a failed pass (the database or
+            # Vault down) is logged and tried again at the next: the loop never stops by itself.
+            close_old_connections()
+            try:
+                result = maintain_task()
+                if any(result.values()):
+                    self.stdout.write(", ".join(f"{k}: {v}" for k, v in result.items()))
+            except Exception:
+                logger.exception(
+                    "Recordings upkeep failed; trying again in %s s", settings.SESSIONS_MAINTAIN_SECONDS
+                )
             time.sleep(settings.SESSIONS_MAINTAIN_SECONDS)

@@ -1,0 +1,534 @@
+"""What the benchmarks that start the real stack share: servers as their own processes, users' logins.
+
+Moved here from gateway_bench.py so that gateway_bench.py and soak_bench.py start the same
+OpenBao, sshd, gateway and web app the same way:
+
+- ``prepare_environment`` / ``bootstrap_vault``: this process's settings pointed at a private
+  OpenBao dev server, ``vault_bootstrap`` run with its root token, then the AppRole (as the site);
+- ``make_sshd_class``: the test fixture's private sshd ("the PACS host") with room for many
+  concurrent logins; ``kill_processes_of`` ends what its throwaway user still runs;
+- ``Gateway`` (``manage.py ssh_gateway``) and ``WebApp`` (daphne, what ``make run`` serves),
+  each its own process group, given ``server_env``;
+- ``use_machine_postgres``: the machine's PostgreSQL (127.0.0.1:5432, trust auth) as the
+  database the throwaway one is made on (bench/shared.py);
+- TOTP codes and Ed25519 keys for the bench's users; /proc readings (VmRSS, CPU seconds);
+  percentiles and the Markdown helpers of the reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import os
+import platform
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from shared import ROOT  # bench/shared.py
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the project's packages and tests.fixtures
+
+MACHINE_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/pamsite"
+
+
+# --- Output and figures ----------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(samples: list[float]) -> float:
+    return percentile(samples, 50)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def met(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    return out + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+# --- Environment, Django, servers -------------------------------------------------------------
+
+
+def prepare_environment(vault_addr: str, root_token: str) -> None:
+    """Settings for this process before Django reads them: its own Vault, no broker, mail in memory."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "pamsite.settings"
+    os.environ["DEBUG"] = "false"
+    os.environ.setdefault("PAMSITE_VAR_DIR", str(ROOT / "var"))
+    os.environ.setdefault("LOG_LEVEL", "warning")
+    for name in ("VAULT_TOKEN", "VAULT_ROLE_ID", "VAULT_SECRET_ID", "CELERY_BROKER_URL"):
+        os.environ.pop(name, None)
+        os.environ.pop(f"{name}_FILE", None)
+    for name in ("VAULT_CACERT", "VAULT_NAMESPACE"):
+        os.environ.pop(name, None)
+    os.environ["VAULT_ADDR"] = vault_addr
+    os.environ["VAULT_TOKEN"] = root_token  # for vault_bootstrap only; then the AppRole
+    os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
+
+
+def bootstrap_vault(workdir: Path) -> tuple[object, str, str]:
+    """vault_bootstrap with the root token, then the AppRole it wrote (for this process and the gateway)."""
+    from django.conf import settings
+
+    from vault.bootstrap import privileged_client, vault_bootstrap
+    from vault.client import get_client, reset_client
+
+    approle_dir = workdir / "approle"
+    result = vault_bootstrap(vault=privileged_client(), approle_dir=approle_dir)
+    role_id = (approle_dir / "role_id").read_text().strip()
+    secret_id = (approle_dir / "secret_id").read_text().strip()
+    settings.VAULT_ROLE_ID, settings.VAULT_SECRET_ID, settings.VAULT_TOKEN = role_id, secret_id, ""
+    reset_client()
+    assert get_client().auth_method == "approle"
+    return result, role_id, secret_id
+
+
+def use_machine_postgres() -> str:
+    """Point DATABASE_URL at PostgreSQL before Django reads it: the one set, else the machine's.
+
+    The throwaway database (shared.create_throwaway_database) is then made on that server,
+    beside the named database, which need not exist. Stops with what to do when the server
+    does not answer.
+    """
+    import psycopg
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        url = MACHINE_POSTGRES_URL
+    os.environ["DATABASE_URL"] = url
+    os.environ.pop("DATABASE_URL_FILE", None)
+    parts = urllib.parse.urlsplit(url)
+    maintenance = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+    try:
+        with psycopg.connect(maintenance, connect_timeout=5) as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+    except psycopg.OperationalError as exc:
+        raise SystemExit(
+            f"PostgreSQL is not reachable at {parts.hostname}:{parts.port or 5432} ({exc}): start it "
+            "(on this kind of machine: pg_ctlcluster <version> main start), or set DATABASE_URL"
+        ) from None
+
+
+def make_sshd_class():
+    from tests.fixtures.sshd import SFTP_SERVER, SSHD, USER_PREFIX, SshdTarget
+
+    class BenchSshd(SshdTarget):
+        """The fixture's sshd with room for many concurrent logins and sessions."""
+
+        def start(self):
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(self.host_key_path)],
+                check=True,
+            )
+            key_type, b64 = Path(f"{self.host_key_path}.pub").read_text().split()[:2]
+            self.host_key = f"{key_type} {b64}"
+            ca_path = self.workdir / "trusted_user_ca_keys.pub"
+            ca_path.write_text(self.ca_public_key.strip() + "\n")
+            self.config_path.write_text(
+                f"""\
+Port {self.port}
+ListenAddress {self.host}
+HostKey {self.host_key_path}
+PidFile {self.workdir / "sshd.pid"}
+LogLevel INFO
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+UsePAM no
+PubkeyAuthentication yes
+AuthorizedKeysFile none
+TrustedUserCAKeys {ca_path}
+AllowUsers {USER_PREFIX}*
+PermitRootLogin no
+PermitEmptyPasswords no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+# The bench opens many connections at once (concurrent streams, idle sessions).
+MaxStartups 400:30:800
+MaxAuthTries 10
+Subsystem sftp {SFTP_SERVER}
+"""
+            )
+            subprocess.run([str(SSHD), "-t", "-f", str(self.config_path)], check=True)
+            self.process = subprocess.Popen(
+                [str(SSHD), "-D", "-f", str(self.config_path), "-E", str(self.log_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                self._wait_until_ready()
+            except BaseException:
+                self.stop()
+                raise
+            return self
+
+    return BenchSshd
+
+
+def kill_processes_of(uid: int) -> int:
+    """SIGKILL, one pid at a time, what still runs as the throwaway target user (its sessions)."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                if int(line.split()[1]) == uid:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed += 1
+                break
+    return killed
+
+
+# --- Users' logins ---------------------------------------------------------------------------
+
+
+def totp_code(key: bytes, at: float | None = None) -> str:
+    counter = int(at if at is not None else time.time()) // 30
+    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = (struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000
+    return f"{value:06d}"
+
+
+def write_ed25519(path: Path, comment: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    line = f"{public.decode()} {comment}"
+    Path(f"{path}.pub").write_text(line + "\n")
+    return line
+
+
+# --- The gateway and web processes ---------------------------------------------------------
+
+
+def gateway_database_url(name: str) -> str:
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(name).resolve()}"
+    original = os.environ["DATABASE_URL"]
+    parts = urllib.parse.urlsplit(original)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(name)))
+
+
+def server_env(
+    *, database_name: str, vault_addr: str, role_id: str, secret_id: str, recordings: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a gateway or web process: the bench's database, Vault (AppRole), recordings.
+
+    This process's environment without any VAULT_/BAO_/DATABASE_/GATEWAY_/CELERY_ variable, so
+    that nothing of the site's own is reached; ``extra`` adds or overrides settings.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VAULT_", "BAO_", "DATABASE_", "GATEWAY_", "CELERY_"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="pamsite.settings",
+        DEBUG="false",
+        LOG_LEVEL="warning",
+        DATABASE_URL=gateway_database_url(database_name),
+        VAULT_ADDR=vault_addr,
+        VAULT_ROLE_ID=role_id,
+        VAULT_SECRET_ID=secret_id,
+        RECORDINGS_ROOT=str(recordings),
+        EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+    )
+    env.update(extra)
+    return env
+
+
+class Gateway:
+    """``manage.py ssh_gateway`` as its own process (process group), stopped by its pid."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        self.workdir = workdir
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.workers = 1
+        self.log_path = workdir / "gateway.log"
+
+    def start(self, *, workers: int = 1) -> None:
+        from tests.fixtures.openbao import free_port
+
+        self.port = free_port()
+        self.workers = workers
+        argv = [sys.executable, str(ROOT / "manage.py"), "ssh_gateway", "--listen", f"127.0.0.1:{self.port}"]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        log = self.log_path.open("ab")
+        log.write(f"\n=== start {' '.join(argv[2:])}\n".encode())
+        log.flush()
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"SSH-2.0-"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not answer on port {self.port}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        if workers > 1:  # every worker listening
+            deadline = time.monotonic() + 30
+            while len(self.pids()) < workers + 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        """The gateway process and, with workers, its children."""
+        if self.process is None:
+            return []
+        pids = [self.process.pid]
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+            pids += [int(p) for p in children]
+        return pids
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += cpu_seconds(pid)
+        return total
+
+    def settle(self, since: float, timeout: float = 180) -> float:
+        """Wait until the gateway is idle (two 0.5 s windows under 3 % of a core); the CPU
+        seconds it used from ``since`` (a cpu_seconds() reading) until then."""
+        quiet, deadline = 0, time.monotonic() + timeout
+        while quiet < 2 and time.monotonic() < deadline:
+            c0 = self.cpu_seconds()
+            time.sleep(0.5)
+            quiet = quiet + 1 if self.cpu_seconds() - c0 < 0.015 else 0
+        return self.cpu_seconds() - since
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own group: itself and its workers
+            self.process.wait()
+
+    def log_tail(self, n: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+class WebApp:
+    """The web app as ``make run`` serves it (daphne, ASGI) as its own process group, stopped by its pid."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        self.workdir = workdir
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.log_path = workdir / "web.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start daphne on a free port and wait until /healthz answers (the database reached)."""
+        from tests.fixtures.openbao import free_port
+
+        self.port = free_port()
+        daphne = Path(sys.executable).parent / "daphne"
+        argv = [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "pamsite.asgi:application"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except OSError:  # not listening yet; urllib.error.URLError and HTTPError are OSErrors
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daphne did not answer on port {self.port}:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def pids(self) -> list[int]:
+        return [self.process.pid] if self.process is not None and self.process.poll() is None else []
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, n: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+# --- Sessions in the database ------------------------------------------------------------------
+
+
+def last_session_pk() -> int:
+    from sessions.models import Session
+
+    return Session.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+
+def wait_sessions_ended(after_pk: int, timeout: float = 120) -> list:
+    """The sessions opened after after_pk, once all have ended and their recordings are sealed."""
+    from sessions.models import Recording, Session
+
+    deadline = time.monotonic() + timeout
+    while True:
+        live = Session.objects.filter(pk__gt=after_pk, ended_at__isnull=True).count()
+        unsealed = Recording.objects.filter(session__pk__gt=after_pk, finalized_at__isnull=True).count()
+        if not live and not unsealed:
+            return list(Session.objects.filter(pk__gt=after_pk).order_by("pk"))
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{live} sessions still live, {unsealed} recordings unsealed after {timeout:.0f} s"
+            )
+        time.sleep(0.1)
+
+
+# --- /proc and the machine ---------------------------------------------------------------------
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    """VmRSS, Pss (kB) and Threads of a process."""
+    out = {"rss_kb": 0, "pss_kb": 0, "threads": 0}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss_kb"] = int(line.split()[1])
+            elif line.startswith("Threads:"):
+                out["threads"] = int(line.split()[1])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["pss_kb"] = int(line.split()[1])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_info(bao_version: str) -> dict:
+    import paramiko
+    from django.db import connection
+
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal:")))
+    model = ""
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    sshd_version = (
+        subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True).stderr.split(",")[0].strip()
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+            database = f"postgresql {cursor.fetchone()[0]}"
+        else:
+            cursor.execute("SELECT sqlite_version()")
+            database = f"sqlite {cursor.fetchone()[0]}"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": total_kb / 1024 / 1024,
+        "python": platform.python_version(),
+        "paramiko": paramiko.__version__,
+        "ssh": ssh_version,
+        "sshd": sshd_version,
+        "bao": bao_version,
+        "database": database,
+    }
