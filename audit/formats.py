@@ -53,6 +53,7 @@ NAMES = {
     "security.alert.transfer_untracked": "File transfer could not be followed",
     "security.alert.access_without_grant": "Repeated connections without a grant",
     "security.alert.break_glass_without_vault": "Emergency access without Vault",
+    "security.alert.connection_limit": "Gateway connection limit reached",
     "audit.viewed": "Audit trail viewed",
     "audit.exported": "Audit trail exported",
     "audit.verified": "Audit trail verified",

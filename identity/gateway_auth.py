@@ -219,6 +219,13 @@ def _refusal(request: HttpRequest, user: User) -> MFAError | None:
     return None
 
 
+def gateway_logout(*, user: User, client_ip: str) -> None:
+    """An SSH connection that had logged in has ended: audited "auth.logout" (channel "ssh"),
+    so every gateway login has its logout, whether or not a session was opened."""
+    request = gateway_request(client_ip=client_ip, user=user)
+    audit_record(action="auth.logout", request=request, actor=user, details={"channel": CHANNEL})
+
+
 def gateway_verify_code(*, user: User, code: str, client_ip: str) -> str:
     """Second factor, always: a TOTP or backup code; returns "totp" or "backup_code".
 

@@ -543,6 +543,11 @@ def test_nist_every_login_and_logout_is_audited(gateway, alice, bob, ssh_account
     result = gateway.ssh(alice, login, "whoami")
     assert result.returncode == 0, result.stderr
     ended_session(alice)
+    # The gateway records the logout as the connection's last act, just after the session's end.
+    deadline = time.monotonic() + 10
+    while not AuditEvent.objects.filter(sequence__gt=start, action="auth.logout", source_ip=GATEWAY_ADDRESS):
+        assert time.monotonic() < deadline, "the gateway recorded no logout"
+        time.sleep(0.1)
 
     watched = {
         "auth.login.failure",
@@ -566,4 +571,5 @@ def test_nist_every_login_and_logout_is_audited(gateway, alice, bob, ssh_account
         ("auth.login.success", *at_gateway),
         ("gateway.session.started", *at_gateway),
         ("gateway.session.ended", *at_gateway),
+        ("auth.logout", *at_gateway),
     ]

@@ -310,6 +310,11 @@ class GatewayConnection(paramiko.ServerInterface):
                     session_index(session=self.session)
             except Exception:
                 logger.exception("Could not index session %s for search", self.session.pk)
+        if self.user is not None:
+            try:
+                _db(gateway_auth.gateway_logout, user=self.user, client_ip=self.client_ip)
+            except Exception:
+                logger.exception("Could not record the logout of %s", self.user.username)
         connections.close_all()
         self.finished.set()
 

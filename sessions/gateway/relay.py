@@ -82,6 +82,7 @@ class ChannelRelay:
         self.observe_in, self.observe_out = observe_in, observe_out
         self.on_recording_failed = on_recording_failed
         self.separate_stderr = separate_stderr
+        self.ended = False
         for record in (record_out, record_err):
             # record_* are a recorder's bound methods: its background flush reports here too.
             recorder = getattr(record, "__self__", None)
@@ -91,7 +92,7 @@ class ChannelRelay:
     def run(self) -> int | None:
         """Relay until the target's side ends; the exit status it sent, if any."""
         name = f"relay-in-{self.down.get_id()}"
-        inbound = thread(self._user_to_target, name=name)
+        thread(self._user_to_target, name=name)
         stderr = (
             thread(self._target_stderr_to_user, name=f"relay-err-{self.down.get_id()}")
             if self.separate_stderr
@@ -108,7 +109,9 @@ class ChannelRelay:
             if time.monotonic() > deadline or transport is None or not transport.is_active():
                 break
         status = self.up.exit_status if self.up.status_event.is_set() else -1
-        inbound.join(timeout=0.2)
+        # The user's side may never send EOF (ssh without -n keeps stdin open): the thread
+        # reading it ends when the channel is closed, and records nothing from now on.
+        self.ended = True
         return status if status >= 0 else None
 
     def _target_to_user(self) -> None:
@@ -168,7 +171,7 @@ class ChannelRelay:
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     up.shutdown_write()
                 return
-            if observe is not None:
+            if observe is not None and not self.ended:
                 observe(data)
             try:
                 up.sendall(data)
