@@ -44,7 +44,7 @@ from django.contrib.auth.hashers import is_password_usable, make_password
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -358,6 +358,11 @@ def _role_diff(current: set[str], desired: set[str], uncertain: frozenset[str]) 
     return desired - current, (current & MANAGED_GROUPS) - desired - uncertain
 
 
+def _where(entry: DirectoryEntry) -> str:
+    """The entry's DN for a report line (a DN too long to keep is shown cut)."""
+    return entry.dn if len(entry.dn) <= 300 else entry.dn[:300] + f"… ({len(entry.dn)} characters)"
+
+
 def _plan_entry(
     entry: DirectoryEntry, known: _Known | None, roles: _Roles, taken: dict[str, str]
 ) -> tuple[_Op | None, str]:
@@ -366,6 +371,8 @@ def _plan_entry(
     ``taken`` maps lower-cased usernames to their owner ("local" or a stable id) and is
     updated as renames and creations are planned.
     """
+    if entry.unusable:
+        return None, f"{_where(entry)}: {entry.unusable}; left alone."
     if not entry.stable_id:
         return None, f"{entry.dn}: no stable id ({get_config().attrs.stable_id}); left alone."
     if not entry.username:
@@ -452,6 +459,7 @@ def _plan(config: LdapConfig, *, full: bool, since: str) -> _Plan:
             skipped += 1
             continue
         seen_ids.add(entry.stable_id)
+        problems.extend(f"{_where(entry)}: {note}." for note in entry.notes)
         if entry.modified and generalized_time_key(entry.modified) > generalized_time_key(high or "0" * 14):
             high = entry.modified
         op, problem = _plan_entry(entry, known.get(entry.stable_id), roles, taken)
@@ -844,12 +852,13 @@ def _apply(plan: _Plan, *, done: list[Change]) -> None:
         batch = others[start : start + BATCH]
         try:
             _apply_batch(batch, groups)
-        except IntegrityError:
-            # One user's change clashed (a username taken meanwhile): apply them one by one.
+        except (IntegrityError, DataError):
+            # One user's change clashed (a username taken meanwhile) or did not fit a column:
+            # apply them one by one, so the others are not held back by it.
             for op in batch:
                 try:
                     _apply_batch([op], groups)
-                except IntegrityError as exc:
+                except (IntegrityError, DataError) as exc:
                     plan.problems.append(f"{op.username}: not applied ({exc}).")
                     plan.skipped += 1
                     continue

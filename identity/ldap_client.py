@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import ldap
 import ldap.dn
 import ldap.filter
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from ldap.controls import SimplePagedResultsControl
 
 logger = logging.getLogger(__name__)
@@ -253,7 +255,12 @@ def generalized_time_key(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DirectoryEntry:
-    """One user as the directory holds it, in pamsite's terms."""
+    """One user as the directory holds it, in pamsite's terms.
+
+    ``unusable`` says why pamsite cannot take this entry as it is (the sync leaves it alone
+    and reports why); ``notes`` what was changed to take it (a value cut short, control
+    characters replaced, an e-mail address that is not one left out), for the run's report.
+    """
 
     dn: str
     stable_id: str
@@ -265,6 +272,8 @@ class DirectoryEntry:
     disabled: bool = False
     member_of: frozenset[str] = frozenset()  # normalised DNs of the direct groups
     modified: str = ""  # GeneralizedTime as the server wrote it
+    unusable: str = ""
+    notes: tuple[str, ...] = ()
 
 
 def _lowered(attrs: dict) -> dict:
@@ -286,8 +295,24 @@ def _text(value: bytes | None) -> str:
     return value.decode("utf-8", errors="replace").strip() if value else ""
 
 
+# What the user model can hold (identity.User): longer values would be cut by SQLite and
+# refused by PostgreSQL, failing a whole batch of the sync.
+USERNAME_MAX = 150
+STABLE_ID_MAX = 200
+DN_MAX = 1000
+# Django's username rule (identity.User's validator), which the SSH gateway's login names follow.
+USERNAME_RE = re.compile(r"^[\w.@+-]+\Z")
+# C0 and C1 control characters: NUL cannot be stored by PostgreSQL, the others are never text.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def stable_id_of(config: LdapConfig, attrs: dict) -> str:
-    """The entry's stable id as text; ``attrs`` keyed by lower-case name (``_lowered``)."""
+    """The entry's stable id as text; ``attrs`` keyed by lower-case name (``_lowered``).
+
+    Active Directory's objectGUID in its usual spelling; any other value as (lower-case)
+    text, or as ``hex:`` and its bytes when it is not text (an octet string: two different
+    binary ids must never become the same text).
+    """
     raw = _first(attrs, config.attrs.stable_id)
     if raw is None:
         return ""
@@ -296,7 +321,46 @@ def stable_id_of(config: LdapConfig, attrs: dict) -> str:
             return guid_to_str(raw)
         except ValueError:
             return ""
-    return _text(raw).lower()
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "hex:" + raw.hex()
+    if _CONTROLS.search(text):
+        return "hex:" + raw.hex()
+    return text.lower()
+
+
+def _field(attrs: dict, name: str, limit: int, notes: list[str]) -> str:
+    """A text attribute for a user field: its first value, control characters replaced, cut
+    to what the field holds (each change noted)."""
+    text = _text(_first(attrs, name))
+    if _CONTROLS.search(text):
+        text = _CONTROLS.sub("\ufffd", text)
+        notes.append(f"{name} holds control characters; they were replaced by \ufffd")
+    if len(text) > limit:
+        notes.append(f"{name} is {len(text)} characters long; the first {limit} were kept")
+        text = text[:limit]
+    return text
+
+
+def _username(attrs: dict, name: str) -> tuple[str, str]:
+    """The username (lower case) and, if pamsite cannot use it, why."""
+    values = _all(attrs, name)
+    username = _text(values[0]).lower() if values else ""
+    if len(values) > 1:
+        return username[:USERNAME_MAX], f"{name} has {len(values)} values; a user needs exactly one username"
+    if len(username) > USERNAME_MAX:
+        return username[:USERNAME_MAX], (
+            f"its username ({name}) is {len(username)} characters long; the longest pamsite takes is "
+            f"{USERNAME_MAX}"
+        )
+    if username and not USERNAME_RE.match(username):
+        shown = repr(username) if len(username) <= 60 else repr(username[:60]) + "…"
+        return _CONTROLS.sub("\ufffd", username), (
+            f"its username ({name}) {shown} has characters a pamsite username cannot have "
+            "(letters, digits and . @ + - _ only)"
+        )
+    return username, ""
 
 
 def is_disabled(config: LdapConfig, attrs: dict) -> bool:
@@ -321,7 +385,12 @@ _RESPELLED = ("\\", ", ", " ,", "= ", " =", "+", '"', ";")
 
 
 def entry_from_attrs(config: LdapConfig, dn: str, attrs: dict) -> DirectoryEntry:
-    """A DirectoryEntry from a search result's raw attributes (bytes values)."""
+    """A DirectoryEntry from a search result's raw attributes (bytes values).
+
+    Whatever the directory holds (empty, huge, binary or non-UTF-8 values, several values
+    where one is expected), the entry is one the sync can store or one it leaves alone
+    (``unusable``, with the reason); never a user with a cut or broken username or id.
+    """
     a = config.attrs
     attrs = _lowered(attrs)
     member_of = set()
@@ -333,18 +402,37 @@ def entry_from_attrs(config: LdapConfig, dn: str, attrs: dict) -> DirectoryEntry
     if any(mark in dn for mark in _RESPELLED):
         with contextlib.suppress(DirectoryError):
             dn = canonical_dn(dn)  # one spelling (servers differ: "\2C" or "\,")
+    notes: list[str] = []
+    # Usernames in pamsite are lower case: directories compare them case-insensitively.
+    username, unusable = _username(attrs, a.username)
+    stable_id = stable_id_of(config, attrs)
+    ids = len(_all(attrs, a.stable_id))
+    if ids > 1:
+        unusable, stable_id = f"{a.stable_id} has {ids} values; a user needs exactly one stable id", ""
+    elif len(stable_id) > STABLE_ID_MAX:
+        unusable = f"its stable id ({a.stable_id}) has {len(stable_id)} characters (at most {STABLE_ID_MAX})"
+    if len(dn) > DN_MAX or _CONTROLS.search(dn):
+        unusable = f"its DN is {len(dn)} characters long or holds control characters (at most {DN_MAX})"
+    email = _field(attrs, a.email, 254, notes)
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            notes.append(f"{a.email} {email[:60]!r} is not an e-mail address; left out")
+            email = ""
     return DirectoryEntry(
         dn=dn,
-        stable_id=stable_id_of(config, attrs),
-        # Usernames in pamsite are lower case: directories compare them case-insensitively.
-        username=_text(_first(attrs, a.username)).lower()[:150],
-        display_name=_text(_first(attrs, a.display_name))[:200],
-        email=_text(_first(attrs, a.email))[:254],
-        first_name=_text(_first(attrs, a.first_name))[:150],
-        last_name=_text(_first(attrs, a.last_name))[:150],
+        stable_id=stable_id,
+        username=username,
+        display_name=_field(attrs, a.display_name, 200, notes),
+        email=email,
+        first_name=_field(attrs, a.first_name, 150, notes),
+        last_name=_field(attrs, a.last_name, 150, notes),
         disabled=is_disabled(config, attrs),
         member_of=frozenset(member_of),
-        modified=_text(_first(attrs, a.modified)),
+        modified=_text(_first(attrs, a.modified))[:40],
+        unusable=unusable,
+        notes=tuple(notes),
     )
 
 

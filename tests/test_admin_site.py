@@ -81,12 +81,13 @@ def test_a_password_and_group_change_in_the_admin_is_an_audit_event(client, pat,
     assert event.details == {"fields": ["password"]}
     assert new_password not in str(event.details)
 
+    approver = Group.objects.get_or_create(name="approver")[0]
     change = reverse("admin:identity_user_change", args=[alice.pk])
     form = client.get(change).context["adminform"].form
     data = {name: value for name, value in form.initial.items() if value is not None and name in form.fields}
     data.update(
         {
-            "groups": [g.pk for g in alice.groups.all()] + [Group.objects.get(name="approver").pk],
+            "groups": [g.pk for g in alice.groups.all()] + [approver.pk],
             "user_permissions": [],
             "is_active": "on",
         }

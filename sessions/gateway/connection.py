@@ -46,8 +46,9 @@ from access.models import Account, Grant
 from identity import gateway_auth
 from identity.services import MFAError
 from sessions import upstream
-from sessions.gateway import limits, records
+from sessions.gateway import limits, records, usernames
 from sessions.gateway.relay import ChannelRelay, Counter, relay_socket, thread
+from sessions.gateway.usernames import parse_login
 from sessions.models import Session
 from sessions.recorder import EventLog, ExecRecorder, RecordingError, SealDeferred, TerminalRecorder
 from sessions.search import session_index
@@ -68,18 +69,6 @@ UPSTREAM_CERTIFICATE_SECONDS = 120
 INLINE_INDEX_MAX_BYTES = 8 * 1024 * 1024
 
 
-def parse_login(name: str) -> tuple[str, str | None]:
-    """``alice:pacs01-root`` → ("alice", "pacs01-root"); ``alice`` → ("alice", None).
-
-    The account part is returned as typed (it may be invalid; the lookup says so).
-    """
-    name = name.strip()
-    if ":" in name:
-        user, account = name.rsplit(":", 1)
-        return user[:150], account[:200]
-    return name[:150], None
-
-
 def _db(fn, *args, **kwargs):
     """Run a database call from a thread that must not keep a connection (paramiko's)."""
     try:
@@ -97,6 +86,12 @@ class _GatewayAuthHandler(AuthHandler):
     """
 
     def _send_auth_result(self, username, method, result):
+        problem = usernames.login_name_problem(username)
+        if problem is not None:
+            # A login name that can never be valid (control characters, too long, an empty
+            # or malformed account): told before any lookup, and the connection ends.
+            limits.disconnect(self.transport, problem, usernames.DISCONNECT_ILLEGAL_USER_NAME)
+            return
         if method == "publickey" and result == AUTH_PARTIALLY_SUCCESSFUL:
             result = self.transport.server_object.publickey_verified(username)
         goodbye = self.transport.server_object.goodbye

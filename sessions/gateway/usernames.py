@@ -35,6 +35,8 @@ ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # bidirectional overrides), surrogates, private use, unassigned, line and paragraph separators.
 _NOT_TEXT = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _EXAMPLE = "Connect as USERNAME or USERNAME:ACCOUNT, e.g. alice:pacs01-root."
+# SSH_DISCONNECT_ILLEGAL_USER_NAME (RFC 4253, 11.1): the reason code to refuse a name with.
+DISCONNECT_ILLEGAL_USER_NAME = 15
 
 
 class LoginNameError(ValueError):
@@ -91,7 +93,9 @@ def parse_login_name(text: str) -> LoginName:
     if not username:
         raise LoginNameError(f"The username is missing before the ':'. {_EXAMPLE}")
     if len(username) > USERNAME_MAX:
-        raise LoginNameError(f"The username is {len(username)} characters long; the longest is {USERNAME_MAX}.")
+        raise LoginNameError(
+            f"The username is {len(username)} characters long; the longest is {USERNAME_MAX}."
+        )
     if not USERNAME_RE.match(username):
         raise LoginNameError(
             f"{_shown(username)} is not a username (letters, digits and . @ + - _ only). {_EXAMPLE}"

@@ -65,7 +65,7 @@ NASTY = st.sampled_from(
         "%s%n%x{0}{}",
         "../../../../etc/passwd",
         "\u202egnp.exe",
-        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🙂 ﷽",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🙂 ﷽",  # noqa: RUF001  (look-alikes on purpose)
         "null",
         "None",
         "[]",

@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from access.models import AccessPolicy, AccessRequest, Account, Target
@@ -28,12 +28,10 @@ from tests.badinput.conftest import TICKET_PATTERN, live_grant
 from tests.badinput.helpers import (
     BADINPUT,
     FEW,
-    HUGE,
     assert_clear_answer,
     body_of,
     form_data,
     hostile,
-    messages_of,
     rolled_back,
 )
 from tests.conftest import PASSWORD, make_user, verified_client
@@ -213,7 +211,9 @@ def test_review_form_answers_any_input_with_a_message(bob_client, alice, account
         }
     )
 )
-def test_break_glass_form_answers_any_input_with_form_errors_or_a_grant(client, erin, accounts, no_vault, data):
+def test_break_glass_form_answers_any_input_with_form_errors_or_a_grant(
+    client, erin, accounts, no_vault, data
+):
     client = verified_client(client, erin)
     with rolled_back():
         response = client.post(reverse("access:break_glass"), data)
@@ -522,6 +522,51 @@ def test_legal_hold_form_answers_any_input_with_a_message(carol_client, live_ses
             assert hold.reason.strip() and "\x00" not in hold.reason
 
 
+# --- Posts that take no field: any body is ignored -------------------------------------------
+
+JUNK = form_data({"x": hostile(), "next": hostile("//evil.example"), "pk": hostile("1"), "code": hostile()})
+NO_FIELD_POSTS = [
+    ("audit:verify", "carol_client", None, (302,)),
+    ("access:request_cancel", "alice_client", "request", (302,)),
+    ("access:request_retry", "alice_client", "request", (302,)),
+    ("access:grant_checkin", "alice_client", "grant", (302,)),
+    ("identity:ssh_key_remove", "alice_client", 999_999, (404,)),
+    ("identity:directory_mapping_remove", "pat_client", 999_999, (302,)),
+    ("sessions:hold_release", "carol_client", 999_999, (404,)),
+    ("identity:logout", "alice_client", None, (302,)),
+]
+
+
+@FEW
+@given(data=st.data())
+@pytest.mark.parametrize(
+    ("name", "persona", "obj", "allowed"), NO_FIELD_POSTS, ids=[n for n, *_ in NO_FIELD_POSTS]
+)
+def test_posts_without_fields_ignore_any_body(
+    request, alice, accounts, ticket_policy, no_vault, name, persona, obj, allowed, data
+):
+    from access import services
+
+    client = request.getfixturevalue(persona)
+    body = data.draw(JUNK)
+    with rolled_back():
+        if obj == "request":
+            obj = services.request_create(
+                requester=alice,
+                account=accounts["ssh-ca"],
+                reason="work",
+                ticket="INC-123",
+                duration_minutes=60,
+            ).pk
+        elif obj == "grant":
+            obj = live_grant(user=alice, account=accounts["ssh-ca"]).pk
+        url = reverse(name, args=[obj]) if obj is not None else reverse(name)
+        response = client.post(url, body)
+        assert_clear_answer(response, allowed=allowed, redirect_message=name != "identity:ssh_key_remove")
+        if response.status_code == 302:
+            assert not response.url.startswith("//") and "evil" not in response.url
+
+
 # --- Configuration (Django admin): targets, accounts, policies --------------------------------
 
 
@@ -748,6 +793,80 @@ def test_ordinary_ticket_regexes_are_accepted(pat_client, pattern):
     response = pat_client.post(reverse("admin:access_accesspolicy_add"), _policy_data(ticket_pattern=pattern))
     assert response.status_code == 302, _admin_errors_shown(response)
     assert AccessPolicy.objects.get().ticket_pattern == pattern
+
+
+ATOMS = st.sampled_from(
+    ["a", "\\d", "[A-Z]", ".", "INC", "-", "\\w", "\\s", "[a-z0-9]", "(?:INC|CHG)", "x|y"]
+)
+QUANTIFIERS = st.sampled_from(["", "", "*", "+", "?", "{2,5}", "{1,10}", "*?", "+?", "{3}", "{0,64}"])
+
+
+def _group(parts: tuple[str, str, str]) -> str:
+    body, quantifier, opener = parts
+    return f"{opener}{body}){quantifier}"
+
+
+PATTERNS = st.recursive(
+    st.tuples(ATOMS, QUANTIFIERS).map("".join),
+    lambda inner: st.one_of(
+        st.tuples(
+            st.lists(inner, min_size=1, max_size=4).map("".join), QUANTIFIERS, st.sampled_from(["(", "(?:"])
+        ).map(_group),
+        st.lists(inner, min_size=2, max_size=3).map("|".join).map(lambda s: f"({s})"),
+    ),
+    max_leaves=8,
+).map(lambda body: f"^{body}$")
+HOSTILE_TICKETS = [
+    "a" * 63 + "!",
+    "1" * 63 + "!",
+    "INC" * 21 + "!",
+    "ab " * 21 + "!",
+    "-" * 63 + "!",
+    "A1" * 31 + "!",
+    "xy" * 31 + "!",
+    " " * 63 + "!",
+]
+
+
+def _matches_within(pattern: str, seconds: float) -> bool:
+    """Whether matching every hostile ticket ends within the time, in a child process (a
+    runaway regular expression cannot be interrupted in the process that runs it)."""
+    import os
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: only regular expressions, then leave at once
+        try:
+            for ticket in HOSTILE_TICKETS:
+                re.fullmatch(pattern, ticket)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
+@BADINPUT
+@given(PATTERNS)
+@example(r"^(INC|CHG|RITM)-?\d{3,10}$")
+@example(r"^(a+)+$")
+@example(r"^[A-Z]+-\d+-\d+$")
+def test_every_ticket_pattern_the_checker_accepts_matches_any_ticket_quickly(pattern):
+    from access.ticket_patterns import ticket_pattern_problem
+
+    problem = ticket_pattern_problem(pattern)
+    if problem is None:
+        assert _matches_within(pattern, 2.0), (
+            f"{pattern!r} was accepted but takes too long on a hostile ticket"
+        )
+    else:
+        assert "too long" in problem or "Not a valid regular expression" in problem
 
 
 @pytest.mark.parametrize("pattern", [*CATASTROPHIC, "(", "a{99999999999999999999}"])

@@ -31,24 +31,92 @@ pytestmark = pytest.mark.django_db
 HOST = "pamsite.hospital.example"
 
 SCHEMES = st.sampled_from(
-    ["", "", "http:", "https:", "HTTPS:", "javascript:", "data:", "ftp:", "  https:", "\x01http:", "https\t:",
-     "java\tscript:", "vbscript:", "file:", "mailto:"]
+    [
+        "",
+        "",
+        "http:",
+        "https:",
+        "HTTPS:",
+        "javascript:",
+        "data:",
+        "ftp:",
+        "  https:",
+        "\x01http:",
+        "https\t:",
+        "java\tscript:",
+        "vbscript:",
+        "file:",
+        "mailto:",
+    ]
 )
 SLASHES = st.sampled_from(
-    ["", "/", "//", "///", "\\\\", "/\\", "\\/", "%2F%2F", "%2f/", "/%2F", "%5C%5C", "/%5C", "\t//", "/\t/",
-     " //", "\n//", "\\\t\\", "//\\", "%252F%252F", "／／", "\u2044\u2044"]
+    [
+        "",
+        "/",
+        "//",
+        "///",
+        "\\\\",
+        "/\\",
+        "\\/",
+        "%2F%2F",
+        "%2f/",
+        "/%2F",
+        "%5C%5C",
+        "/%5C",
+        "\t//",
+        "/\t/",
+        " //",
+        "\n//",
+        "\\\t\\",
+        "//\\",
+        "%252F%252F",
+        "／／",  # noqa: RUF001  (look-alikes on purpose)
+        "\u2044\u2044",
+    ]
 )
 USERINFO = st.sampled_from(["", "", "user@", f"{HOST}@", "user:pass@", f"{HOST}%40", f"{HOST}:443@", "@"])
 HOSTS = st.sampled_from(
-    ["evil.example", HOST, f"{HOST}.evil.example", "127.0.0.1", "[::1]", "evil.example:443", "ẽvil.example",
-     "xn--vil-4na.example", "evil。example", "ｅｖｉｌ.example", "evil.example\\@" + HOST, "0x7f.1", "", "%65vil.example"]
+    [
+        "evil.example",
+        HOST,
+        f"{HOST}.evil.example",
+        "127.0.0.1",
+        "[::1]",
+        "evil.example:443",
+        "ẽvil.example",
+        "xn--vil-4na.example",
+        "evil。example",
+        "ｅｖｉｌ.example",  # noqa: RUF001  (look-alikes on purpose)
+        "evil.example\\@" + HOST,
+        "0x7f.1",
+        "",
+        "%65vil.example",
+    ]
 )
-PATHS = st.sampled_from(["", "/", "/login/", "/access/?x=1", "#frag", "?next=//evil.example", "/..//evil.example",
-                         "/%2e%2e/", ":80", ":99999"])
+PATHS = st.sampled_from(
+    [
+        "",
+        "/",
+        "/login/",
+        "/access/?x=1",
+        "#frag",
+        "?next=//evil.example",
+        "/..//evil.example",
+        "/%2e%2e/",
+        ":80",
+        ":99999",
+    ]
+)
 BUILT = st.tuples(SCHEMES, SLASHES, USERINFO, HOSTS, PATHS).map("".join)
 LOCAL_PAGES = ["/", "/access/", "/audit/?actor=alice", "/sessions/1/", "/access/request/?account=x#y"]
 LOCAL = st.sampled_from(LOCAL_PAGES)
-NEXT = st.one_of(BUILT, BUILT, LOCAL, st.text(CHARS, max_size=60), st.tuples(LOCAL, st.text(CHARS, max_size=20)).map("".join))
+NEXT = st.one_of(
+    BUILT,
+    BUILT,
+    LOCAL,
+    st.text(CHARS, max_size=60),
+    st.tuples(LOCAL, st.text(CHARS, max_size=20)).map("".join),
+)
 
 
 def stays_on_site(location: str, *, scheme: str) -> bool:
@@ -90,8 +158,16 @@ def fred(db, settings):
 def test_the_on_site_check_itself():
     for good in ("/", "/access/?x=1", "%2F%2Fevil.example", "?next=//evil.example"):
         assert stays_on_site(good, scheme="https"), good
-    for bad in ("//evil.example", "/\\evil.example", "\\\\evil", "https://evil.example", "\t//evil.example",
-                f"http://{HOST}/", f"//{HOST}@evil.example", "javascript:alert(1)"):
+    for bad in (
+        "//evil.example",
+        "/\\evil.example",
+        "\\\\evil",
+        "https://evil.example",
+        "\t//evil.example",
+        f"http://{HOST}/",
+        f"//{HOST}@evil.example",
+        "javascript:alert(1)",
+    ):
         assert not stays_on_site(bad, scheme="https"), bad
 
 
@@ -130,7 +206,9 @@ def test_enrolment_never_continues_off_site_for_any_next(fred, nxt, raw, secure)
     client = Client(HTTP_HOST=HOST)
     query = as_query(nxt, raw)
     with rolled_back():
-        response = client.post(reverse("identity:login") + query, {"username": "fred", "password": PASSWORD}, secure=secure)
+        response = client.post(
+            reverse("identity:login") + query, {"username": "fred", "password": PASSWORD}, secure=secure
+        )
         check(response, scheme=scheme, what="the password step")
         assert response["Location"].startswith(reverse("identity:enrol"))
         assert client.get(response["Location"], secure=secure).status_code == 200

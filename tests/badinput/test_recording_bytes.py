@@ -20,7 +20,7 @@ import random
 import subprocess
 import sys
 import time
-from itertools import count
+from itertools import count, pairwise
 from pathlib import Path
 
 import pytest
@@ -77,7 +77,11 @@ PIECE = st.one_of(st.binary(max_size=48), TEXT, TEXT, ESCAPES, ESCAPES, INVALID)
 # Output as one byte string, cut into chunks at arbitrary points (multibyte characters and
 # escape sequences end up split across chunks).
 STREAM = st.lists(PIECE, max_size=30).map(b"".join)
-HUGE = st.builds(lambda seed, size: random.Random(seed).randbytes(size), st.integers(0, 2**32), st.integers(100_000, 300_000))
+HUGE = st.builds(
+    lambda seed, size: random.Random(seed).randbytes(size),
+    st.integers(0, 2**32),
+    st.integers(100_000, 300_000),
+)
 DELAYS = st.sampled_from([0.0, 0.0, 0.001, 0.009, 0.011, 0.3, 2.0])
 
 
@@ -118,7 +122,7 @@ def roots(approle_settings, tmp_path):
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:
     edges = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
-    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [data[a:b] for a, b in pairwise(edges)]
 
 
 @st.composite
@@ -239,7 +243,11 @@ def exec_script(draw):
     ops = []
     for _ in range(draw(st.integers(1, 12))):
         stream = draw(st.sampled_from(["o", "o", "e"]))
-        data = draw(st.one_of(st.binary(max_size=2000), STREAM, INVALID)) if draw(st.integers(0, 15)) else draw(HUGE)
+        data = (
+            draw(st.one_of(st.binary(max_size=2000), STREAM, INVALID))
+            if draw(st.integers(0, 15))
+            else draw(HUGE)
+        )
         ops.append((stream, data))
         ops.append(("tick", draw(DELAYS)))
         if draw(st.integers(0, 5)) == 0:
