@@ -155,6 +155,9 @@ class GatewayServer:
         self.node = node or node_name()
         self.ciphers = tuple(settings.GATEWAY_CIPHERS)
         self.connections: set[GatewayConnection] = set()
+        # Sessions whose connection ended without saving their end (the database was busy
+        # or down then): housekeeping ends them (end_orphans).
+        self.unended: dict[int, Session] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         # Connection limits and login deadlines (hostile clients): sessions.gateway.limits.
@@ -212,8 +215,11 @@ class GatewayServer:
         try:
             connection.serve()
         finally:
+            session = connection.session
             with self._lock:
                 self.connections.discard(connection)
+                if session is not None and session.ended_at is None:
+                    self.unended[session.pk] = session
             connections.close_all()
 
     def stop(self) -> None:
@@ -255,18 +261,16 @@ class GatewayServer:
         connections.close_all()  # this thread's own (connections are per thread)
 
     def end_orphans(self) -> int:
-        """End this process's sessions whose connection is gone but whose end was not saved.
+        """End the sessions whose connection is gone but whose end could not be saved.
 
         A connection that could not write its end (the database was busy or down at that
-        moment) would otherwise stay "live" until the process restarts.
+        moment) would otherwise stay "live" until the process restarts. Only sessions a
+        finished connection handed over are ended: a session row is created a moment before
+        its connection holds it, and a scan of "this node's live rows that no connection
+        holds" would end sessions that are just starting.
         """
         with self._lock:
-            live_ids = [c.session.pk for c in self.connections if c.session is not None]
-        orphans = list(
-            Session.objects.filter(gateway_node=self.node, ended_at__isnull=True)
-            .exclude(pk__in=live_ids)
-            .values_list("pk", flat=True)
-        )
+            orphans = list(self.unended)
         if not orphans:
             return 0
         finalize_interrupted(session_ids=orphans)
@@ -276,6 +280,9 @@ class GatewayServer:
                 reason=Session.EndReason.ERROR,
                 message="The gateway could not record the end of this session when it closed.",
             )
+        with self._lock:
+            for pk in orphans:
+                self.unended.pop(pk, None)
         return len(orphans)
 
     def report_bytes(self) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -78,7 +79,8 @@ def test_a_grant_longer_than_the_ssh_roles_certificate_limit_still_logs_in(gatew
     result = gateway.ssh(alice, "alice:pacs01-admin", "echo long-$((6*7))")
     assert result.returncode == 0, result.stderr
     assert b"long-42" in result.stdout
-    assert ended_session(alice).end_reason == Session.EndReason.CLOSED
+    session = ended_session(alice)
+    assert session.end_reason == Session.EndReason.CLOSED, session.end_message
 
 
 def test_exec_passes_exit_status_and_keeps_stdout_and_stderr_apart(gateway, alice, bob, static_account):
@@ -505,14 +507,57 @@ def test_remote_port_forwarding_is_refused_and_audited(gateway, alice, bob, ssh_
 
 def test_a_session_whose_end_could_not_be_saved_is_ended_by_housekeeping(gateway, alice, bob, ssh_account):
     grant = grant_for(alice, bob, ssh_account)
+    # The connection could not save its end (the database was down as it closed): the
+    # server holds the session for housekeeping.
     orphan = Session.objects.create(
+        user=alice, grant=grant, account="pacs01-admin", gateway_node=gateway.server.node
+    )
+    gateway.server.unended[orphan.pk] = orphan
+    # A row of this node that no connection holds yet: a session that is just starting.
+    starting = Session.objects.create(
         user=alice, grant=grant, account="pacs01-admin", gateway_node=gateway.server.node
     )
     elsewhere = Session.objects.create(
         user=alice, grant=grant, account="pacs01-admin", gateway_node="other-gw:1"
     )
     assert gateway.server.end_orphans() == 1
-    orphan.refresh_from_db()
-    elsewhere.refresh_from_db()
+    for session in (orphan, starting, elsewhere):
+        session.refresh_from_db()
     assert orphan.end_reason == Session.EndReason.ERROR and orphan.ended_at is not None
+    assert starting.ended_at is None
     assert elsewhere.ended_at is None  # another gateway's live session is not touched
+    assert gateway.server.end_orphans() == 0  # ended once
+
+
+def test_housekeeping_never_ends_a_session_that_is_starting(gateway, alice, bob, ssh_account):
+    """Sessions open while housekeeping looks for orphans over and over: every one ends "closed"."""
+    grant_for(alice, bob, ssh_account)
+    stop = threading.Event()
+    ended_by_housekeeping = []
+
+    def sweep():
+        from django.db import connections
+
+        try:
+            while not stop.is_set():
+                ended_by_housekeeping.append(gateway.server.end_orphans())
+        finally:
+            connections.close_all()
+
+    sweeper = threading.Thread(target=sweep, daemon=True)
+    sweeper.start()
+    try:
+        results = [gateway.ssh(alice, "alice:pacs01-admin", f"echo run-{i}") for i in range(4)]
+    finally:
+        stop.set()
+        sweeper.join(timeout=10)
+    for i, result in enumerate(results):
+        assert result.returncode == 0, result.stderr
+        assert f"run-{i}".encode() in result.stdout
+    deadline = time.monotonic() + 10
+    while Session.objects.filter(user=alice, ended_at__isnull=True).exists():
+        assert time.monotonic() < deadline, "the gateway did not end the sessions"
+        time.sleep(0.1)
+    assert sum(ended_by_housekeeping) == 0
+    reasons = list(Session.objects.filter(user=alice).values_list("end_reason", "end_message"))
+    assert reasons == [(Session.EndReason.CLOSED, "")] * 4
