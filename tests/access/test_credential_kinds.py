@@ -15,6 +15,7 @@ from access.models import AccessPolicy, Account, Grant, Target
 from audit.models import AuditEvent
 from sessions import upstream
 from tests.conftest import verified_client
+from tests.fixtures.pacs import grant_for, make_database_account, target_on
 from tests.totp import totp_code
 from vault import sources
 
@@ -34,38 +35,9 @@ def _policy(account: Account, *, allow_reveal: bool) -> AccessPolicy:
     return policy
 
 
-def _grant(alice, bob, account) -> Grant:
-    req = services.request_create(
-        requester=alice, account=account, reason="work", ticket="", duration_minutes=30
-    )
-    services.request_decide(access_request=req, approver=bob, approve=True, comment="")
-    req.refresh_from_db()
-    assert req.state == "fulfilled", req.checkout_error
-    return req.grant
-
-
 @pytest.fixture
 def db_account(pg_target, approle_settings):
-    target = Target.objects.create(
-        name="pacsdb01", kind=Target.Kind.DATABASE, host=pg_target.host, port=pg_target.port
-    )
-    account = Account.objects.create(
-        target=target,
-        slug="pacsdb01-admin",
-        kind=Account.Kind.DATABASE,
-        username=pg_target.group_role,
-        database_name=pg_target.database,
-    )
-    sources.configure_database_connection(
-        name=target.name,
-        host=pg_target.host,
-        port=pg_target.port,
-        database=pg_target.database,
-        admin_username=pg_target.admin_username,
-        admin_password=pg_target.admin_password,
-        sslmode="disable",
-    )
-    sources.configure_database_role(account=services.account_ref(account))
+    account = make_database_account(pg_target)
     _policy(account, allow_reveal=True)
     return account
 
@@ -73,13 +45,7 @@ def db_account(pg_target, approle_settings):
 @pytest.fixture
 def static_account(sshd_target, approle_settings):
     user = sshd_target.create_user()
-    target = Target.objects.create(
-        name="vna01",
-        kind=Target.Kind.VNA,
-        host=sshd_target.host,
-        port=sshd_target.port,
-        host_key=sshd_target.host_key,
-    )
+    target = target_on(sshd_target, name="vna01", kind=Target.Kind.VNA)
     account = Account.objects.create(
         target=target, slug="vna01-svc", kind=Account.Kind.STATIC, username=user.name
     )
@@ -90,7 +56,7 @@ def static_account(sshd_target, approle_settings):
 
 @pytest.mark.parametrize("ending", ["checkin", "revoke", "expiry"])
 def test_database_role_lives_only_as_long_as_the_grant(alice, bob, db_account, pg_target, ending):
-    grant = _grant(alice, bob, db_account)
+    grant = grant_for(alice, bob, db_account)
     assert grant.login in pg_target.roles()
     assert pg_target.is_member(grant.login, pg_target.group_role)
     if ending == "checkin":
@@ -105,7 +71,7 @@ def test_database_role_lives_only_as_long_as_the_grant(alice, bob, db_account, p
 
 
 def test_revealed_database_password_logs_in_once_shown(client, alice, bob, db_account, pg_target):
-    grant = _grant(alice, bob, db_account)
+    grant = grant_for(alice, bob, db_account)
     verified_client(client, alice)
     page = client.get(reverse("access:grant", args=[grant.pk]))
     assert b"Show the secret" in page.content
@@ -135,7 +101,7 @@ def test_revealed_database_password_logs_in_once_shown(client, alice, bob, db_ac
 
 def test_static_password_is_rotated_after_the_grant(alice, bob, static_account, sshd_target):
     account, user = static_account
-    grant = _grant(alice, bob, account)
+    grant = grant_for(alice, bob, account)
     kwargs = {
         "host": sshd_target.host,
         "port": sshd_target.port,
@@ -157,7 +123,7 @@ def test_failed_rotation_is_retried_and_alerts_pam_admins(
     alice, bob, pat, static_account, sshd_target, mailoutbox
 ):
     account, user = static_account
-    grant = _grant(alice, bob, account)
+    grant = grant_for(alice, bob, account)
     # The target now shows another host key (as if replaced): rotation must refuse and retry later.
     Target.objects.filter(pk=account.target_id).update(
         host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq5Q0Yg7C3ZbJrQWwq0b0bH8r4bqg3v8c3zZ"

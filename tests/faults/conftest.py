@@ -23,7 +23,7 @@ import pytest
 
 from tests.fixtures.netfault import TcpProxy
 from tests.fixtures.openbao import BaoServer, BootstrappedVault, bootstrap_server
-from tests.fixtures.pacs import policy_for
+from tests.fixtures.pacs import make_database_account, policy_for
 
 
 @dataclass
@@ -114,29 +114,6 @@ def vault_static_account(faulty_vault, request):
 @pytest.fixture
 def vault_db_account(faulty_vault, pg_target):
     """A database account: each grant a PostgreSQL user made by the dedicated Vault."""
-    from access import services
-    from access.models import Account, Target
-    from vault import sources
-
-    target = Target.objects.create(
-        name="pacsdb01", kind=Target.Kind.DATABASE, host=pg_target.host, port=pg_target.port
-    )
-    account = Account.objects.create(
-        target=target,
-        slug="pacsdb01-admin",
-        kind=Account.Kind.DATABASE,
-        username=pg_target.group_role,
-        database_name=pg_target.database,
-    )
-    sources.configure_database_connection(
-        name=target.name,
-        host=pg_target.host,
-        port=pg_target.port,
-        database=pg_target.database,
-        admin_username=pg_target.admin_username,
-        admin_password=pg_target.admin_password,
-        sslmode="disable",
-    )
-    sources.configure_database_role(account=services.account_ref(account))
+    account = make_database_account(pg_target)
     policy_for(account)
     return account

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from tests.fixtures.gateway_process import (
     database_url,
     use_production_hasher,
     wait_ended,
+    wait_listening,
 )
 from tests.fixtures.openbao import free_port
 from tests.fixtures.pacs import grant_for
@@ -94,15 +94,8 @@ class WebProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            assert self.process.poll() is None and time.monotonic() < deadline, "daphne did not start:\n" + (
-                self.log_path.read_text(errors="replace")
-            )
-            time.sleep(0.1)
+        wait_listening(self.process, self.port, "daphne", lambda: self.log_path.read_text(errors="replace"))
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from access import services
-from access.models import Account, Target
+from access.models import Account
 from audit.models import AuditEvent
 from sessions.models import Recording, Session
 from sessions.recorder import verify_recording
 from tests.fixtures.gateway import live_session
-from tests.fixtures.pacs import grant_for, policy_for
+from tests.fixtures.pacs import grant_for, policy_for, target_on
 from tests.fixtures.sshd import SshdTarget
 from vault import sources
 
@@ -62,13 +62,7 @@ def test_the_targets_sshd_killed_mid_session_ends_it_with_a_message_and_sealed_r
     she is told the connection to the target was lost, the session ends as an error with
     that message, and its recordings are sealed, verify, and play."""
     user = own_sshd.create_user()
-    target = Target.objects.create(
-        name="pacs02",
-        kind=Target.Kind.PACS,
-        host=own_sshd.host,
-        port=own_sshd.port,
-        host_key=own_sshd.host_key,
-    )
+    target = target_on(own_sshd, name="pacs02")
     account = Account.objects.create(
         target=target, slug="pacs02-admin", kind=Account.Kind.SSH_CA, username=user.name
     )

@@ -446,31 +446,12 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     """End to end with OpenBao and PostgreSQL: the dynamic role exists while the grant is live
     and is dropped once the sync revoked it (the release runs after the sync's commit)."""
     from access import services
-    from access.models import AccessPolicy, Account, Grant, Target
-    from vault import sources
+    from access.models import AccessPolicy, Grant
+    from tests.fixtures.pacs import make_database_account
 
     directory_sync(full=True, dry_run=False)
     alice, bob = User.objects.get(username="alice"), User.objects.get(username="bob")
-    target = Target.objects.create(
-        name="pacsdb01", kind=Target.Kind.DATABASE, host=pg_target.host, port=pg_target.port
-    )
-    account = Account.objects.create(
-        target=target,
-        slug="pacsdb01-admin",
-        kind=Account.Kind.DATABASE,
-        username=pg_target.group_role,
-        database_name=pg_target.database,
-    )
-    sources.configure_database_connection(
-        name=target.name,
-        host=pg_target.host,
-        port=pg_target.port,
-        database=pg_target.database,
-        admin_username=pg_target.admin_username,
-        admin_password=pg_target.admin_password,
-        sslmode="disable",
-    )
-    sources.configure_database_role(account=services.account_ref(account))
+    account = make_database_account(pg_target)
     policy = AccessPolicy.objects.create(
         name="PACS database", approvals_required=1, max_duration_minutes=60, ticket_required=False
     )

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from access import services
-from access.models import Account, Grant, Target
+from access.models import Grant, Target
 from audit.models import AuditEvent
 from sessions.models import Recording, Session
 from sessions.recorder import verify_recording
@@ -320,27 +320,9 @@ def test_port_forward_reaches_postgresql_with_a_database_grant(
     gateway, alice, bob, pg_target, approle_settings
 ):
     from tests.fixtures.openbao import free_port
+    from tests.fixtures.pacs import make_database_account
 
-    target = Target.objects.create(
-        name="pacsdb01", kind=Target.Kind.DATABASE, host=pg_target.host, port=pg_target.port
-    )
-    account = Account.objects.create(
-        target=target,
-        slug="pacsdb01-admin",
-        kind=Account.Kind.DATABASE,
-        username=pg_target.group_role,
-        database_name=pg_target.database,
-    )
-    sources.configure_database_connection(
-        name=target.name,
-        host=pg_target.host,
-        port=pg_target.port,
-        database=pg_target.database,
-        admin_username=pg_target.admin_username,
-        admin_password=pg_target.admin_password,
-        sslmode="disable",
-    )
-    sources.configure_database_role(account=services.account_ref(account))
+    account = make_database_account(pg_target)
     policy_for(account)
     grant = grant_for(alice, bob, account)
     secret = sources.reveal(account=services.account_ref(account), grant_ref=str(grant.pk))

@@ -16,6 +16,7 @@ import pytest
 
 from sessions import upstream
 from tests.fixtures.openbao import free_port
+from tests.fixtures.pacs import account_ref_on
 from vault import sources
 from vault.client import get_client
 from vault.sources import AccountRef, RotationError
@@ -33,14 +34,7 @@ def static_account(sshd_target, vault_app):
 
     def make(*, uid0: bool = False, stored_password: str | None = None):
         user = sshd_target.create_user(uid0=uid0)
-        account = AccountRef(
-            slug=f"pacs01-{user.name}",
-            kind="static",
-            username=user.name,
-            host=sshd_target.host,
-            port=sshd_target.port,
-            host_key=sshd_target.host_key,
-        )
+        account = account_ref_on(sshd_target, user, "static")
         password = user.password if stored_password is None else stored_password
         sources.static_set_password(account=account, password=password, vault=vault_app)
         return account, user

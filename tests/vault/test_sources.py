@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 
 from sessions import upstream
+from tests.fixtures.pacs import account_ref_on, configure_pg_connection
 from vault import sources
 from vault.bootstrap import vault_bootstrap
 from vault.client import (
@@ -89,16 +90,7 @@ def make_db_account(vault, pg_target, *, max_ttl: int = 86400) -> AccountRef:
         host=pg_target.host,
         port=pg_target.port,
     )
-    sources.configure_database_connection(
-        name=account.connection,
-        host=pg_target.host,
-        port=pg_target.port,
-        database=pg_target.database,
-        admin_username=pg_target.admin_username,
-        admin_password=pg_target.admin_password,
-        sslmode="disable",
-        vault=vault,
-    )
+    configure_pg_connection(pg_target, account.connection, vault=vault)
     sources.configure_database_role(account=account, default_ttl=300, max_ttl=max_ttl, vault=vault)
     return account
 
@@ -323,16 +315,7 @@ def test_a_wrong_admin_password_never_appears_in_the_error(vault_app, pg_target)
 
 @pytest.fixture
 def ssh_account(vault_app, sshd_target):
-    user = sshd_target.create_user()
-    account = AccountRef(
-        slug=f"pacs01-{user.name}",
-        kind="ssh-ca",
-        username=user.name,
-        host=sshd_target.host,
-        port=sshd_target.port,
-        host_key=sshd_target.host_key,
-    )
-    return account
+    return account_ref_on(sshd_target, sshd_target.create_user(), "ssh-ca")
 
 
 def test_ssh_ca_checkout_needs_the_accounts_role(ssh_account, vault_app):
@@ -391,14 +374,7 @@ def test_the_gateway_role_cannot_be_taken_over_by_an_account(vault_app):
 
 def test_static_checkout_needs_the_password_and_reveal_gives_the_one_that_logs_in(vault_app, sshd_target):
     user = sshd_target.create_user()
-    account = AccountRef(
-        slug=f"pacs01-{user.name}",
-        kind="static",
-        username=user.name,
-        host=sshd_target.host,
-        port=sshd_target.port,
-        host_key=sshd_target.host_key,
-    )
+    account = account_ref_on(sshd_target, user, "static")
     with pytest.raises(CredentialError, match=f"No password in Vault for {account.slug}"):
         sources.checkout(account=account, grant_ref="1", ttl_seconds=600, vault=vault_app)
 
