@@ -37,29 +37,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
-import platform
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import (  # bench/shared.py
+    add_output_arguments,
+    date_and_machine,
+    machine_basics,
+    percentile,
+    publish,
+    run,
+    say,
+    start_as_root,
+)
+from stack import start_sshd, start_vault_and_database  # bench/stack.py
 
 SECTION = "## Access workflow (bench/access_bench.py)"
 KINDS = ("ssh-ca", "database", "static")
 DURATION_MINUTES = 60
 TICKET = "INC-4711"
 APPROVERS = 5
-
-sys.path.insert(0, str(ROOT))
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,13 +79,7 @@ def parse_args() -> argparse.Namespace:
         default=",".join(KINDS),
         help=f"account kinds to measure, comma-separated (default {','.join(KINDS)})",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the throwaway database afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser)
     args = parser.parse_args()
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = set(args.kinds) - set(KINDS)
@@ -95,86 +90,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-th percentile (0-100), interpolated between the closest ranks."""
-    ordered = sorted(samples)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def ms(seconds: float) -> str:
     return "-" if seconds != seconds else f"{seconds * 1000:.1f}"  # NaN: no sample
 
 
-# --- Environment and Django -------------------------------------------------------------------
-
-
-def prepare_environment(vault_addr: str, root_token: str) -> None:
-    """Settings for the bench, before Django reads them: its own Vault, no broker, mail in memory."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "pamsite.settings"
-    os.environ["DEBUG"] = "false"  # DEBUG would keep every query in memory
-    os.environ.setdefault("PAMSITE_VAR_DIR", str(ROOT / "var"))
-    os.environ.setdefault("LOG_LEVEL", "warning")
-    for name in ("VAULT_TOKEN", "VAULT_ROLE_ID", "VAULT_SECRET_ID", "CELERY_BROKER_URL"):
-        os.environ.pop(name, None)
-        os.environ.pop(f"{name}_FILE", None)
-    for name in ("VAULT_CACERT", "VAULT_NAMESPACE"):
-        os.environ.pop(name, None)
-    os.environ["VAULT_ADDR"] = vault_addr
-    os.environ["VAULT_TOKEN"] = root_token  # for vault_bootstrap only; the app uses the AppRole
-    os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
-
-
-def setup_django() -> None:
-    import django
-
-    django.setup()
-
-
-# --- The servers ------------------------------------------------------------------------------
-
-
-def start_openbao(stack: contextlib.ExitStack, workdir: Path):
-    from tests.fixtures.openbao import BaoServer
-
-    server = BaoServer(workdir / "openbao")
-    stack.callback(server.stop)
-    return server.start()
-
-
-def bootstrap_vault(workdir: Path):
-    """vault_bootstrap with the root token, then point the app at the AppRole it wrote."""
-    from django.conf import settings
-
-    from vault.bootstrap import privileged_client, vault_bootstrap
-    from vault.client import get_client, reset_client
-
-    approle_dir = workdir / "approle"
-    result = vault_bootstrap(vault=privileged_client(), approle_dir=approle_dir)
-    settings.VAULT_ROLE_ID = (approle_dir / "role_id").read_text().strip()
-    settings.VAULT_SECRET_ID = (approle_dir / "secret_id").read_text().strip()
-    settings.VAULT_TOKEN = ""
-    reset_client()
-    client = get_client()
-    assert client.auth_method == "approle", client.auth_method
-    return result
-
-
-def start_sshd(stack: contextlib.ExitStack, workdir: Path, ca_public_key: str):
-    from tests.fixtures.sshd import SshdTarget
-
-    target = SshdTarget(workdir / "sshd", ca_public_key=ca_public_key)
-    stack.callback(target.remove_users)
-    stack.callback(target.stop)
-    return target.start()
+# --- The servers (OpenBao, sshd: bench/stack.py) ----------------------------------------------
 
 
 def start_pg_target(stack: contextlib.ExitStack):
@@ -551,8 +471,30 @@ class QueryCounter:
         return execute(sql, params, many, context)
 
 
+def sweep_until_none(sweep, calls: list[tuple[int, float]]) -> tuple[int, float, int]:
+    """Call ``sweep`` (grants_expire_due, grants_cleanup_due) until it returns 0, each call's
+    (grants, seconds) added to ``calls``; (grants in all, seconds, SQL statements)."""
+    from django.db import connection
+
+    counter = QueryCounter()
+    total = 0
+    began = time.perf_counter()
+    while True:
+        call = time.perf_counter()
+        with connection.execute_wrapper(counter):
+            done = sweep()
+        calls.append((done, time.perf_counter() - call))
+        total += done
+        if done:
+            elapsed = time.perf_counter() - began
+            say(f"  {sweep.__name__}(): {done} ({total:,} so far, {elapsed:.1f} s)")
+        if done == 0:
+            break
+    return total, time.perf_counter() - began, counter.count
+
+
 def measure_sweeps(site: Site, count: int) -> SweepResult:
-    from django.db import connection, transaction
+    from django.db import transaction
     from django.utils import timezone
 
     from access import services
@@ -603,42 +545,18 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
     mine = Grant.objects.filter(pk__gte=min(g.pk for g in grants), pk__lte=max(g.pk for g in grants))
     say(f"  inserted {count:,} active grants that ended an hour ago in {result.insert_s:.1f} s")
 
-    counter = QueryCounter()
-    began = time.perf_counter()
-    while True:
-        call = time.perf_counter()
-        with connection.execute_wrapper(counter):
-            ended_now = services.grants_expire_due()
-        result.expire_calls.append((ended_now, time.perf_counter() - call))
-        result.expired += ended_now
-        if ended_now:
-            elapsed = time.perf_counter() - began
-            say(f"  grants_expire_due(): {ended_now} ({result.expired:,} so far, {elapsed:.1f} s)")
-        if ended_now == 0:
-            break
-    result.expire_s = time.perf_counter() - began
-    result.expire_queries = counter.count
+    result.expired, result.expire_s, result.expire_queries = sweep_until_none(
+        services.grants_expire_due, result.expire_calls
+    )
     result.released_inline = mine.filter(state=Grant.State.EXPIRED, cleanup=Grant.Cleanup.DONE).count()
     result.cleanup_after = services.grants_cleanup_due()
 
     # The release sweep itself: the same grants' releases queued again, as after a broker
     # outage or failed attempts (grants_cleanup_due takes 500 per call).
     mine.update(cleanup=Grant.Cleanup.PENDING, cleanup_next_at=timezone.now(), cleanup_attempts=0)
-    counter = QueryCounter()
-    began = time.perf_counter()
-    while True:
-        call = time.perf_counter()
-        with connection.execute_wrapper(counter):
-            done = services.grants_cleanup_due()
-        result.cleanup_calls.append((done, time.perf_counter() - call))
-        result.cleaned += done
-        if done:
-            elapsed = time.perf_counter() - began
-            say(f"  grants_cleanup_due(): {done} ({result.cleaned:,} so far, {elapsed:.1f} s)")
-        if done == 0:
-            break
-    result.cleanup_s = time.perf_counter() - began
-    result.cleanup_queries = counter.count
+    result.cleaned, result.cleanup_s, result.cleanup_queries = sweep_until_none(
+        services.grants_cleanup_due, result.cleanup_calls
+    )
     return result
 
 
@@ -648,30 +566,18 @@ def measure_sweeps(site: Site, count: int) -> SweepResult:
 def machine_info(bao_version: str, sshd_version: str, pg_version: str) -> dict:
     from django.db import connection
 
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SHOW server_version")
-            database = f"postgresql {cursor.fetchone()[0]}"
-        else:
-            cursor.execute("SELECT sqlite_version()")
-            version = cursor.fetchone()[0]
+    info = machine_basics()
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
             cursor.execute("PRAGMA journal_mode")
             journal = cursor.fetchone()[0]
-            mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode") or "DEFERRED"
-            database = (
-                f"sqlite {version}, journal_mode={journal}, transactions BEGIN {mode} "
-                "(as the site configures it)"
-            )
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "uname": uname or platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "database": database,
-        "servers": f"OpenBao {bao_version} (dev server, in memory, AppRole); {sshd_version}; "
-        f"PostgreSQL {pg_version} (database target)",
-    }
+        mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode") or "DEFERRED"
+        info["database"] += f", journal_mode={journal}, transactions BEGIN {mode} (as the site configures it)"
+    info["servers"] = (
+        f"OpenBao {bao_version} (dev server, in memory, AppRole); {sshd_version}; "
+        f"PostgreSQL {pg_version} (database target)"
+    )
+    return info
 
 
 def per_grant(queries: int, grants: int) -> str:
@@ -687,8 +593,7 @@ def report(args, info, latency, concurrency, sweeps) -> str:
     lines = [
         SECTION,
         "",
-        f"- Date: {info['date']}",
-        f"- Machine: `{info['uname']}`, {info['cpus']} CPUs, Python {info['python']}",
+        *date_and_machine(info),
         f"- Database: {info['database']} (throwaway, migrated)",
         f"- Servers: {info['servers']}",
         "- Through `access.services` (not HTTP); no broker, so a grant's release or rotation runs right "
@@ -770,32 +675,21 @@ def report(args, info, latency, concurrency, sweeps) -> str:
 # --- Main -------------------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # run the clean-up as for Ctrl-C
-
-
 def main() -> int:
     args = parse_args()
-    if os.geteuid() != 0:
-        print("access_bench needs root: it runs a private sshd and adds a throwaway user.", file=sys.stderr)
+    if not start_as_root("access_bench"):
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
     began = time.perf_counter()
-    (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="access_bench-", dir=ROOT / "var" / "bench"))
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        bao = start_openbao(stack, workdir)
+        started = start_vault_and_database(stack, "access_bench", keep=args.keep)
+        bao = started.bao
         say(f"OpenBao dev server at {bao.addr} (started in {bao.start_seconds:.1f} s)")
-        prepare_environment(bao.addr, bao.root_token)
-        setup_django()
         from django.db import connection
 
-        name, destroy = create_throwaway_database("access_bench", keep=args.keep)
-        stack.callback(destroy)
-        say(f"Throwaway {connection.vendor} database: {name}")
-        bootstrap = bootstrap_vault(workdir)
-        sshd = start_sshd(stack, workdir, bootstrap.ssh_ca_public_key)
+        from tests.fixtures.sshd import SshdTarget  # the fixture's own sshd, as it is
+
+        say(f"Throwaway {connection.vendor} database: {started.database}")
+        sshd = start_sshd(stack, started, SshdTarget)
         say(f"sshd at {sshd.host}:{sshd.port}")
         pg, pg_version = start_pg_target(stack)
         say(f"PostgreSQL target database {pg.database} at {pg.host}:{pg.port}")
@@ -839,20 +733,11 @@ def main() -> int:
             sweeps = measure_sweeps(site, args.grants)
 
         info = machine_info(bao_version, sshd_version, pg_version)
-        text = report(args, info, latency, concurrency, sweeps)
-        say("")
-        say(text)
-        if not args.no_results:
-            write_results(Path(args.results), SECTION, text)
-            say(f"Written to {args.results}")
+        publish(args, SECTION, report(args, info, latency, concurrency, sweeps))
         failed = sum(len(r.errors) for r in latency) + sum(len(r.errors) for r in concurrency)
     say(f"Done in {time.perf_counter() - began:.0f} s (servers stopped, throwaway data removed)")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("Interrupted: servers stopped, throwaway data removed.", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import (  # bench/shared.py
+    add_output_arguments,
+    date_and_machine,
+    machine_basics,
+    publish,
+    setup_django,
+    throwaway_database,
+    time_get,
+    verified_client,
+)
 
 SECTION = "## Audit trail (bench/audit_bench.py)"
 
@@ -58,26 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=5, help="timed runs per page, median reported (default 5)"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the throwaway database afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser)
     return parser.parse_args()
-
-
-def setup_django():
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
-    # DEBUG would keep the SQL of every bulk insert in memory.
-    os.environ["DEBUG"] = "false"
-    os.environ.setdefault("PAMSITE_VAR_DIR", str(ROOT / "var"))
-    os.environ.setdefault("LOG_LEVEL", "warning")  # not a line per login of the benchmark's auditor
-    import django
-
-    django.setup()
 
 
 def make_users(count: int):
@@ -153,56 +140,13 @@ def analyse():
         cursor.execute("ANALYZE audit_auditevent" if connection.vendor == "postgresql" else "ANALYZE")
 
 
-def verified_client(auditor, device):
-    from django.test import Client
-    from django_otp import DEVICE_ID_SESSION_KEY
-
-    client = Client(SERVER_NAME="localhost")
-    client.force_login(auditor)
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
-    return client
-
-
 def time_page(client, params: dict, repeat: int) -> tuple[float, int, int, bool]:
     """Median milliseconds over ``repeat`` views (after a warm-up); events shown; SQL queries; any COUNT."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
     from django.urls import reverse
 
-    url = reverse("audit:events")
-    response = client.get(url, params)
-    assert response.status_code == 200, response.status_code
-    samples = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        response = client.get(url, params)
-        samples.append((time.perf_counter() - began) * 1000)
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get(url, params)
-    counted = any("COUNT(" in q["sql"].upper() for q in queries.captured_queries)
+    samples, response, queries, counted = time_get(client, reverse("audit:events"), params, repeat)
     shown = max(response.content.count(b"<tr>") - 1, 0)  # less the header row
-    return statistics.median(samples), shown, len(queries.captured_queries), counted
-
-
-def machine_info() -> dict:
-    from django.db import connection
-
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SHOW server_version")
-        else:
-            cursor.execute("SELECT sqlite_version()")
-        version = cursor.fetchone()[0]
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "uname": uname or platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "database": f"{connection.vendor} {version}",
-    }
+    return statistics.median(samples), shown, len(queries), counted
 
 
 def main() -> int:
@@ -213,8 +157,7 @@ def main() -> int:
 
     from audit.chain import verify_chain
 
-    name, destroy = create_throwaway_database("audit_bench", keep=args.keep, fast_sqlite=True)
-    try:
+    with throwaway_database("audit_bench", keep=args.keep, fast_sqlite=True) as name:
         print(f"Throwaway {connection.vendor} database: {name}")
         users, auditor, device = make_users(50)
         print(f"Inserting {args.rows:,} chained events in batches of {args.batch:,}…")
@@ -258,12 +201,11 @@ def main() -> int:
             print(f"verify_chain failed: {result.summary}", file=sys.stderr)
             return 1
 
-        info = machine_info()
+        info = machine_basics()
         lines = [
             SECTION,
             "",
-            f"- Date: {info['date']}",
-            f"- Machine: `{info['uname']}`, {info['cpus']} CPUs, Python {info['python']}",
+            *date_and_machine(info),
             f"- Database: {info['database']} (throwaway, analysed after loading)",
             f"- Events: {args.rows:,}; bulk insert with the real chain: {insert_seconds:.1f} s "
             f"({args.rows / insert_seconds:,.0f} events/s)",
@@ -284,16 +226,8 @@ def main() -> int:
             f"| verify_chain() over {result.checked:,} events | {verify_seconds:.1f} | "
             f"{result.checked / verify_seconds:,.0f} |",
         ]
-        text = "\n".join(lines) + "\n"
-        print()
-        print(text)
-        if not args.no_results:
-            write_results(Path(args.results), SECTION, text)
-            print(f"Written to {args.results}")
+        publish(args, SECTION, "\n".join(lines) + "\n")
         return 0
-    finally:
-        connection.close()
-        destroy()
 
 
 if __name__ == "__main__":

@@ -33,10 +33,17 @@ import ssl
 import sys
 import threading
 import time
-from pathlib import Path
 
-from audit_bench import insert_events, machine_info, make_users, setup_django  # bench/audit_bench.py
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from audit_bench import insert_events, make_users  # bench/audit_bench.py
+from shared import (  # bench/shared.py
+    ROOT,
+    add_output_arguments,
+    date_and_machine,
+    machine_basics,
+    publish,
+    setup_django,
+    throwaway_database,
+)
 
 SECTION = "## Audit forwarding (bench/audit_forward_bench.py)"
 SEQ = re.compile(rb'seq="(\d+)"')
@@ -51,13 +58,7 @@ def parse_args() -> argparse.Namespace:
         default=20_000,
         help="events recorded while the receiver is down (default 20,000)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the throwaway database afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser)
     return parser.parse_args()
 
 
@@ -273,8 +274,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from tests.audit.syslog_server import make_tls_files  # the tests' throwaway CA
 
-    name, destroy = create_throwaway_database("audit_forward_bench", keep=args.keep, fast_sqlite=True)
-    try:
+    with throwaway_database("audit_forward_bench", keep=args.keep, fast_sqlite=True) as name:
         print(f"Throwaway {connection.vendor} database: {name}")
         users, _auditor, _device = make_users(50)
         print(f"Inserting {args.events:,} chained events…")
@@ -297,12 +297,11 @@ def main() -> int:
         outage = outage_run(args.outage_events, head=args.events)
         print(f"  drained {outage['events']:,} events in {outage['drain_seconds']:.2f} s")
 
-        info = machine_info()
+        info = machine_basics()
         lines = [
             SECTION,
             "",
-            f"- Date: {info['date']}",
-            f"- Machine: `{info['uname']}`, {info['cpus']} CPUs, Python {info['python']}",
+            *date_and_machine(info),
             f"- Database: {info['database']} (throwaway; WAL, synchronous=OFF)",
             f"- Trail: {args.events:,} chained events (bulk-inserted, the mix of bench/audit_bench.py); "
             f"batches of AUDIT_FORWARD_BATCH = {settings.AUDIT_FORWARD_BATCH} events",
@@ -344,16 +343,8 @@ def main() -> int:
             f"at most AUDIT_FORWARD_MAX_BACKOFF = {settings.AUDIT_FORWARD_MAX_BACKOFF} s after it returns "
             "(the wait doubles from 1 s), plus the drain time above.",
         ]
-        text = "\n".join(lines) + "\n"
-        print()
-        print(text)
-        if not args.no_results:
-            write_results(Path(args.results), SECTION, text)
-            print(f"Written to {args.results}")
+        publish(args, SECTION, "\n".join(lines) + "\n")
         return 0
-    finally:
-        connection.close()
-        destroy()
 
 
 if __name__ == "__main__":

@@ -50,13 +50,10 @@ import fcntl
 import os
 import pwd
 import random
-import resource
 import select
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -64,23 +61,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import add_output_arguments, percentile, publish, run, say, start_as_root  # bench/shared.py
 from stack import (  # bench/stack.py
     Gateway,
-    bootstrap_vault,
     cpu_seconds,
     fmt,
+    gateway_env,
     kill_processes_of,
     last_session_pk,
     machine_info,
-    make_sshd_class,
     median,
     met,
-    percentile,
-    prepare_environment,
     proc_memory,
-    say,
-    server_env,
+    start_sshd,
+    start_vault_and_database,
     table,
     totp_code,
     wait_sessions_ended,
@@ -118,8 +112,6 @@ TARGETS = {
     "kb_per_session": 150,
 }
 
-sys.path.insert(0, str(ROOT))
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -133,13 +125,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="time-to-prompt runs per way (default 20)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each bulk/steady case (default 3)")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="measurements to run, e.g. 1,4 (default all)")
-    parser.add_argument("--keep", action="store_true", help="keep the throwaway database afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser)
     args = parser.parse_args()
     quick = args.quick
     defaults = {
@@ -1420,48 +1406,22 @@ def report(args, info, r) -> str:
 # --- Main -------------------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
-    if os.geteuid() != 0:
-        print("gateway_bench needs root: it runs a private sshd and adds a throwaway user.", file=sys.stderr)
+    if not start_as_root("gateway_bench"):
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, min(hard, 65536))
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the gateway and sshd
     began = time.perf_counter()
     loads: dict[int, float] = {}
-    (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     results: dict = {"failures": []}
     with contextlib.ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="gateway_bench-", dir=ROOT / "var" / "bench"))
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        from tests.fixtures.openbao import BaoServer
-
-        bao = BaoServer(workdir / "openbao")
-        stack.callback(bao.stop)
-        bao.start()
-        say(f"OpenBao dev server at {bao.addr}")
-        prepare_environment(bao.addr, bao.root_token)
-        import django
-
-        django.setup()
+        # open_files: the gateway and sshd inherit the limit (concurrent logins, idle sessions).
+        started = start_vault_and_database(stack, "gateway_bench", keep=args.keep, open_files=65536)
+        workdir = started.workdir
         from django.db import connection
 
-        name, destroy = create_throwaway_database("gateway_bench", keep=args.keep)
-        stack.callback(destroy)
-        say(f"Throwaway {connection.vendor} database: {name}")
-        bootstrap, role_id, secret_id = bootstrap_vault(workdir)
-
-        sshd = make_sshd_class()(workdir / "sshd", ca_public_key=bootstrap.ssh_ca_public_key)
-        stack.callback(sshd.remove_users)
-        stack.callback(sshd.stop)
-        sshd.start()
+        say(f"OpenBao dev server at {started.bao.addr}")
+        say(f"Throwaway {connection.vendor} database: {started.database}")
+        sshd = start_sshd(stack, started)
         say(f"sshd at {sshd.host}:{sshd.port}")
 
         people = max(args.streams, 16, 2)
@@ -1479,26 +1439,8 @@ def main() -> int:
             files = make_files(files_dir, args.bulk_mib * MiB)
             say(f"Test files on the target: {files[0]}, {files[1]} ({args.bulk_mib} MiB each)")
 
-        from sessions.gateway.server import load_host_key
-
-        host_key_path = workdir / "gateway_host_key"
-        gateway_key = load_host_key(host_key_path)
+        gateway_key, recordings, env = gateway_env(started, node="gateway-bench")
         gateway_host_key = f"{gateway_key.get_name()} {gateway_key.get_base64()}"
-        recordings = workdir / "recordings"
-        recordings.mkdir()
-        from django.conf import settings
-
-        settings.RECORDINGS_ROOT = recordings
-        env = server_env(
-            database_name=name,
-            vault_addr=bao.addr,
-            role_id=role_id,
-            secret_id=secret_id,
-            recordings=recordings,
-            GATEWAY_HOST_KEY_FILE=str(host_key_path),
-            GATEWAY_NODE="gateway-bench",
-            GATEWAY_PUBLIC_HOST="127.0.0.1",
-        )
         gateway = Gateway(workdir, env)
         stack.callback(gateway.stop)
         gateway.start()
@@ -1537,22 +1479,26 @@ def main() -> int:
         def concurrent():
             size = args.stream_mib * MiB
             command = text_stream(size)
-            out = [measure_concurrent("direct", lambda i: clients.direct(command), args.streams, size)]
-            say(f"  direct: {out[-1].ok}/{args.streams} OK, {fmt(out[-1].aggregate)} MB/s aggregate")
+            out = []
+
+            def streams(label: str, through_gateway: bool) -> None:
+                """``args.streams`` streams at once, direct or each its own user through the gateway."""
+
+                def make_command(i: int):
+                    return (
+                        clients.gateway(site.users[i], command)
+                        if through_gateway
+                        else clients.direct(command)
+                    )
+
+                out.append(measure_concurrent(label, make_command, args.streams, size))
+                if through_gateway:
+                    out[-1].after_cpu = gateway.settle(gateway.cpu_seconds())
+                say(f"  {label}: {out[-1].ok}/{args.streams} OK, {fmt(out[-1].aggregate)} MB/s aggregate")
+
+            streams("direct", through_gateway=False)
             before = last_session_pk()
-            out.append(
-                measure_concurrent(
-                    "gateway, 1 process",
-                    lambda i: clients.gateway(site.users[i], command),
-                    args.streams,
-                    size,
-                )
-            )
-            out[-1].after_cpu = gateway.settle(gateway.cpu_seconds())
-            say(
-                f"  gateway, 1 process: {out[-1].ok}/{args.streams} OK, "
-                f"{fmt(out[-1].aggregate)} MB/s aggregate"
-            )
+            streams("gateway, 1 process", through_gateway=True)
             with contextlib.suppress(RuntimeError):
                 drop_recording_files(recordings, wait_sessions_ended(before))
             gateway.stop()
@@ -1560,19 +1506,7 @@ def main() -> int:
             clients.set_gateway_port(gateway.port)
             before = last_session_pk()
             try:
-                out.append(
-                    measure_concurrent(
-                        "gateway, --workers 2",
-                        lambda i: clients.gateway(site.users[i], command),
-                        args.streams,
-                        size,
-                    )
-                )
-                out[-1].after_cpu = gateway.settle(gateway.cpu_seconds())
-                say(
-                    f"  gateway, --workers 2: {out[-1].ok}/{args.streams} OK, "
-                    f"{fmt(out[-1].aggregate)} MB/s aggregate"
-                )
+                streams("gateway, --workers 2", through_gateway=True)
                 with contextlib.suppress(RuntimeError):
                     ended = wait_sessions_ended(before)
                     out[-1].per_process = sorted(
@@ -1626,19 +1560,10 @@ def main() -> int:
 
         info = machine_info(get_client().health().version)
         info["loads"] = loads
-        text = report(args, info, results)
-        say("")
-        say(text)
-        if not args.no_results:
-            write_results(Path(args.results), SECTION, text)
-            say(f"Written to {args.results}")
+        publish(args, SECTION, report(args, info, results))
     say(f"Done in {time.perf_counter() - began:.0f} s (servers stopped, throwaway data removed)")
     return 1 if results["failures"] else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("Interrupted: servers stopped, throwaway data removed.", file=sys.stderr)
-        sys.exit(130)
+    run(main)

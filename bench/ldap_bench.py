@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
-import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,7 +40,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import (  # bench/shared.py
+    ROOT,
+    add_output_arguments,
+    create_throwaway_database,
+    machine_basics,
+    publish,
+    say,
+    stop_on_sigterm,
+)
 
 SECTION = "## Directory sync (bench/ldap_bench.py)"
 sys.path.insert(0, str(ROOT))
@@ -55,22 +60,12 @@ def parse_args() -> argparse.Namespace:
         "--users", default="10000,100000", help="directory sizes, comma-separated (default 10000,100000)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each read, median kept (default 3)")
-    parser.add_argument("--keep", action="store_true", help="keep the throwaway databases afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser, keep="keep the throwaway databases afterwards")
     args = parser.parse_args()
     args.users = [int(n.replace("_", "")) for n in args.users.split(",") if n.strip()]
     if not args.users or min(args.users) < 1000:
         parser.error("--users: sizes of at least 1000")
     return args
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def prepare_environment() -> None:
@@ -232,24 +227,11 @@ def timed_sync(*, full: bool):
 
 
 def machine_info() -> dict:
-    from django.db import connection
-
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SHOW server_version")
-        else:
-            cursor.execute("SELECT sqlite_version()")
-        version = cursor.fetchone()[0]
     slapd = subprocess.run(["/usr/sbin/slapd", "-VV"], capture_output=True, text=True, check=False)
     slapd_version = next((w for w in (slapd.stderr + slapd.stdout).split() if w[:1].isdigit()), "?")
     return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        **machine_basics(),
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "uname": uname or platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "database": f"{connection.vendor} {version}",
         "slapd": slapd_version,
     }
 
@@ -315,11 +297,7 @@ def main() -> int:
     import django
 
     django.setup()
-
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
     time_the_audit_trail()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ldap-bench-") as tmp:
@@ -371,12 +349,7 @@ def main() -> int:
         "(those of the high-water mark's second again) plus the mapped groups' members, and compare roles "
         "for every user.",
     ]
-    text = "\n".join(lines) + "\n"
-    print()
-    print(text)
-    if not args.no_results:
-        write_results(Path(args.results), SECTION, text)
-        print(f"Written to {args.results}")
+    publish(args, SECTION, "\n".join(lines) + "\n")
     return 0
 
 

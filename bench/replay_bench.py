@@ -49,7 +49,13 @@ import threading
 import time
 from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import (  # bench/shared.py
+    ROOT,
+    add_output_arguments,
+    create_throwaway_database,
+    setup_django,
+    write_results,
+)
 
 SECTION = "## Replay (bench/replay_bench.py)"
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
@@ -63,26 +69,8 @@ REPEAT_THROTTLED = 3  # the throttled figures are mostly transfer time: steadier
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100, help="recording size in MB (default 100)")
-    parser.add_argument("--keep", action="store_true", help="keep the database and recording afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser, keep="keep the database and recording afterwards")
     return parser.parse_args()
-
-
-def setup_django(recordings: Path) -> None:
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
-    os.environ["DEBUG"] = "false"
-    os.environ.setdefault("PAMSITE_VAR_DIR", str(ROOT / "var"))
-    os.environ.setdefault("LOG_LEVEL", "warning")
-    os.environ["RECORDINGS_ROOT"] = str(recordings)
-    import django
-
-    django.setup()
 
 
 def free_port() -> int:
@@ -286,7 +274,7 @@ def main() -> int:
     bench_dir = ROOT / "var" / "bench"
     recordings = bench_dir / "replay-recordings"
     shutil.rmtree(recordings, ignore_errors=True)
-    setup_django(recordings)
+    setup_django(RECORDINGS_ROOT=str(recordings))
     from django.conf import settings
     from django.db import connection
 

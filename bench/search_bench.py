@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -39,7 +38,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import (  # bench/shared.py
+    ROOT,
+    add_output_arguments,
+    date_and_machine,
+    machine_basics,
+    publish,
+    setup_django,
+    throwaway_database,
+    time_get,
+    verified_client,
+)
 
 SECTION = "## Session search (bench/search_bench.py)"
 RARE = "shred -u /var/pacs/archive/legacy-2009.tar"
@@ -79,13 +88,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions to create (default 100,000)")
     parser.add_argument("--repeat", type=int, default=30, help="timed requests per query (default 30)")
-    parser.add_argument("--keep", action="store_true", help="keep the throwaway databases afterwards")
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
-    )
+    add_output_arguments(parser, keep="keep the throwaway databases afterwards")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # the file a child writes its results to
     return parser.parse_args()
 
@@ -217,33 +220,10 @@ def load(count: int, batch: int = 2000) -> dict:
 # --- Timing ----------------------------------------------------------------------------------
 
 
-def verified_client(auditor, device):
-    from django.test import Client
-    from django_otp import DEVICE_ID_SESSION_KEY
-
-    client = Client(SERVER_NAME="localhost")
-    client.force_login(auditor)
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
-    return client
-
-
 def time_search(client, params: dict, repeat: int) -> dict:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
     from django.urls import reverse
 
-    url = reverse("sessions:search")
-    response = client.get(url, params)  # warm-up
-    assert response.status_code == 200, response.status_code
-    samples = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        response = client.get(url, params)
-        samples.append((time.perf_counter() - began) * 1000)
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get(url, params)
+    samples, response, queries, counted = time_get(client, reverse("sessions:search"), params, repeat)
     content = response.content.decode()
     older = re.search(r'before=(\d+)" rel="next"', content)
     samples.sort()
@@ -252,8 +232,8 @@ def time_search(client, params: dict, repeat: int) -> dict:
         "p95": samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))],
         "shown": content.count('class="session-link"'),
         "older": int(older.group(1)) if older else None,
-        "queries": len(queries.captured_queries),
-        "count": any("COUNT(" in q["sql"].upper() for q in queries.captured_queries),
+        "queries": len(queries),
+        "count": counted,
     }
 
 
@@ -312,38 +292,15 @@ def time_extract() -> tuple[float, int]:
 
 
 def machine_info() -> dict:
-    from django.db import connection
-
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SHOW server_version" if connection.vendor == "postgresql" else "SELECT sqlite_version()"
-        )
-        version = cursor.fetchone()[0]
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "uname": uname or platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "database": f"{connection.vendor} {version}",
-        "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
-    }
+    return {**machine_basics(), "load": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def child(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
-    os.environ["DEBUG"] = "false"
-    os.environ.setdefault("PAMSITE_VAR_DIR", str(ROOT / "var"))
-    os.environ.setdefault("LOG_LEVEL", "warning")
-    import django
-
-    django.setup()
+    setup_django()
     from django.db import connection
     from django.utils import timezone
 
-    name, destroy = create_throwaway_database("search_bench", keep=args.keep, fast_sqlite=True)
-    try:
+    with throwaway_database("search_bench", keep=args.keep, fast_sqlite=True) as name:
         print(f"Throwaway {connection.vendor} database: {name}")
         print(f"Creating {args.sessions:,} sessions with their text and word index…", flush=True)
         loaded = load(args.sessions)
@@ -389,9 +346,6 @@ def child(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    finally:
-        connection.close()
-        destroy()
 
 
 def main() -> int:
@@ -418,9 +372,7 @@ def main() -> int:
     lines = [
         SECTION,
         "",
-        f"- Date: {first['info']['date']}",
-        f"- Machine: `{first['info']['uname']}`, {first['info']['cpus']} CPUs, "
-        f"Python {first['info']['python']}",
+        *date_and_machine(first["info"]),
         f"- Sessions: {first['sessions']:,} ended sessions over a year, each with its text "
         f"(~{first['avg_chars']:,.0f} characters: prompts, commands, log output, study UIDs) and word index; "
         f"{RARE_SESSIONS} contain `{RARE}`",
@@ -448,12 +400,7 @@ def main() -> int:
             for r in data["results"]
         ]
         lines.append("")
-    text = "\n".join(lines) + "\n"
-    print()
-    print(text)
-    if not args.no_results:
-        write_results(Path(args.results), SECTION, text)
-        print(f"Written to {args.results}")
+    publish(args, SECTION, "\n".join(lines) + "\n")
     return 0
 
 

@@ -70,12 +70,7 @@ import os
 import pwd
 import random
 import re
-import resource
-import shutil
-import signal
 import socket
-import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -83,23 +78,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import ROOT, create_throwaway_database, write_results  # bench/shared.py
+from shared import add_output_arguments, percentile, publish, run, say, start_as_root  # bench/shared.py
 from stack import (  # bench/stack.py
     Gateway,
     WebApp,
-    bootstrap_vault,
-    cpu_seconds,
     fmt,
+    gateway_env,
     kill_processes_of,
     machine_info,
-    make_sshd_class,
     met,
-    percentile,
-    prepare_environment,
     proc_memory,
-    say,
-    server_env,
+    start_sshd,
+    start_vault_and_database,
     table,
+    total_cpu_seconds,
     totp_code,
     use_machine_postgres,
     wait_sessions_ended,
@@ -135,8 +127,6 @@ SEARCH_WORDS = ("uptime", "services", "dicom", "os-release", "hostname")
 AUDIT_ACTIONS = ("", "auth.login.success", "gateway.session.", "access.", "sessions.searched", "audit.")
 LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL)\b|^Traceback ", re.M)
 
-sys.path.insert(0, str(ROOT))
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -168,16 +158,8 @@ def parse_args() -> argparse.Namespace:
         help="seconds over which the clients start, before --duration at full load (default 60)",
     )
     parser.add_argument("--seed", type=int, default=4711, help="random seed of the clients' choices")
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the throwaway database and the work folder (servers' logs, recordings) afterwards",
-    )
-    parser.add_argument(
-        "--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown file to update"
-    )
-    parser.add_argument(
-        "--no-results", action="store_true", help="print only; do not update the results file"
+    add_output_arguments(
+        parser, keep="keep the throwaway database and the work folder (servers' logs, recordings) afterwards"
     )
     args = parser.parse_args()
     quick = args.quick
@@ -253,6 +235,44 @@ class Stats:
 
 class Failed(Exception):
     """An operation failed and was counted; the client starts over (logs in again, next page)."""
+
+
+class Client:
+    """A simulated person, run in a thread of its own: ``step()`` again and again until the stop,
+    with a wait of ``pause(failed)`` seconds after each."""
+
+    KIND = "client"  # what a bug in the client (an exception other than Failed) counts as
+    SEED = 1  # its random choices: Random(args.seed * SEED + n)
+
+    def __init__(self, n: int, person: Person, stats: Stats, stop: threading.Event, args):
+        self.n = n
+        self.person = person
+        self.stats = stats
+        self.stop = stop
+        self.args = args
+        self.rng = random.Random(args.seed * self.SEED + n)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def pause(self, failed: bool) -> float:
+        raise NotImplementedError
+
+    def run(self, delay: float) -> None:
+        if self.stop.wait(delay):
+            return
+        while not self.stop.is_set():
+            failed = True
+            try:
+                self.step()
+                failed = False
+            except Failed:
+                pass  # counted
+            except Exception as exc:  # a bug in the client: counted, never silent
+                self.stats.fail(self.KIND, describe(exc))
+            seconds = self.pause(failed)
+            if seconds:
+                self.stop.wait(seconds)
 
 
 # --- The site ---------------------------------------------------------------------------------
@@ -376,36 +396,32 @@ def reset_code(person: Person) -> str:
 # --- Gateway sessions -------------------------------------------------------------------------
 
 
-class GatewaySession:
+class GatewaySession(Client):
     """One client slot: logs in, works in the shell, logs out, again, until the stop."""
 
+    KIND = "gateway: client"
+    SEED = 1000
+
     def __init__(self, n, person, port, host_key_blob, target_user, stats, stop, args):
-        self.n = n
-        self.person = person
+        super().__init__(n, person, stats, stop, args)
         self.port = port
         self.host_key_blob = host_key_blob
         self.target_user = target_user
-        self.stats = stats
-        self.stop = stop
-        self.args = args
-        self.rng = random.Random(args.seed * 1000 + n)
         self.buf = bytearray()
         self.logins = 0
+        self.pkey = None
 
     def run(self, delay: float) -> None:
         import paramiko
 
-        pkey = paramiko.Ed25519Key.from_private_key_file(str(self.person.key_path))
-        if self.stop.wait(delay):
-            return
-        while not self.stop.is_set():
-            try:
-                self.one_session(pkey)
-            except Failed:
-                self.stop.wait(1.0)  # counted; a pause before logging in again
-            except Exception as exc:  # a bug in the client: counted, never silent
-                self.stats.fail("gateway: client", describe(exc))
-                self.stop.wait(1.0)
+        self.pkey = paramiko.Ed25519Key.from_private_key_file(str(self.person.key_path))
+        super().run(delay)
+
+    def step(self) -> None:
+        self.one_session(self.pkey)
+
+    def pause(self, failed: bool) -> float:
+        return 1.0 if failed else 0.0  # after a failure a pause before logging in again
 
     def login(self, pkey):
         import paramiko
@@ -557,19 +573,17 @@ def page_kind(path: str) -> str:
     return f"web: other ({path})"
 
 
-class WebUser:
+class WebUser(Client):
     """One person in a browser: signs in once (password, then TOTP), then pages of their role."""
+
+    KIND = "web: client"
+    SEED = 7919
 
     def __init__(self, n, person: Person, base: str, stats: Stats, stop: threading.Event, args):
         import requests
 
-        self.n = n
-        self.person = person
+        super().__init__(n, person, stats, stop, args)
         self.base = base
-        self.stats = stats
-        self.stop = stop
-        self.args = args
-        self.rng = random.Random(args.seed * 7919 + n)
         self.http = requests.Session()
         self.http.trust_env = False  # no proxy from the environment between us and 127.0.0.1
         self.http.headers["User-Agent"] = "pamsite-soak/1"
@@ -633,6 +647,9 @@ class WebUser:
     # The session.
 
     def sign_in(self) -> None:
+        # A fresh browser session each time: after a failed attempt the old one may be half
+        # signed in (password done), and /login/ would send it on to the code page.
+        self.http.cookies.clear()
         page = self.get("/login/", signing_in=True)
         fields = {"username": self.person.username, "password": PASSWORD, "next": ""}
         response = self.post("web: sign in, password", "/login/", page, fields, signing_in=True)
@@ -650,20 +667,14 @@ class WebUser:
         self.signed_in = True
         self.follow(response)
 
-    def run(self, delay: float) -> None:
-        if self.stop.wait(delay):
-            return
-        while not self.stop.is_set():
-            try:
-                if not self.signed_in:
-                    self.sign_in()
-                else:
-                    getattr(self, f"step_{self.person.role}")()
-            except Failed:
-                pass  # counted; next step (or sign in again)
-            except Exception as exc:  # a bug in the client: counted, never silent
-                self.stats.fail("web: client", describe(exc))
-            self.stop.wait(self.rng.uniform(*self.args.think))
+    def step(self) -> None:
+        if not self.signed_in:
+            self.sign_in()
+        else:
+            getattr(self, f"step_{self.person.role}")()
+
+    def pause(self, failed: bool) -> float:
+        return self.rng.uniform(*self.args.think)  # after every step, failed or not
 
     def pick(self, weighted: list[tuple[int, object]]):
         total = sum(w for w, _ in weighted)
@@ -835,23 +846,16 @@ class Sampler:
         return labels
 
     def snapshot(self) -> Snapshot:
-        def cpu_of(pids) -> float:
-            total = 0.0
-            for pid in pids:
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    total += cpu_seconds(pid)
-            return total
-
         return Snapshot(
             at=time.monotonic(),
             load=os.getloadavg()[0],
             cpu=cpu_times(),
             rss={label: proc_memory(pid)["rss_kb"] for label, pid in self.processes().items()},
             cpu_s={
-                "gateway": cpu_of(self.gateway.pids()),
-                "web (daphne)": cpu_of(self.web.pids()),
-                "OpenBao": cpu_of([self.bao_pid]),
-                "clients (this process)": cpu_of([os.getpid()]),
+                "gateway": total_cpu_seconds(self.gateway.pids()),
+                "web (daphne)": total_cpu_seconds(self.web.pids()),
+                "OpenBao": total_cpu_seconds([self.bao_pid]),
+                "clients (this process)": total_cpu_seconds([os.getpid()]),
             },
             pg_connections=self.pg_connections(),
         )
@@ -1257,48 +1261,21 @@ def sampler_interval(args) -> float:
 # --- Main -------------------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # run the clean-up as for Ctrl-C
-
-
 def main() -> int:
     args = parse_args()
-    if os.geteuid() != 0:
-        print("soak_bench needs root: it runs a private sshd and adds a throwaway user.", file=sys.stderr)
+    if not start_as_root("soak_bench"):
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     began = time.perf_counter()
-    (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
+    pg_version = use_machine_postgres()
     with contextlib.ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="soak_bench-", dir=ROOT / "var" / "bench"))
-        if args.keep:
-            stack.callback(say, f"Kept: the servers' logs and the recordings in {workdir}")
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        pg_version = use_machine_postgres()
-        from tests.fixtures.openbao import BaoServer
-
-        bao = BaoServer(workdir / "openbao")
-        stack.callback(bao.stop)
-        bao.start()
+        started = start_vault_and_database(
+            stack, "soak_bench", keep=args.keep, keep_folder=args.keep, open_files=65536
+        )
+        workdir, bao, name = started.workdir, started.bao, started.database
+        stack.callback(terminate_backends, name)  # before the database is dropped: a client thread cut short
         say(f"OpenBao dev server (pid {bao.process.pid}) at {bao.addr}")
-        prepare_environment(bao.addr, bao.root_token)
-        import django
-
-        django.setup()
-        name, destroy = create_throwaway_database("soak_bench", keep=args.keep)
-        stack.callback(destroy)
-        stack.callback(terminate_backends, name)  # runs first: a client thread cut short
         say(f"Throwaway PostgreSQL {pg_version} database: {name}; work folder {workdir}")
-        bootstrap, role_id, secret_id = bootstrap_vault(workdir)
-
-        sshd = make_sshd_class()(workdir / "sshd", ca_public_key=bootstrap.ssh_ca_public_key)
-        stack.callback(sshd.remove_users)
-        stack.callback(sshd.stop)
-        sshd.start()
+        sshd = start_sshd(stack, started)
         seeding = time.perf_counter()
         site = make_site(workdir, sshd, args)
         # Runs before remove_users (LIFO): the target user's last sessions, by pid.
@@ -1309,24 +1286,9 @@ def main() -> int:
             f"{len(site.web_people)} web users ({time.perf_counter() - seeding:.0f} s)"
         )
 
-        from sessions.gateway.server import load_host_key
-
-        host_key_path = workdir / "gateway_host_key"
-        host_key = load_host_key(host_key_path)
-        recordings = workdir / "recordings"
-        recordings.mkdir()
-        from django.conf import settings
-
-        settings.RECORDINGS_ROOT = recordings
-        env = server_env(
-            database_name=name,
-            vault_addr=bao.addr,
-            role_id=role_id,
-            secret_id=secret_id,
-            recordings=recordings,
-            GATEWAY_HOST_KEY_FILE=str(host_key_path),
-            GATEWAY_NODE="soak",
-            GATEWAY_PUBLIC_HOST="127.0.0.1",
+        host_key, _recordings, env = gateway_env(
+            started,
+            node="soak",
             # Every simulated user connects from 127.0.0.1, where a site's come from many addresses.
             GATEWAY_MAX_CONNECTIONS_PER_ADDRESS=str(max(20, 2 * args.gateway_sessions)),
             # Info: a line per refused or failed login, to find the cause of an error afterwards.
@@ -1352,18 +1314,10 @@ def main() -> int:
 
         info = machine_info(get_client().health().version)
         text, ok = report(args, info, outcome, pg_version)
-        say("")
-        say(text)
-        if not args.no_results:
-            write_results(Path(args.results), SECTION, text)
-            say(f"Written to {args.results}")
+        publish(args, SECTION, text)
     say(f"Done in {time.perf_counter() - began:.0f} s (servers stopped, throwaway data removed)")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("Interrupted: servers stopped, throwaway data removed.", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -3,16 +3,21 @@
 Moved here from gateway_bench.py so that gateway_bench.py and soak_bench.py start the same
 OpenBao, sshd, gateway and web app the same way:
 
-- ``prepare_environment`` / ``bootstrap_vault``: this process's settings pointed at a private
-  OpenBao dev server, ``vault_bootstrap`` run with its root token, then the AppRole (as the site);
-- ``make_sshd_class``: the test fixture's private sshd ("the PACS host") with room for many
-  concurrent logins; ``kill_processes_of`` ends what its throwaway user still runs;
+- ``start_vault_and_database``: what every bench here starts first, in a work folder: a private
+  OpenBao dev server (``start_openbao``), this process's settings pointed at it
+  (``prepare_environment``, ``setup_django_with``), the throwaway database (bench/shared.py),
+  ``vault_bootstrap`` run with the root token, then the AppRole as the site uses it
+  (``bootstrap_vault``); access_bench.py starts OpenBao and sshd this way too;
+- ``start_sshd`` / ``make_sshd_class``: the test fixture's private sshd ("the PACS host"), by
+  default with room for many concurrent logins; ``kill_processes_of`` ends what its throwaway
+  user still runs;
 - ``Gateway`` (``manage.py ssh_gateway``) and ``WebApp`` (daphne, what ``make run`` serves),
-  each its own process group, given ``server_env``;
+  each its own process group (``ServerProcess``), given ``server_env`` (``gateway_env``: with
+  the gateway's host key and a recordings folder);
 - ``use_machine_postgres``: the machine's PostgreSQL (127.0.0.1:5432, trust auth) as the
-  database the throwaway one is made on (bench/shared.py);
+  database the throwaway one is made on (bench/shared.py); ``raise_open_files_limit``;
 - TOTP codes and Ed25519 keys for the bench's users; /proc readings (VmRSS, CPU seconds);
-  percentiles and the Markdown helpers of the reports.
+  the Markdown helpers of the reports (``say`` and ``percentile`` are in bench/shared.py).
 """
 
 from __future__ import annotations
@@ -23,18 +28,22 @@ import hashlib
 import hmac
 import os
 import platform
+import resource
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
-from shared import ROOT  # bench/shared.py
+from shared import ROOT, database_version, percentile, say, throwaway_database  # bench/shared.py
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the project's packages and tests.fixtures
@@ -43,20 +52,6 @@ MACHINE_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/pamsite"
 
 
 # --- Output and figures ----------------------------------------------------------------------
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def median(samples: list[float]) -> float:
@@ -79,6 +74,50 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 # --- Environment, Django, servers -------------------------------------------------------------
 
 
+class Started(NamedTuple):
+    workdir: Path  # var/bench/<label>-XXXXXXXX: the servers' files and logs
+    bao: object  # the OpenBao dev server (tests.fixtures.openbao.BaoServer)
+    database: str  # the throwaway database's name
+    bootstrap: object  # what vault_bootstrap returned (ssh_ca_public_key, ...)
+    role_id: str  # the AppRole, for the servers' environment
+    secret_id: str
+
+
+def start_vault_and_database(
+    stack: contextlib.ExitStack, label: str, *, keep: bool, keep_folder: bool = False, open_files: int = 0
+) -> Started:
+    """A work folder, OpenBao, Django pointed at it, the throwaway database ``label``, Vault
+    bootstrapped and the AppRole in use; all undone by ``stack``.
+
+    ``keep``: the database stays; ``keep_folder``: the work folder too (and is named at the end).
+    ``open_files``: first raise this process's limit of open files up to it (raise_open_files_limit),
+    for the servers started here and later, which inherit it.
+    """
+    if open_files:
+        raise_open_files_limit(open_files)
+    bench_dir = ROOT / "var" / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=bench_dir))
+    if keep_folder:
+        stack.callback(say, f"Kept: the servers' logs and the recordings in {workdir}")
+    else:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    bao = start_openbao(stack, workdir)
+    setup_django_with(bao)
+    database = stack.enter_context(throwaway_database(label, keep=keep))
+    bootstrap, role_id, secret_id = bootstrap_vault(workdir)
+    return Started(workdir, bao, database, bootstrap, role_id, secret_id)
+
+
+def start_openbao(stack: contextlib.ExitStack, workdir: Path):
+    """An OpenBao dev server (tests/fixtures/openbao.py) in ``workdir``/openbao, stopped by ``stack``."""
+    from tests.fixtures.openbao import BaoServer
+
+    server = BaoServer(workdir / "openbao")
+    stack.callback(server.stop)
+    return server.start()
+
+
 def prepare_environment(vault_addr: str, root_token: str) -> None:
     """Settings for this process before Django reads them: its own Vault, no broker, mail in memory."""
     os.environ["DJANGO_SETTINGS_MODULE"] = "pamsite.settings"
@@ -95,6 +134,14 @@ def prepare_environment(vault_addr: str, root_token: str) -> None:
     os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
 
 
+def setup_django_with(bao) -> None:
+    """prepare_environment for the OpenBao server ``bao`` (its root token), then django.setup()."""
+    prepare_environment(bao.addr, bao.root_token)
+    import django
+
+    django.setup()
+
+
 def bootstrap_vault(workdir: Path) -> tuple[object, str, str]:
     """vault_bootstrap with the root token, then the AppRole it wrote (for this process and the gateway)."""
     from django.conf import settings
@@ -108,7 +155,8 @@ def bootstrap_vault(workdir: Path) -> tuple[object, str, str]:
     secret_id = (approle_dir / "secret_id").read_text().strip()
     settings.VAULT_ROLE_ID, settings.VAULT_SECRET_ID, settings.VAULT_TOKEN = role_id, secret_id, ""
     reset_client()
-    assert get_client().auth_method == "approle"
+    auth_method = get_client().auth_method
+    assert auth_method == "approle", auth_method
     return result, role_id, secret_id
 
 
@@ -136,6 +184,24 @@ def use_machine_postgres() -> str:
             f"PostgreSQL is not reachable at {parts.hostname}:{parts.port or 5432} ({exc}): start it "
             "(on this kind of machine: pg_ctlcluster <version> main start), or set DATABASE_URL"
         ) from None
+
+
+def raise_open_files_limit(wanted: int = 65536) -> None:
+    """This process's soft limit of open files up to ``wanted`` (within the hard limit); the
+    servers it starts (gateway, sshd) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, wanted)), hard))
+
+
+def start_sshd(stack: contextlib.ExitStack, started: Started, sshd_class=None):
+    """A private sshd in the work folder trusting the bootstrapped Vault's SSH CA, stopped (its
+    throwaway users removed) by ``stack``; ``sshd_class`` by default make_sshd_class()'s."""
+    ca_public_key = started.bootstrap.ssh_ca_public_key
+    sshd = (sshd_class or make_sshd_class())(started.workdir / "sshd", ca_public_key=ca_public_key)
+    stack.callback(sshd.remove_users)
+    stack.callback(sshd.stop)
+    return sshd.start()
 
 
 def make_sshd_class():
@@ -286,16 +352,106 @@ def server_env(
     return env
 
 
-class Gateway:
-    """``manage.py ssh_gateway`` as its own process (process group), stopped by its pid."""
+def gateway_env(started: Started, *, node: str, **extra: str):
+    """The gateway's host key (made on first use) and the recordings folder, in the work folder,
+    and server_env for what start_vault_and_database started, with both and the gateway's node
+    name: (host key, recordings folder, environment).
+
+    This process's settings.RECORDINGS_ROOT is the folder too (it reads the recordings).
+    ``extra`` adds or overrides settings, as for server_env.
+    """
+    from django.conf import settings
+
+    from sessions.gateway.server import load_host_key
+
+    host_key_path = started.workdir / "gateway_host_key"
+    host_key = load_host_key(host_key_path)
+    recordings = started.workdir / "recordings"
+    recordings.mkdir()
+    settings.RECORDINGS_ROOT = recordings
+    env = server_env(
+        database_name=started.database,
+        vault_addr=started.bao.addr,
+        role_id=started.role_id,
+        secret_id=started.secret_id,
+        recordings=recordings,
+        GATEWAY_HOST_KEY_FILE=str(host_key_path),
+        GATEWAY_NODE=node,
+        GATEWAY_PUBLIC_HOST="127.0.0.1",
+        **extra,
+    )
+    return host_key, recordings, env
+
+
+class ServerProcess:
+    """A server as its own process (process group) in ROOT, logging to ``workdir``/LOG_NAME,
+    stopped by its pid: SIGTERM, then SIGKILL to its group after STOP_TIMEOUT seconds."""
+
+    LABEL = "the server"  # in errors
+    LOG_NAME = "server.log"
+    STOP_TIMEOUT = 20
 
     def __init__(self, workdir: Path, env: dict[str, str]):
         self.workdir = workdir
         self.env = env
         self.process: subprocess.Popen | None = None
         self.port = 0
+        self.log_path = workdir / self.LOG_NAME
+
+    def _spawn(self, argv: list[str], log) -> None:
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+
+    def _wait_until_ready(self, answers, interval: float, timeout: float = 60) -> None:
+        """Until ``answers()`` is true (an OSError counts as not yet); raises if the process
+        exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.LABEL} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if answers():
+                    return
+            except OSError:  # not listening yet; urllib.error.URLError and HTTPError are OSErrors
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.LABEL} did not answer on port {self.port}:\n{self.log_tail()}")
+            time.sleep(interval)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=self.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own group: itself and its children
+            self.process.wait()
+
+    def log_tail(self, n: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+class Gateway(ServerProcess):
+    """``manage.py ssh_gateway`` as its own process (process group), stopped by its pid."""
+
+    LABEL = "the gateway"
+    LOG_NAME = "gateway.log"
+    STOP_TIMEOUT = 40
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        super().__init__(workdir, env)
         self.workers = 1
-        self.log_path = workdir / "gateway.log"
 
     def start(self, *, workers: int = 1) -> None:
         from tests.fixtures.openbao import free_port
@@ -308,29 +464,14 @@ class Gateway:
         log = self.log_path.open("ab")
         log.write(f"\n=== start {' '.join(argv[2:])}\n".encode())
         log.flush()
-        self.process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        self._spawn(argv, log)
         log.close()
-        deadline = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    if sock.recv(64).startswith(b"SSH-2.0-"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway did not answer on port {self.port}:\n{self.log_tail()}")
-            time.sleep(0.05)
+
+        def answers() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                return sock.recv(64).startswith(b"SSH-2.0-")
+
+        self._wait_until_ready(answers, 0.05)
         if workers > 1:  # every worker listening
             deadline = time.monotonic() + 30
             while len(self.pids()) < workers + 1 and time.monotonic() < deadline:
@@ -347,11 +488,7 @@ class Gateway:
         return pids
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.pids():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                total += cpu_seconds(pid)
-        return total
+        return total_cpu_seconds(self.pids())
 
     def settle(self, since: float, timeout: float = 180) -> float:
         """Wait until the gateway is idle (two 0.5 s windows under 3 % of a core); the CPU
@@ -363,32 +500,13 @@ class Gateway:
             quiet = quiet + 1 if self.cpu_seconds() - c0 < 0.015 else 0
         return self.cpu_seconds() - since
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)  # its own group: itself and its workers
-            self.process.wait()
 
-    def log_tail(self, n: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-
-class WebApp:
+class WebApp(ServerProcess):
     """The web app as ``make run`` serves it (daphne, ASGI) as its own process group, stopped by its pid."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]):
-        self.workdir = workdir
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-        self.log_path = workdir / "web.log"
+    LABEL = "daphne"
+    LOG_NAME = "web.log"
+    STOP_TIMEOUT = 20
 
     @property
     def url(self) -> str:
@@ -402,47 +520,16 @@ class WebApp:
         daphne = Path(sys.executable).parent / "daphne"
         argv = [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "pamsite.asgi:application"]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except OSError:  # not listening yet; urllib.error.URLError and HTTPError are OSErrors
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer on port {self.port}:\n{self.log_tail()}")
-            time.sleep(0.1)
+            self._spawn(argv, log)
+
+        def answers() -> bool:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:  # noqa: S310
+                return response.status == 200
+
+        self._wait_until_ready(answers, 0.1)
 
     def pids(self) -> list[int]:
         return [self.process.pid] if self.process is not None and self.process.poll() is None else []
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def log_tail(self, n: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
 # --- Sessions in the database ------------------------------------------------------------------
@@ -495,9 +582,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def total_cpu_seconds(pids) -> float:
+    """The CPU seconds of ``pids`` together; a process gone (or unreadable) counts 0."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
 def machine_info(bao_version: str) -> dict:
     import paramiko
-    from django.db import connection
 
     meminfo = Path("/proc/meminfo").read_text()
     total_kb = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal:")))
@@ -512,13 +607,6 @@ def machine_info(bao_version: str) -> dict:
     sshd_version = (
         subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True).stderr.split(",")[0].strip()
     )
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SHOW server_version")
-            database = f"postgresql {cursor.fetchone()[0]}"
-        else:
-            cursor.execute("SELECT sqlite_version()")
-            database = f"sqlite {cursor.fetchone()[0]}"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
@@ -530,5 +618,5 @@ def machine_info(bao_version: str) -> dict:
         "ssh": ssh_version,
         "sshd": sshd_version,
         "bao": bao_version,
-        "database": database,
+        "database": database_version(),
     }

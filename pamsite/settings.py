@@ -258,6 +258,12 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pamsite <pamsite@localhost>"
 # --- Audit ------------------------------------------------------------------------
 AUDIT_PAGE_SIZE = env_int("AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
 
+# HTTP requests one web process runs at once; more wait their turn in its event loop
+# (pamsite.asgi). Each running request holds a thread and a database connection, and
+# every audited change takes its turn at the audit trail's head: past a few per core,
+# more at once only makes each one slower and can exhaust PostgreSQL's connections.
+WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1, maximum=1000)
+
 # --- Session recordings -----------------------------------------------------------
 # One folder, shared by every gateway process of a node; the files are named from ids only.
 RECORDINGS_ROOT = Path(env_str("RECORDINGS_ROOT", str(VAR_DIR / "recordings")))
