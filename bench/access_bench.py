@@ -167,26 +167,11 @@ def make_site(kinds: list[str], people: int, sshd, pg) -> Site:
         sources.static_set_password(account=account_ref(account), password=user.password)
         accounts["static"] = account
     if "database" in kinds:
-        db_target = Target.objects.create(
-            name="pacsdb-bench", kind=Target.Kind.DATABASE, host=pg.host, port=pg.port
+        from tests.fixtures.pacs import make_database_account
+
+        account = make_database_account(
+            pg, name="pacsdb-bench", slug="pacsdb-admin", default_ttl=300, max_ttl=86400
         )
-        account = Account.objects.create(
-            target=db_target,
-            slug="pacsdb-admin",
-            kind=Account.Kind.DATABASE,
-            username=pg.group_role,
-            database_name=pg.database,
-        )
-        sources.configure_database_connection(
-            name=db_target.name,
-            host=pg.host,
-            port=pg.port,
-            database=pg.database,
-            admin_username=pg.admin_username,
-            admin_password=pg.admin_password,
-            sslmode="disable",
-        )
-        sources.configure_database_role(account=account_ref(account), default_ttl=300, max_ttl=86400)
         accounts["database"] = account
 
     policy = AccessPolicy.objects.create(
