@@ -1439,7 +1439,17 @@ def main() -> int:
             files = make_files(files_dir, args.bulk_mib * MiB)
             say(f"Test files on the target: {files[0]}, {files[1]} ({args.bulk_mib} MiB each)")
 
-        gateway_key, recordings, env = gateway_env(started, node="gateway-bench")
+        # Every client of the bench connects from 127.0.0.1 and the idle sessions belong to a
+        # few users: the gateway's per-address, per-user and total limits are raised above them
+        # (a site's users come from many addresses).
+        many = str(max(1000, 2 * args.idle_sessions))
+        gateway_key, recordings, env = gateway_env(
+            started,
+            node="gateway-bench",
+            GATEWAY_MAX_CONNECTIONS=many,
+            GATEWAY_MAX_CONNECTIONS_PER_ADDRESS=many,
+            GATEWAY_MAX_SESSIONS_PER_USER=many,
+        )
         gateway_host_key = f"{gateway_key.get_name()} {gateway_key.get_base64()}"
         gateway = Gateway(workdir, env)
         stack.callback(gateway.stop)
