@@ -299,6 +299,10 @@ GATEWAY_MAX_CONNECTIONS_PER_ADDRESS = env_int(
 GATEWAY_MAX_UNAUTHENTICATED = env_int("GATEWAY_MAX_UNAUTHENTICATED", 100, minimum=1, maximum=100_000)
 # Live gateway sessions one user may have at once, counted in the database (all processes).
 GATEWAY_MAX_SESSIONS_PER_USER = env_int("GATEWAY_MAX_SESSIONS_PER_USER", 10, minimum=1, maximum=10_000)
+# Database connections one gateway process uses at once (logins, opening and ending
+# sessions, sealing recordings); more threads wait their turn. Keeps a mass disconnect (or
+# a burst of logins) under PostgreSQL's max_connections, counted with the web processes'.
+GATEWAY_MAX_DATABASE_CONNECTIONS = env_int("GATEWAY_MAX_DATABASE_CONNECTIONS", 8, minimum=1, maximum=1000)
 # Seconds to log in to a target before the session is refused.
 GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 15, minimum=1, maximum=120)
 

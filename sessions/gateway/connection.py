@@ -70,11 +70,12 @@ INLINE_INDEX_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _db(fn, *args, **kwargs):
-    """Run a database call from a thread that must not keep a connection (paramiko's)."""
-    try:
+    """Run a database call in one of the process's database slots (limits.database_slot).
+
+    The thread's connection is closed after: paramiko's threads must not keep one each.
+    """
+    with limits.database_slot():
         return fn(*args, **kwargs)
-    finally:
-        connections.close_all()
 
 
 class _GatewayAuthHandler(AuthHandler):
@@ -268,49 +269,53 @@ class GatewayConnection(paramiko.ServerInterface):
         deadline = time.monotonic() + 10
         for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        for state in list(self.channels.values()):
-            self._close_recorder(state)
-        failed = ""
-        if self.events is not None:
-            try:
-                self.events.close()
-            except SealDeferred as exc:
-                logger.warning("%s", exc)  # written in full: not a failed session
-            except RecordingError as exc:
-                failed = str(exc)
-        if self.session is not None and self.session.ended_at is None:
-            reason, message = self.cut_reason or self.end_reason or (Session.EndReason.CLOSED, "")
-            if failed and not self.cut_reason:
-                reason, message = Session.EndReason.ERROR, failed
-            for attempt in range(3):  # a busy database (many sessions ending at once) is retried
+        # One database slot for all of the ending (limits.database_slot): hundreds of
+        # connections ending at once take turns rather than exhaust the database.
+        with limits.database_slot():
+            for state in list(self.channels.values()):
+                self._close_recorder(state)
+            failed = ""
+            if self.events is not None:
                 try:
-                    records.session_end(
-                        session=self.session,
-                        reason=reason,
-                        message=message,
-                        bytes_in=self.counter.to_target,
-                        bytes_out=self.counter.to_user,
-                    )
-                    break
+                    self.events.close()
+                except SealDeferred as exc:
+                    logger.warning("%s", exc)  # written in full: not a failed session
+                except RecordingError as exc:
+                    failed = str(exc)
+            if self.session is not None and self.session.ended_at is None:
+                reason, message = self.cut_reason or self.end_reason or (Session.EndReason.CLOSED, "")
+                if failed and not self.cut_reason:
+                    reason, message = Session.EndReason.ERROR, failed
+                for attempt in range(3):  # a busy database (many sessions ending at once) is retried
+                    try:
+                        records.session_end(
+                            session=self.session,
+                            reason=reason,
+                            message=message,
+                            bytes_in=self.counter.to_target,
+                            bytes_out=self.counter.to_user,
+                        )
+                        break
+                    except Exception:
+                        logger.exception(
+                            "Could not end session %s (attempt %s)", self.session.pk, attempt + 1
+                        )
+                        connections.close_all()
+                        time.sleep(1 + attempt)
+                # A short session is searchable at once; indexing a large one (a 256 MiB exec
+                # output) would take the gateway's CPU from live sessions for seconds, so the
+                # worker's sessions_maintain indexes it, with anything missed here.
+                try:
+                    recorded = self.session.recordings.aggregate(total=Sum("size"))["total"] or 0
+                    if recorded <= INLINE_INDEX_MAX_BYTES:
+                        session_index(session=self.session)
                 except Exception:
-                    logger.exception("Could not end session %s (attempt %s)", self.session.pk, attempt + 1)
-                    connections.close_all()
-                    time.sleep(1 + attempt)
-            # A short session is searchable at once; indexing a large one (a 256 MiB exec
-            # output) would take the gateway's CPU from live sessions for seconds, so the
-            # worker's sessions_maintain indexes it, with anything missed here.
-            try:
-                recorded = self.session.recordings.aggregate(total=Sum("size"))["total"] or 0
-                if recorded <= INLINE_INDEX_MAX_BYTES:
-                    session_index(session=self.session)
-            except Exception:
-                logger.exception("Could not index session %s for search", self.session.pk)
-        if self.user is not None:
-            try:
-                _db(gateway_auth.gateway_logout, user=self.user, client_ip=self.client_ip)
-            except Exception:
-                logger.exception("Could not record the logout of %s", self.user.username)
-        connections.close_all()
+                    logger.exception("Could not index session %s for search", self.session.pk)
+            if self.user is not None:
+                try:
+                    _db(gateway_auth.gateway_logout, user=self.user, client_ip=self.client_ip)
+                except Exception:
+                    logger.exception("Could not record the logout of %s", self.user.username)
         self.finished.set()
 
     def _close_recorder(self, state: _Channel) -> None:
@@ -318,7 +323,8 @@ class GatewayConnection(paramiko.ServerInterface):
         if recorder is None:
             return
         try:
-            recorder.close()
+            with limits.database_slot():
+                recorder.close()
         except SealDeferred as exc:
             logger.warning("%s", exc)  # written in full; the worker signs it once Vault is back
         except Exception:
@@ -739,29 +745,12 @@ class GatewayConnection(paramiko.ServerInterface):
         channel_id = state.channel.get_id()
         events = self.events
         tracker = None
-        record_out = record_err = None
         try:
-            if kind == "exec":
-                events.exec_started(channel=channel_id, command=command)
-            if state.pty:
-                state.recorder = TerminalRecorder(
-                    session=self.session,
-                    channel=channel_id,
-                    width=state.width,
-                    height=state.height,
-                    term=state.term,
-                    title=f"{self.user.username} on {self.account.slug}"
-                    + (f": {command}" if command else ""),
-                )
-                record_out = state.recorder.write
-            elif kind == "exec":
-                state.recorder = ExecRecorder(session=self.session, channel=channel_id)
-                record_out, record_err = state.recorder.write, state.recorder.write_stderr
+            with limits.database_slot():
+                record_out, record_err = self._open_recorder(state, kind, command)
         except RecordingError as exc:
             self.recording_failed(str(exc))
             return
-        finally:
-            connections.close_all()
 
         def transferred(transfer) -> None:
             try:
@@ -839,6 +828,26 @@ class GatewayConnection(paramiko.ServerInterface):
             except (OSError, EOFError, paramiko.SSHException):
                 pass
         self._close_recorder(state)
+
+    def _open_recorder(self, state: _Channel, kind: str, command: str):
+        """Start the channel's recording: (record_out, record_err), each None if not recorded."""
+        channel_id = state.channel.get_id()
+        if kind == "exec":
+            self.events.exec_started(channel=channel_id, command=command)
+        if state.pty:
+            state.recorder = TerminalRecorder(
+                session=self.session,
+                channel=channel_id,
+                width=state.width,
+                height=state.height,
+                term=state.term,
+                title=f"{self.user.username} on {self.account.slug}" + (f": {command}" if command else ""),
+            )
+            return state.recorder.write, None
+        if kind == "exec":
+            state.recorder = ExecRecorder(session=self.session, channel=channel_id)
+            return state.recorder.write, state.recorder.write_stderr
+        return None, None
 
     def _file_operation(self, channel_id: int, operation: tuple[str, ...]) -> None:
         """An SFTP remove, rename, mkdir, rmdir or setstat, for the event log."""

@@ -21,6 +21,12 @@
   a flood does not flood the audit trail. The events are written by the server's
   housekeeping thread, never by the accept loop.
 
+- ``database_slot()``: at most ``GATEWAY_MAX_DATABASE_CONNECTIONS`` threads of a process
+  use the database at once (each thread has a connection of its own), and each closes its
+  connection when its slot ends. Without it, hundreds of connections ending together
+  (a network outage, a gateway restart of the clients' side) opened hundreds of database
+  connections, past PostgreSQL's ``max_connections``, and sessions could not be ended.
+
 With ``--workers N`` the per-process limits apply to each process; the per-user limit is
 exact across processes (the database counts).
 """
@@ -40,6 +46,7 @@ from dataclasses import dataclass
 import paramiko
 from django.conf import settings
 from django.db import connection as db_connection
+from django.db import connections as db_connections
 from django.db import transaction
 from paramiko.common import cMSG_DISCONNECT
 
@@ -74,6 +81,45 @@ ALERT_INTERVAL = 60.0
 # Advisory lock class (PostgreSQL) serialising the opening of one user's sessions.
 SESSION_LIMIT_LOCK = 0x5053
 ALERTS_PER_INTERVAL = 100
+
+
+_database_slots: threading.BoundedSemaphore | None = None
+_database_slots_size = 0
+_database_slot_depth = threading.local()
+_database_slots_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def database_slot():
+    """Hold one of the process's database slots; the thread's connection is closed after.
+
+    Re-entrant within a thread (a call that needs the database inside another one), so
+    nested use never waits on itself. Never hold a slot while waiting for another thread.
+    """
+    global _database_slots, _database_slots_size
+    depth = getattr(_database_slot_depth, "value", 0)
+    if depth:
+        _database_slot_depth.value = depth + 1
+        try:
+            yield
+        finally:
+            _database_slot_depth.value = depth
+        return
+    size = settings.GATEWAY_MAX_DATABASE_CONNECTIONS
+    with _database_slots_lock:
+        if _database_slots is None or _database_slots_size != size:
+            _database_slots, _database_slots_size = threading.BoundedSemaphore(size), size
+        slots = _database_slots
+    slots.acquire()
+    _database_slot_depth.value = 1
+    try:
+        yield
+    finally:
+        _database_slot_depth.value = 0
+        try:
+            db_connections.close_all()
+        finally:
+            slots.release()
 
 
 class SessionLimitReached(Exception):

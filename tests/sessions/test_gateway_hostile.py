@@ -544,3 +544,34 @@ def test_absurd_window_sizes_are_clamped_for_the_target_and_the_recording(
     assert (header["width"], header["height"]) == (1000, 24)
     resizes = [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"]
     assert resizes == ["1000x1000", "1000x5", "100x30"]
+
+
+def test_database_slots_bound_the_threads_using_the_database_and_nest_without_waiting(settings):
+    from django.db import connection
+
+    settings.GATEWAY_MAX_DATABASE_CONNECTIONS = 3
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most at once
+    opened: list[bool] = []
+
+    def work() -> None:
+        with limits.database_slot():
+            with lock:
+                inside[0] += 1
+                inside[1] = max(inside[1], inside[0])
+            Session.objects.exists()  # a real query on this thread's connection
+            with limits.database_slot():  # nested: the thread already has a slot
+                Session.objects.exists()
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+        opened.append(connection.connection is not None)  # closed when the slot ended
+
+    threads = [threading.Thread(target=work) for _ in range(12)]
+    for worker in threads:
+        worker.start()
+    for worker in threads:
+        worker.join(timeout=30)
+    assert not any(worker.is_alive() for worker in threads)
+    assert inside[1] == 3
+    assert opened == [False] * 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,84 @@ def test_sessions_on_several_worker_processes_are_all_cut_when_the_grant_is_revo
     finally:
         process.stop()
     assert not Session.objects.filter(user=alice, ended_at__isnull=True).exists()
+
+
+def test_many_sessions_ending_at_once_take_turns_for_the_database(
+    settings, approle_settings, tmp_path, alice, bob, ssh_account, alice_key
+):
+    """Clients all gone at once (a network outage): every session is ended and every recording
+    sealed, with at most GATEWAY_MAX_DATABASE_CONNECTIONS database connections at a time."""
+    from django.db import connection
+
+    (tmp_path / "gw").mkdir()
+    process = GatewayProcess(settings, tmp_path / "gw")
+    application = f"pamsite-gw-test-{process.port}"
+    process.env.update(
+        GATEWAY_MAX_DATABASE_CONNECTIONS="2",
+        GATEWAY_MAX_SESSIONS_PER_USER="50",
+        PGAPPNAME=application,  # libpq names the gateway's connections in pg_stat_activity
+    )
+    process.start()
+    sessions = 12
+    peak = [0]
+    stop = threading.Event()
+    clients: list[subprocess.Popen] = []
+    sampler: threading.Thread | None = None
+
+    def sample() -> None:
+        from django.db import connections
+
+        try:
+            with connections["default"].cursor() as cursor:
+                while not stop.is_set():
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application]
+                    )
+                    peak[0] = max(peak[0], cursor.fetchone()[0])
+                    time.sleep(0.005)
+        finally:
+            connections.close_all()
+
+    try:
+        grant_for(alice, bob, ssh_account)
+        for number in range(1, sessions + 1):
+            clients.append(client_of(process).popen(alice, "alice:pacs01-admin", "cat", key=alice_key))
+            deadline = time.monotonic() + 30
+            while Session.objects.filter(user=alice, ended_at__isnull=True).count() < number:
+                assert time.monotonic() < deadline, "the session did not start:\n" + process.log()
+                time.sleep(0.05)
+        for client in clients:
+            client.stdin.write(b"some output to record\n")
+            client.stdin.flush()
+        time.sleep(1)
+        sampler = threading.Thread(target=sample) if connection.vendor == "postgresql" else None
+        if sampler is not None:
+            sampler.start()
+            time.sleep(0.2)
+        for client in clients:  # every client gone in the same instant
+            client.kill()
+        deadline = time.monotonic() + 60
+        while Session.objects.filter(user=alice, ended_at__isnull=True).exists():
+            assert time.monotonic() < deadline, "sessions were left live:\n" + process.log()
+            time.sleep(0.1)
+        while Recording.objects.filter(session__user=alice, finalized_at__isnull=True).exists():
+            assert time.monotonic() < deadline, "recordings were left unsealed:\n" + process.log()
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        if sampler is not None:
+            sampler.join()
+        for client in clients:
+            client.kill()
+            client.wait()
+        process.stop()
+    ended = Session.objects.filter(user=alice)
+    assert ended.count() == sessions
+    assert set(ended.values_list("end_reason", flat=True)) == {Session.EndReason.CLOSED}
+    for session in ended:
+        for recording in session.recordings.all():
+            assert verify_recording(recording, root=process.recordings)[0]
+    assert "Could not end session" not in process.log()
+    if sampler is not None:
+        # The slots, plus the housekeeping thread's own connection.
+        assert 1 <= peak[0] <= 3, f"{peak[0]} database connections at once"
