@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CODE_TRIES = 3
+# Seconds a logged-in connection's thread waits for a channel before looking again whether
+# the transport is still active (its end wakes it at once).
+ACCEPT_BACKSTOP = 30
 MAX_CHANNELS = 32  # channels (sessions and forwards) open at once on one connection
 MAX_KEY_OFFERS = 64  # public-key queries and attempts on one connection (two per key)
 FORWARD_CONNECT_TIMEOUT = 5
@@ -105,6 +108,29 @@ class _GatewayAuthHandler(AuthHandler):
         super()._send_auth_result(username, method, result)
 
 
+class _UserTransport(paramiko.Transport):
+    """Paramiko's transport, waking ``accept()`` when its thread ends (the connection is gone).
+
+    So the connection's thread can wait for channels without polling: with a thousand
+    idle connections, a 1 s poll each was a thousand wake-ups a second.
+    """
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            with self.lock:
+                self.server_accept_cv.notify_all()
+
+    def accept(self, timeout=None):
+        # As paramiko's, but no wait once the transport has ended (its end may come just
+        # before the wait, and nothing would wake it then).
+        with self.lock:
+            if not self.server_accepts and self.active:
+                self.server_accept_cv.wait(timeout)
+            return self.server_accepts.pop(0) if self.server_accepts else None
+
+
 @dataclass
 class _Channel:
     """What the gateway knows of one of the user's session channels."""
@@ -144,9 +170,7 @@ class GatewayConnection(paramiko.ServerInterface):
         self._key_offers = 0
         self._refused_key_user = ""  # offered only keys that are not this user's (counted at the end)
         self._channels_refused = False
-        self.transport = paramiko.Transport(
-            limits.ClientSocket(sock, logged_in=lambda: self.user is not None)
-        )
+        self.transport = _UserTransport(limits.ClientSocket(sock, logged_in=lambda: self.user is not None))
         limits.quiet(self.transport)
         self.transport.auth_handler = _GatewayAuthHandler(self.transport)
         self.transport.add_server_key(host_key)
@@ -205,7 +229,9 @@ class GatewayConnection(paramiko.ServerInterface):
     def _accept_loop(self) -> None:
         login_deadline = self.opened + settings.GATEWAY_LOGIN_TIMEOUT
         while self.transport.is_active():
-            channel = self.transport.accept(timeout=1)
+            # Until login, wake each second for the login deadline; after it, the transport's
+            # end wakes this (_UserTransport), the timeout is only a backstop.
+            channel = self.transport.accept(timeout=1 if self.user is None else ACCEPT_BACKSTOP)
             if self.user is None and time.monotonic() > login_deadline:
                 logger.info("Login from %s timed out", self.client_ip)
                 return
