@@ -289,7 +289,8 @@ class ClientSocket:
             self._check_banner(data)
         if self._received > PREAUTH_BYTES:
             if self._logged_in():
-                self.recv = self._sock.recv  # from now on paramiko reads the socket directly
+                # From now on paramiko reads the socket without this guard, read ahead.
+                self.recv = upstream.ReadAhead(self._sock).recv
             else:
                 self._refuse(f"sent more than {PREAUTH_BYTES // 1024} KiB without logging in")
         return data
