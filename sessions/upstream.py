@@ -56,7 +56,7 @@ _FETCH_PREFERENCE = (
     "rsa-sha2-256",
 )
 _PRIVATE_KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
-READ_AHEAD = 64 * 1024  # bytes the target's socket is read in (see ReadAhead)
+READ_AHEAD = 64 * 1024  # bytes a relayed socket is read in at most (see ReadAhead)
 IDLE_POLL_SECONDS = 2.0  # how often an idle transport's thread wakes (see quiet_transport)
 MAX_OUTPUT = 1024 * 1024  # bytes kept of a command's stdout, and of its stderr
 
@@ -171,8 +171,12 @@ class ReadAhead:
     def recv(self, size: int) -> bytes:
         chunk, offset = self._chunk, self._offset
         if offset < len(chunk):
-            self._offset = min(offset + size, len(chunk))
-            return chunk[offset : self._offset]
+            end = min(offset + size, len(chunk))
+            if end == len(chunk):  # all given out: an idle connection keeps no chunk
+                self._chunk, self._offset = b"", 0
+            else:
+                self._offset = end
+            return chunk[offset:end]
         data = self._sock.recv(max(size, READ_AHEAD))
         if len(data) <= size:
             return data
