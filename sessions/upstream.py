@@ -149,7 +149,8 @@ def _host_key_of(key: paramiko.PKey) -> HostKey:
     )
 
 
-def _where(host: str, port: int, target: str) -> str:
+def describe_target(*, host: str, port: int, target: str) -> str:
+    """How messages name a target: "target pacs01 (10.0.0.5:22)"."""
     return f"target {target} ({host}:{port})" if target else f"target {host}:{port}"
 
 
@@ -189,7 +190,7 @@ class ReadAhead:
 
 def _open_transport(*, host: str, port: int, timeout: float, target: str, key_types: tuple[str, ...]):
     """A TCP connection and a finished key exchange, with the host key types restricted."""
-    where = _where(host, port, target)
+    where = describe_target(host=host, port=port, target=target)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except ConnectionRefusedError:
@@ -285,7 +286,7 @@ class UpstreamConnection:
 
     @property
     def where(self) -> str:
-        return _where(self.host, self.port, self.target)
+        return describe_target(host=self.host, port=self.port, target=self.target)
 
     def open_session(self, *, timeout: float = 10) -> paramiko.Channel:
         """A new session channel (for a shell, an exec or a subsystem such as sftp)."""
@@ -370,7 +371,7 @@ def connect(
     Raises ``HostKeyMismatch`` (no pin, or a different key: nothing is sent),
     ``UpstreamUnreachable``, ``UpstreamAuthFailed`` or ``UpstreamError``.
     """
-    where = _where(host, port, target)
+    where = describe_target(host=host, port=port, target=target)
     if not (host_key or "").strip():
         raise HostKeyMismatch(
             f"No host key is pinned for {where}: a pam-admin must fetch the target's key, check its "
@@ -591,7 +592,7 @@ def change_password(
                 )
         else:
             _passwd_through_pty(connection, current_password, new_password, timeout=timeout)
-    logger.info("Changed the password of %s on %s", username, _where(host, port, target))
+    logger.info("Changed the password of %s on %s", username, describe_target(host=host, port=port, target=target))
 
 
 @sensitive_variables("current_password", "new_password")
@@ -675,3 +676,4 @@ def generate_keypair() -> tuple[str, str]:
     ).decode("ascii")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public.decode("ascii")
+

@@ -9,45 +9,39 @@ After login the gateway finds the live grant (or tells her what is missing and w
 ask), opens the Session row and its event log, and on the first shell, exec or SFTP
 channel logs in to the target with the grant's credential (a certificate signed by
 Vault's SSH CA, or the static password from Vault's KV), checking the target's pinned
-host key first. Each channel is relayed and recorded (``relay``, ``sessions.recorder``).
-``cut()`` ends everything with a message: the grant ended, it was revoked, someone
-terminated the session, or the recording failed.
+host key first (``target``). Each channel is relayed and recorded (``relay``,
+``sessions.recorder``). ``cut()`` ends everything with a message: the grant ended, it was
+revoked, someone terminated the session, or the recording failed.
 
-Paramiko calls the ``check_*`` methods on the connection's transport thread; anything
-slow (logging in to the target, relaying) runs on threads of its own. Database work on
-the transport thread goes through ``_db`` so that thread never keeps a connection open.
+Everything here runs on the gateway process's event loop (asyncssh). Database and Vault
+calls, which block, run on the server's small pool of threads (``GatewayServer.call``),
+at most ``GATEWAY_MAX_DATABASE_CONNECTIONS`` at once, so a thousand connections ending
+together take turns instead of opening a thousand database connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
-import paramiko
+import asyncssh
+from asyncssh.constants import MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST
+from asyncssh.misc import ChannelOpenError
+from asyncssh.packet import String
 from django.conf import settings
 from django.db import connections
 from django.db.models import Sum
-from paramiko.auth_handler import AuthHandler
-from paramiko.common import (
-    AUTH_FAILED,
-    AUTH_PARTIALLY_SUCCESSFUL,
-    AUTH_SUCCESSFUL,
-    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
-    OPEN_FAILED_CONNECT_FAILED,
-    OPEN_SUCCEEDED,
-)
 
 from access.models import Account, Grant
 from identity import gateway_auth
 from identity.services import MFAError
 from sessions import upstream
-from sessions.gateway import limits, records, usernames
-from sessions.gateway.relay import ChannelRelay, Counter, relay_socket, thread
+from sessions.gateway import limits, records, target, usernames
+from sessions.gateway.relay import CHANNEL_GONE, Counter, ForwardSession, Pipe
 from sessions.gateway.usernames import parse_login
 from sessions.models import Session
 from sessions.recorder import EventLog, ExecRecorder, RecordingError, SealDeferred, TerminalRecorder
@@ -60,9 +54,6 @@ logger = logging.getLogger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CODE_TRIES = 3
-# Seconds a logged-in connection's thread waits for a channel before looking again whether
-# the transport is still active (its end wakes it at once).
-ACCEPT_BACKSTOP = 30
 MAX_CHANNELS = 32  # channels (sessions and forwards) open at once on one connection
 MAX_KEY_OFFERS = 64  # public-key queries and attempts on one connection (two per key)
 FORWARD_CONNECT_TIMEOUT = 5
@@ -70,120 +61,198 @@ FORWARD_CONNECT_TIMEOUT = 5
 UPSTREAM_CERTIFICATE_SECONDS = 120
 # Sessions whose recordings total at most this are indexed for search as they end.
 INLINE_INDEX_MAX_BYTES = 8 * 1024 * 1024
+# A menu answer longer than this is not a number from the menu.
+MENU_ANSWER_MAX = 32
+MENU_TIMEOUT = 120
+_USERAUTH_SERVICE = b"ssh-userauth"
+# SSH channel open failure codes (RFC 4254, 5.1).
+OPEN_ADMINISTRATIVELY_PROHIBITED = 1
+OPEN_CONNECT_FAILED = 2
+# After a cut, the user's client normally closes the connection itself; if not, this much later.
+CUT_GRACE = 2.0
+CLOSE_SOON = 1.0
 
 
-def _db(fn, *args, **kwargs):
-    """Run a database call in one of the process's database slots (limits.database_slot).
+class UserConnection(asyncssh.SSHServerConnection):
+    """asyncssh's server connection, with the gateway's two-factor login and its guards.
 
-    The thread's connection is closed after: paramiko's threads must not keep one each.
+    asyncssh answers a verified public key or a right password with "success"; here a
+    first factor is answered "partial success, go on with keyboard-interactive", and only
+    a right code after it is a success (RFC 4252, 5.1). Before login the client's bytes
+    pass a guard (``limits.PreauthGuard``). Agent and X11 forwarding are refused and
+    audited; a lockout or the session limit is said in a disconnect (OpenSSH prints it).
     """
-    with limits.database_slot():
-        return fn(*args, **kwargs)
 
+    @property
+    def gateway(self) -> GatewayConnection | None:
+        return self._owner
 
-class _GatewayAuthHandler(AuthHandler):
-    """Paramiko's server-side auth, told when a public key's signature has been checked.
+    def data_received(self, data: bytes, datatype=None) -> None:
+        if not self._auth_complete:
+            owner = self._owner
+            if owner is not None and not owner.guard.check(data):
+                self.abort()
+                return
+        super().data_received(data, datatype)
 
-    Paramiko asks ``check_auth_publickey`` before it verifies the signature (and for
-    signature-less queries), so the key counts as a factor only here, where paramiko
-    reports the outcome of a request whose signature verified.
-    """
-
-    def _send_auth_result(self, username, method, result):
-        problem = usernames.login_name_problem(username)
-        if problem is not None:
-            # A login name that can never be valid (control characters, too long, an empty
-            # or malformed account): told before any lookup, and the connection ends.
-            limits.disconnect(self.transport, problem, usernames.DISCONNECT_ILLEGAL_USER_NAME)
+    def send_userauth_failure(self, partial_success: bool) -> None:
+        owner = self._owner
+        if owner is not None and owner.goodbye is not None:
+            reason, message = owner.goodbye
+            self.disconnect(reason, message)
             return
-        if method == "publickey" and result == AUTH_PARTIALLY_SUCCESSFUL:
-            result = self.transport.server_object.publickey_verified(username)
-        goodbye = self.transport.server_object.goodbye
-        if goodbye is not None:
-            # Locked out, or at the session limit: say so (OpenSSH prints a disconnect's
-            # reason whatever its LogLevel) rather than invite more attempts.
-            reason, message = goodbye
-            limits.disconnect(self.transport, message, reason)
+        super().send_userauth_failure(partial_success)
+
+    async def send_userauth_success(self) -> None:
+        owner = self._owner
+        if owner is None:
             return
-        super()._send_auth_result(username, method, result)
+        verdict = await owner.factor_passed(self._username)
+        if self._owner is None or self._transport is None:
+            return  # the client left meanwhile
+        if owner.goodbye is not None:
+            reason, message = owner.goodbye
+            self.disconnect(reason, message)
+        elif verdict == "login":
+            await super().send_userauth_success()
+        else:
+            self.send_userauth_failure(verdict == "partial")
 
+    def _process_service_request(self, pkttype: int, pktid: int, packet) -> None:
+        # Some clients (paramiko) ask for the ssh-userauth service again before each
+        # method; OpenSSH's sshd accepts that, asyncssh would disconnect.
+        if self._next_service is None and self._auth_in_progress and not self._auth_complete:
+            service = packet.get_string()
+            packet.check_end()
+            if service != _USERAUTH_SERVICE:
+                raise asyncssh.ServiceNotAvailable("Unexpected service in service request")
+            self.send_packet(MSG_SERVICE_ACCEPT, String(service))
+            return
+        super()._process_service_request(pkttype, pktid, packet)
 
-class _UserTransport(paramiko.Transport):
-    """Paramiko's transport, waking ``accept()`` when its thread ends (the connection is gone).
+    _packet_handlers = {
+        **asyncssh.SSHServerConnection._packet_handlers,
+        MSG_SERVICE_REQUEST: _process_service_request,
+    }
 
-    So the connection's thread can wait for channels without polling: with a thousand
-    idle connections, a 1 s poll each was a thousand wake-ups a second.
-    """
+    async def create_agent_listener(self) -> bool:
+        if self._owner is not None:
+            await self._owner.refuse("agent forwarding")
+        return False
 
-    def run(self):
-        try:
-            super().run()
-        finally:
-            with self.lock:
-                self.server_accept_cv.notify_all()
-
-    def accept(self, timeout=None):
-        # As paramiko's, but no wait once the transport has ended (its end may come just
-        # before the wait, and nothing would wake it then).
-        with self.lock:
-            if not self.server_accepts and self.active:
-                self.server_accept_cv.wait(timeout)
-            return self.server_accepts.pop(0) if self.server_accepts else None
+    async def attach_x11_listener(self, chan, auth_proto, auth_data, screen):
+        if self._owner is not None:
+            await self._owner.refuse("X11 forwarding")
+        return None
 
 
 @dataclass
-class _Channel:
+class ChannelState:
     """What the gateway knows of one of the user's session channels."""
 
-    channel: paramiko.Channel
+    number: int
+    chan: asyncssh.SSHServerChannel | None = None
     term: str = ""
     width: int = 80
     height: int = 24
     pty: bool = False
     started: bool = False
-    up: paramiko.Channel | None = None
+    pipe: Pipe | None = None
     recorder: TerminalRecorder | ExecRecorder | None = None
-    extra: dict = field(default_factory=dict)
+    menu: asyncio.Future | None = None  # the menu's answer, while the menu waits for it
+    typed: bytearray = field(default_factory=bytearray)
+    held: list = field(default_factory=list)  # input that came before the target's channel
 
 
-class GatewayConnection(paramiko.ServerInterface):
-    """The server side of one user connection (paramiko ServerInterface + its threads)."""
+class UserSession(asyncssh.SSHServerSession):
+    """A user's session channel: its requests (pty, shell, exec, sftp) and her input."""
 
-    def __init__(
-        self,
-        *,
-        sock: socket.socket,
-        address: tuple,
-        host_key: paramiko.PKey,
-        node: str,
-        ciphers,
-        limiter: limits.Limiter | None = None,
-    ):
-        self.sock = sock
-        self.client_ip = address[0]
-        self.node = node
+    def __init__(self, connection: GatewayConnection, state: ChannelState):
+        self.connection = connection
+        self.state = state
+
+    def connection_made(self, chan) -> None:
+        self.state.chan = chan
+
+    def pty_requested(self, term_type, term_size, term_modes) -> bool:
+        state = self.state
+        state.pty, state.term = True, term_type
+        state.width, state.height = _clamp(term_size[0], 80), _clamp(term_size[1], 24)
+        return True
+
+    def shell_requested(self) -> bool:
+        return self.connection.start(self.state, "shell", "")
+
+    def exec_requested(self, command: str) -> bool:
+        return self.connection.start(self.state, "exec", command)
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != "sftp":
+            self.connection.refused(f"subsystem {subsystem[:50]}")
+            return False
+        return self.connection.start(self.state, "sftp", "")
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight) -> None:
+        self.connection.resize(self.state, width, height)
+
+    def data_received(self, data, datatype) -> None:
+        state = self.state
+        if state.pipe is not None:
+            state.pipe.from_user(data)
+        elif state.menu is not None:
+            _menu_input(state, data)
+        elif len(state.held) < 64:
+            state.held.append(data)  # typed before the target's channel was open
+            if len(state.held) > 16 and state.chan is not None:
+                state.chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        state = self.state
+        if state.pipe is not None:
+            state.pipe.user_eof()
+        elif state.menu is not None and not state.menu.done():
+            state.menu.set_result(None)
+        else:
+            state.held.append(None)  # EOF before the target's channel was open
+        return True
+
+    def pause_writing(self) -> None:
+        if self.state.pipe is not None:
+            self.state.pipe.user_paused()
+
+    def resume_writing(self) -> None:
+        if self.state.pipe is not None:
+            self.state.pipe.user_resumed()
+
+    def connection_lost(self, exc) -> None:
+        state = self.state
+        if state.pipe is not None:
+            state.pipe.user_closed()
+        if state.menu is not None and not state.menu.done():
+            state.menu.set_result(None)
+        self.connection.channel_closed(state)
+
+
+class GatewayConnection(asyncssh.SSHServer):
+    """The server side of one user connection (asyncssh's SSHServer callbacks)."""
+
+    def __init__(self, server):
+        self.server = server  # sessions.gateway.server.GatewayServer
+        self.node = server.node
+        self.limiter: limits.Limiter = server.limiter
+        self.conn: UserConnection | None = None
+        self.client_ip = ""
         self.opened = time.monotonic()
-        # Hostile clients (sessions.gateway.limits): paramiko reads through a guard until
-        # login, and nothing before login may take longer than the login timeout.
-        self.limiter = limiter
+        self.guard = limits.PreauthGuard()
         self.goodbye: tuple[int, str] | None = None  # disconnect with this instead of an auth answer
         self._key_offers = 0
         self._refused_key_user = ""  # offered only keys that are not this user's (counted at the end)
         self._channels_refused = False
-        self.transport = _UserTransport(limits.ClientSocket(sock, logged_in=lambda: self.user is not None))
-        limits.quiet(self.transport)
-        self.transport.auth_handler = _GatewayAuthHandler(self.transport)
-        self.transport.add_server_key(host_key)
-        self.transport.local_version = limits.IDENTIFICATION
-        options = self.transport.get_security_options()
-        options.ciphers = tuple(ciphers)
-        self.transport.banner_timeout = settings.GATEWAY_LOGIN_TIMEOUT
-        self.transport.handshake_timeout = settings.GATEWAY_LOGIN_TIMEOUT
-        self.lock = threading.RLock()
         self.counter = Counter()
         # Login state
         self._first: tuple[str, object] | None = None  # (ssh user name, User) after the first factor
-        self._key_offered: paramiko.PKey | None = None
+        self._passed: tuple[str, object, str] | None = None  # a first factor asyncssh is about to accept
+        self._key_offered: asyncssh.SSHKey | None = None
         self._code_tries = 0
         self.user = None
         self.method = ""
@@ -194,163 +263,179 @@ class GatewayConnection(paramiko.ServerInterface):
         self.session: Session | None = None
         self.events: EventLog | None = None
         self.refusal: str = ""
-        self.upstream: upstream.UpstreamConnection | None = None
-        self._upstream_lock = threading.Lock()
-        self.channels: dict[int, _Channel] = {}
-        self.forwards: dict[int, tuple[socket.socket, str, int]] = {}
+        self.upstream: asyncssh.SSHClientConnection | None = None
+        self._upstream_closed = False
+        self._upstream_lock: asyncio.Lock | None = None
+        self.channels: dict[int, ChannelState] = {}
+        self._next_channel = 0
+        self._forwards = 0
         self.cut_reason: tuple[str, str] | None = None
         # Why the session ended when nobody cut it (the target refused the login).
         self.end_reason: tuple[str, str] | None = None
         self.reported_bytes = (0, 0)
-        self.finished = threading.Event()
-        self.workers: list[threading.Thread] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.finished = asyncio.Event()
+        self._ending = False
+        self._login_timer: asyncio.TimerHandle | None = None
 
     # --- Life cycle ---------------------------------------------------------------------
-
-    def serve(self) -> None:
-        """Run the connection to its end (called on its own thread)."""
-        try:
-            self.transport.start_server(server=self)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            # One line, whatever the client sent (paramiko's own tracebacks are silenced).
-            logger.info(
-                "SSH handshake with %s failed: %s", self.client_ip, limits.failure_reason(self.transport, exc)
-            )
-            self.transport.close()
-            self.finished.set()
-            return
-        upstream.quiet_transport(self.transport)
-        try:
-            self._accept_loop()
-        finally:
-            self._count_refused_keys()
-            self._finish()
-
-    def _accept_loop(self) -> None:
-        login_deadline = self.opened + settings.GATEWAY_LOGIN_TIMEOUT
-        while self.transport.is_active():
-            # Until login, wake each second for the login deadline; after it, the transport's
-            # end wakes this (_UserTransport), the timeout is only a backstop.
-            channel = self.transport.accept(timeout=1 if self.user is None else ACCEPT_BACKSTOP)
-            if self.user is None and time.monotonic() > login_deadline:
-                logger.info("Login from %s timed out", self.client_ip)
-                return
-            if channel is None:
-                continue
-            forward = self.forwards.pop(channel.get_id(), None)
-            if forward is not None:
-                self.workers.append(
-                    thread(self._run_forward, channel, *forward, name=f"forward-{channel.get_id()}")
-                )
-            else:
-                # Held until it closes (paramiko keeps channels weakly: one nobody holds is
-                # closed), so a request that comes late still finds it and MAX_CHANNELS counts it.
-                self._state(channel)
 
     @property
     def authenticated(self) -> bool:
         return self.user is not None
 
+    def connection_made(self, conn: UserConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self.client_ip = peer[0]
+        self.server.connections.add(self)
+        timeout = settings.GATEWAY_LOGIN_TIMEOUT
+        self._login_timer = asyncio.get_running_loop().call_later(timeout, self._login_timed_out, timeout)
+
+    def _login_timed_out(self, timeout: int) -> None:
+        if self.user is None and self.conn is not None:
+            self.guard.refusal = self.guard.refusal or f"did not log in within {timeout} s"
+            if self.conn.is_closed() is False and self.guard.kex_done(self.conn):
+                logger.info("Login from %s timed out after %s s", self.client_ip, timeout)
+            self.conn.abort()
+
+    def connection_lost(self, exc) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        if self.user is None and not self.guard.kex_done(self.conn):
+            logger.info("SSH handshake with %s failed: %s", self.client_ip, self.guard.failure_reason(exc))
+        self.spawn(self._finish())
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run ``coro`` as a task of this connection (kept until done; its errors logged)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            logger.error(
+                "Gateway connection from %s: %s",
+                self.client_ip,
+                exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    async def call(self, fn, *args, **kwargs):
+        """Run a blocking database or Vault call on the server's pool."""
+        return await self.server.call(fn, *args, **kwargs)
+
+    def close_soon(self, delay: float = CLOSE_SOON) -> None:
+        if self.conn is not None:
+            asyncio.get_running_loop().call_later(delay, self.conn.close)
+
     def cut(self, reason: str, message: str) -> None:
         """End the session now with a message to the user (grant ended, terminated, ...)."""
-        with self.lock:
-            if self.cut_reason is not None:
-                return
-            self.cut_reason = (reason, message)
-        text = f"\r\n*** pamsite: {message} The session is closed. ***\r\n"
+        if self.cut_reason is not None:
+            return
+        self.cut_reason = (reason, message)
+        text = f"\r\n*** pamsite: {message} The session is closed. ***\r\n".encode()
         for state in list(self.channels.values()):
-            channel = state.channel
-            if channel.closed:
+            chan = state.chan
+            if chan is None or chan.is_closing():
                 continue
-            try:
+            with contextlib.suppress(*CHANNEL_GONE):
                 if state.pty:
                     if state.recorder is not None:
                         with contextlib.suppress(RecordingError):
-                            state.recorder.write(text.encode())
-                    channel.sendall(text.encode())
+                            state.recorder.write(text)
+                    chan.write(text)
                 else:
-                    channel.sendall_stderr(text.encode())
-                channel.send_exit_status(255)
-                channel.shutdown_write()
-                channel.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
-        if self.upstream is not None:
-            self.upstream.close()
+                    chan.write_stderr(text)
+                chan.exit(255)
+        self._close_upstream()
         # The user's client closes the connection when its channels are gone; if it does
-        # not (ssh -N, a stuck client), the transport is closed shortly after.
-        threading.Timer(2.0, self._close_transport).start()
+        # not (ssh -N, a stuck client), the connection is closed shortly after.
+        self.close_soon(CUT_GRACE)
 
-    def _close_transport(self) -> None:
-        upstream.close_transport(self.transport)
-
-    def _finish(self) -> None:
-        """The connection is gone: close the target, seal recordings, end the Session."""
-        self._close_transport()
+    def _close_upstream(self) -> None:
         if self.upstream is not None:
+            self._upstream_closed = True
             self.upstream.close()
-        for sock, _host, _port in self.forwards.values():
-            sock.close()
-        # Channel and forward threads write their last events (exit status, bytes) as they end.
-        deadline = time.monotonic() + 10
-        for worker in self.workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        # One database slot for all of the ending (limits.database_slot): hundreds of
-        # connections ending at once take turns rather than exhaust the database.
-        with limits.database_slot():
-            for state in list(self.channels.values()):
-                self._close_recorder(state)
-            failed = ""
-            if self.events is not None:
-                try:
-                    self.events.close()
-                except SealDeferred as exc:
-                    logger.warning("%s", exc)  # written in full: not a failed session
-                except RecordingError as exc:
-                    failed = str(exc)
-            if self.session is not None and self.session.ended_at is None:
-                reason, message = self.cut_reason or self.end_reason or (Session.EndReason.CLOSED, "")
-                if failed and not self.cut_reason:
-                    reason, message = Session.EndReason.ERROR, failed
-                for attempt in range(3):  # a busy database (many sessions ending at once) is retried
-                    try:
-                        records.session_end(
-                            session=self.session,
-                            reason=reason,
-                            message=message,
-                            bytes_in=self.counter.to_target,
-                            bytes_out=self.counter.to_user,
-                        )
-                        break
-                    except Exception:
-                        logger.exception(
-                            "Could not end session %s (attempt %s)", self.session.pk, attempt + 1
-                        )
-                        connections.close_all()
-                        time.sleep(1 + attempt)
-                # A short session is searchable at once; indexing a large one (a 256 MiB exec
-                # output) would take the gateway's CPU from live sessions for seconds, so the
-                # worker's sessions_maintain indexes it, with anything missed here.
-                try:
-                    recorded = self.session.recordings.aggregate(total=Sum("size"))["total"] or 0
-                    if recorded <= INLINE_INDEX_MAX_BYTES:
-                        session_index(session=self.session)
-                except Exception:
-                    logger.exception("Could not index session %s for search", self.session.pk)
-            if self.user is not None:
-                try:
-                    _db(gateway_auth.gateway_logout, user=self.user, client_ip=self.client_ip)
-                except Exception:
-                    logger.exception("Could not record the logout of %s", self.user.username)
-        self.finished.set()
 
-    def _close_recorder(self, state: _Channel) -> None:
+    async def _finish(self) -> None:
+        """The connection is gone: close the target, seal recordings, end the Session."""
+        if self._ending:
+            return
+        self._ending = True
+        self._close_upstream()
+        # Channel and forward tasks write their last events (exit status, bytes) as they end.
+        current = asyncio.current_task()
+        pending = [t for t in self.tasks if t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        try:
+            await self.call(self._end_in_database)
+        finally:
+            self.server.connection_done(self)
+            self.finished.set()
+
+    def _end_in_database(self) -> None:
+        """The blocking part of the end (on the server's pool, one slot for all of it)."""
+        for state in list(self.channels.values()):
+            self._close_recorder(state)
+        failed = ""
+        if self.events is not None:
+            try:
+                self.events.close()
+            except SealDeferred as exc:
+                logger.warning("%s", exc)  # written in full: not a failed session
+            except RecordingError as exc:
+                failed = str(exc)
+        if self.session is not None and self.session.ended_at is None:
+            reason, message = self.cut_reason or self.end_reason or (Session.EndReason.CLOSED, "")
+            if failed and not self.cut_reason:
+                reason, message = Session.EndReason.ERROR, failed
+            for attempt in range(3):  # a busy database (many sessions ending at once) is retried
+                try:
+                    records.session_end(
+                        session=self.session,
+                        reason=reason,
+                        message=message,
+                        bytes_in=self.counter.to_target,
+                        bytes_out=self.counter.to_user,
+                    )
+                    break
+                except Exception:
+                    logger.exception("Could not end session %s (attempt %s)", self.session.pk, attempt + 1)
+                    connections.close_all()
+                    time.sleep(1 + attempt)
+            # A short session is searchable at once; indexing a large one (a 256 MiB exec
+            # output) would take the gateway's time from live sessions for seconds, so the
+            # worker's sessions_maintain indexes it, with anything missed here.
+            try:
+                recorded = self.session.recordings.aggregate(total=Sum("size"))["total"] or 0
+                if recorded <= INLINE_INDEX_MAX_BYTES:
+                    session_index(session=self.session)
+            except Exception:
+                logger.exception("Could not index session %s for search", self.session.pk)
+        if self.user is not None:
+            try:
+                gateway_auth.gateway_logout(user=self.user, client_ip=self.client_ip)
+            except Exception:
+                logger.exception("Could not record the logout of %s", self.user.username)
+        elif self._first is None and self._refused_key_user:
+            # A connection that offered only keys that are not the user's counts as one failure.
+            try:
+                gateway_auth.gateway_keys_refused(username=self._refused_key_user, client_ip=self.client_ip)
+            except Exception:
+                logger.exception("Could not count the refused keys of a connection from %s", self.client_ip)
+
+    def _close_recorder(self, state: ChannelState) -> None:
+        """Seal a channel's recording (blocking: on the server's pool)."""
         recorder, state.recorder = state.recorder, None
         if recorder is None:
             return
         try:
-            with limits.database_slot():
-                recorder.close()
+            recorder.close()
         except SealDeferred as exc:
             logger.warning("%s", exc)  # written in full; the worker signs it once Vault is back
         except Exception:
@@ -359,131 +444,132 @@ class GatewayConnection(paramiko.ServerInterface):
 
     # --- Authentication -------------------------------------------------------------
 
-    def get_allowed_auths(self, username):
-        if self._first is not None:
-            return "keyboard-interactive"
-        return "publickey,password"
+    def begin_auth(self, username: str) -> bool:
+        problem = usernames.login_name_problem(username)
+        if problem is not None:
+            # A login name that can never be valid (too long, an empty or malformed
+            # account): told before any lookup, and the connection ends.
+            self.goodbye = (usernames.DISCONNECT_ILLEGAL_USER_NAME, problem)
+        return True
 
-    def check_auth_none(self, username):
-        return AUTH_FAILED
+    def public_key_auth_supported(self) -> bool:
+        return self._first is None
 
-    def check_auth_password(self, username, password):
-        if self._first is not None:
-            return AUTH_FAILED
+    def password_auth_supported(self) -> bool:
+        return self._first is None
+
+    def kbdint_auth_supported(self) -> bool:
+        return self._first is not None
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Tentative: the key is looked up only once its signature has been verified
+        # (factor_passed). Answering "maybe" to every key also keeps which keys are
+        # registered private. Clients ask twice per key (query, then signed request);
+        # past MAX_KEY_OFFERS a client is only spraying keys.
+        if self._first is not None or self.goodbye is not None:
+            return False
+        self._key_offers += 1
+        if self._key_offers > MAX_KEY_OFFERS:
+            return False
+        self._key_offered = key
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        if self._first is not None or self.goodbye is not None:
+            return False
         name, _account = parse_login(username)
         self._refused_key_user = ""  # this attempt is counted itself if it fails
-        user = _db(
+        user = await self.call(
             gateway_auth.gateway_password_login, username=name, password=password, client_ip=self.client_ip
         )
         if user is None:
-            self._goodbye_if_locked_out(name)
-            return AUTH_FAILED
-        self._first = (username, user)
-        self.method = "password"
-        return AUTH_PARTIALLY_SUCCESSFUL
+            await self._goodbye_if_locked_out(name)
+            return False
+        self._passed = (username, user, "password")
+        return True
 
-    def check_auth_publickey(self, username, key):
-        # Tentative: the key is looked up only once its signature has been verified
-        # (publickey_verified). Answering "maybe" to every key also keeps which keys are
-        # registered private. Paramiko asks twice per key (query, then signed request);
-        # past MAX_KEY_OFFERS a client is only spraying keys.
-        if self._first is not None:
-            return AUTH_FAILED
-        self._key_offers += 1
-        if self._key_offers > MAX_KEY_OFFERS:
-            return AUTH_FAILED
-        self._key_offered = key
-        return AUTH_PARTIALLY_SUCCESSFUL
-
-    def publickey_verified(self, username) -> int:
-        key, self._key_offered = self._key_offered, None
-        if key is None or self._first is not None:
-            return AUTH_FAILED
-        name, _account = parse_login(username)
-        user = _db(
-            gateway_auth.gateway_key_login,
-            username=name,
-            key_type=key.get_name(),
-            key_blob=key.asbytes(),
-            client_ip=self.client_ip,
-        )
-        if user is None:
-            self._refused_key_user = name
-            self._goodbye_if_locked_out(name)
-            return AUTH_FAILED
-        self._first = (username, user)
+    async def factor_passed(self, username: str) -> str:
+        """asyncssh accepted a factor: "partial" (the first), "login" (the code) or "failed"."""
+        if self.user is not None:
+            return "login"
+        passed, self._passed = self._passed, None
+        if passed is None:
+            key, self._key_offered = self._key_offered, None
+            if key is None or self._first is not None:
+                return "failed"
+            name, _account = parse_login(username)
+            user = await self.call(
+                gateway_auth.gateway_key_login,
+                username=name,
+                key_type=key.get_algorithm(),
+                key_blob=key.public_data,
+                client_ip=self.client_ip,
+            )
+            if user is None:
+                self._refused_key_user = name
+                await self._goodbye_if_locked_out(name)
+                return "failed"
+            passed = (username, user, "publickey")
+        self._first = passed[:2]
+        self.method = passed[2]
         self._refused_key_user = ""
-        self.method = "publickey"
-        return AUTH_PARTIALLY_SUCCESSFUL
+        return "partial"
 
-    def _goodbye_if_locked_out(self, name: str) -> None:
+    async def _goodbye_if_locked_out(self, name: str) -> None:
         """After a failed factor: once the username or address is locked, disconnect saying so."""
-        if _db(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
+        if await self.call(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
             self.goodbye = (
                 limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
                 gateway_auth.gateway_lockout_message(),
             )
 
-    def _count_refused_keys(self) -> None:
-        """A connection that offered only keys that are not the user's counts as one failure."""
-        if self._first is None and self._refused_key_user:
-            try:
-                _db(
-                    gateway_auth.gateway_keys_refused,
-                    username=self._refused_key_user,
-                    client_ip=self.client_ip,
-                )
-            except Exception:
-                logger.exception("Could not count the refused keys of a connection from %s", self.client_ip)
-
-    def _code_query(self, note: str = "") -> paramiko.InteractiveQuery:
+    def _code_challenge(self, note: str = ""):
         text = (
             note + "\n" if note else ""
         ) + "Enter the 6-digit code from your authenticator app, or a backup code."
-        return paramiko.InteractiveQuery("pamsite verification", text, ("Verification code: ", False))
+        return ("pamsite verification", text, "", [("Verification code: ", False)])
 
-    def check_auth_interactive(self, username, submethods):
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
         if self._first is None or self._first[0] != username:
-            return AUTH_FAILED
-        return self._code_query()
+            return False
+        return self._code_challenge()
 
-    def check_auth_interactive_response(self, responses):
-        if self._first is None or not responses:
-            return AUTH_FAILED
-        username, user = self._first
+    async def validate_kbdint_response(self, username: str, responses):
+        if self._first is None or self._first[0] != username or not responses:
+            return False
+        _username, user = self._first
         name, _ = parse_login(username)
-        if _db(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
+        if await self.call(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
             self.goodbye = (
                 limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
                 gateway_auth.gateway_lockout_message(),
             )
-            return AUTH_FAILED
+            return False
         try:
-            _db(gateway_auth.gateway_verify_code, user=user, code=responses[0], client_ip=self.client_ip)
+            await self.call(
+                gateway_auth.gateway_verify_code, user=user, code=responses[0], client_ip=self.client_ip
+            )
         except MFAError as exc:
             if exc.reason == "locked_out":
                 self.goodbye = (limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, str(exc))
-                return AUTH_FAILED
+                return False
             self._code_tries += 1
             if self._code_tries >= CODE_TRIES:
-                return AUTH_FAILED
-            return self._code_query(str(exc))
-        if self.limiter is not None:
-            too_many = _db(self.limiter.user_refusal, user=user, client_ip=self.client_ip)
-            if too_many:
-                self.goodbye = (limits.DISCONNECT_TOO_MANY_CONNECTIONS, too_many)
-                return AUTH_FAILED
+                return False
+            return self._code_challenge(str(exc))
+        too_many = await self.call(self.limiter.user_refusal, user=user, client_ip=self.client_ip)
+        if too_many:
+            self.goodbye = (limits.DISCONNECT_TOO_MANY_CONNECTIONS, too_many)
+            return False
         self.user = user
-        self._after_login(username)
-        return AUTH_SUCCESSFUL
-
-    def _after_login(self, username: str) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
         _name, slug = parse_login(username)
-        if slug is None:
-            return  # the menu picks the account
-        self._select_account(slug)
+        if slug is not None:
+            await self._select_account(slug)
+        return True
 
-    def _select_account(self, slug: str) -> bool:
+    async def _select_account(self, slug: str) -> bool:
         """Find the live grant and open the Session; else remember why not. True if found."""
         self.account_slug = slug
         if not ACCOUNT_RE.match(slug):
@@ -493,10 +579,10 @@ class GatewayConnection(paramiko.ServerInterface):
                 f"Connect as {self.user.username}:ACCOUNT, e.g. {self.user.username}:pacs01-root",
             )
         else:
-            lookup = _db(records.find_live_grant, user=self.user, slug=slug)
+            lookup = await self.call(records.find_live_grant, user=self.user, slug=slug)
         if lookup.grant is None:
             self.refusal = lookup.message
-            _db(
+            await self.call(
                 records.session_refuse,
                 user=self.user,
                 account=slug,
@@ -509,14 +595,14 @@ class GatewayConnection(paramiko.ServerInterface):
         self.grant = lookup.grant
         self.account = lookup.grant.account
         try:
-            self.session = _db(
-                self.limiter.session_open if self.limiter is not None else records.session_open,
+            self.session = await self.call(
+                self.limiter.session_open,
                 user=self.user,
                 grant=self.grant,
                 client_address=self.client_ip,
                 node=self.node,
             )
-            self.events = _db(EventLog, session=self.session)
+            self.events = await self.call(EventLog, session=self.session)
         except limits.SessionLimitReached as exc:
             # Two logins raced for her last place (counted again under a lock): this one lost.
             self.refusal, self.grant, self.account = str(exc), None, None
@@ -527,7 +613,7 @@ class GatewayConnection(paramiko.ServerInterface):
                 "unrecorded. Tell your pamsite administrator."
             )
             if self.session is not None:
-                _db(
+                await self.call(
                     records.session_end,
                     session=self.session,
                     reason=Session.EndReason.ERROR,
@@ -538,250 +624,322 @@ class GatewayConnection(paramiko.ServerInterface):
 
     # --- Channels ----------------------------------------------------------------------
 
-    def check_channel_request(self, kind, chanid):
-        if kind != "session":
-            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        if self.cut_reason is not None or self._too_many_channels():
-            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        return OPEN_SUCCEEDED
-
     def _too_many_channels(self) -> bool:
-        """True when MAX_CHANNELS (sessions and forwards) are open; the first refusal is audited.
-
-        Paramiko's own table of the connection's channels is counted: a channel leaves it
-        when it is closed. The states of channels closed before they started anything are
-        forgotten here, so opening and closing channels for hours costs nothing.
-        """
-        for channel_id, state in list(self.channels.items()):
-            if state.channel.closed and not state.started:
-                self.channels.pop(channel_id, None)
-        if len(self.transport._channels) < MAX_CHANNELS:
+        """True when MAX_CHANNELS (sessions and forwards) are open; the first refusal is audited."""
+        if len(self.channels) + self._forwards < MAX_CHANNELS:
             return False
         if not self._channels_refused:
             self._channels_refused = True
             logger.info(
                 "Connection from %s: more than %s channels at once refused", self.client_ip, MAX_CHANNELS
             )
-            self._refused(f"more than {MAX_CHANNELS} channels open at once")
+            self.refused(f"more than {MAX_CHANNELS} channels open at once")
         return True
 
-    def check_channel_pty_request(self, channel, term, width, height, pixelwidth, pixelheight, modes):
-        state = self._state(channel)
-        state.pty, state.term = (
-            True,
-            term.decode("ascii", "replace") if isinstance(term, bytes) else str(term),
-        )
-        state.width, state.height = _clamp(width, 80), _clamp(height, 24)
-        return True
+    def session_requested(self):
+        if self.user is None or self.cut_reason is not None:
+            raise _prohibited("The session is closed")
+        if self._too_many_channels():
+            raise _prohibited(f"More than {MAX_CHANNELS} channels at once")
+        state = ChannelState(number=self._next_channel)
+        self._next_channel += 1
+        self.channels[state.number] = state
+        return UserSession(self, state)
 
-    def check_channel_window_change_request(self, channel, width, height, pixelwidth, pixelheight):
-        state = self._state(channel)
+    def channel_closed(self, state: ChannelState) -> None:
+        if not state.started:
+            self.channels.pop(state.number, None)
+
+    def resize(self, state: ChannelState, width: int, height: int) -> None:
         size = _clamp(width, state.width), _clamp(height, state.height)
         if size == (state.width, state.height):
-            return True  # nothing changed (or nonsense clamped back): nothing to pass on or record
+            return  # nothing changed (or nonsense clamped back): nothing to pass on or record
         state.width, state.height = size
-        if state.up is not None:
-            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                state.up.resize_pty(state.width, state.height)
-        if state.recorder is not None and isinstance(state.recorder, TerminalRecorder):
+        if state.pipe is not None and state.pipe.up is not None:
+            with contextlib.suppress(*CHANNEL_GONE):
+                state.pipe.up.change_terminal_size(state.width, state.height)
+        if isinstance(state.recorder, TerminalRecorder):
             try:
                 state.recorder.resize(state.width, state.height)
             except RecordingError as exc:
                 self.recording_failed(str(exc))
-        return True
 
-    def check_channel_shell_request(self, channel):
-        return self._start(channel, "shell", "")
+    def server_requested(self, listen_host: str, listen_port: int):
+        return self.refuse(f"remote port forwarding ({listen_host[:100]}:{listen_port})")
 
-    def check_channel_exec_request(self, channel, command):
-        text = command.decode("utf-8", "replace") if isinstance(command, bytes) else str(command)
-        return self._start(channel, "exec", text)
+    def unix_connection_requested(self, dest_path: str):
+        return self.refuse(
+            "forwarding to a UNIX socket", _prohibited("Forwarding to UNIX sockets is not allowed")
+        )
 
-    def check_channel_subsystem_request(self, channel, name):
-        if name != "sftp":
-            self._refused(f"subsystem {name[:50]}")
-            return False
-        return self._start(channel, "sftp", "")
+    def unix_server_requested(self, listen_path: str):
+        return self.refuse("remote forwarding of a UNIX socket")
 
-    def check_channel_env_request(self, channel, name, value):
-        return False
-
-    def check_channel_x11_request(
-        self, channel, single_connection, auth_protocol, auth_cookie, screen_number
-    ):
-        self._refused("X11 forwarding")
-        return False
-
-    def check_channel_forward_agent_request(self, channel):
-        self._refused("agent forwarding")
-        return False
-
-    def check_port_forward_request(self, address, port):
-        self._refused(f"remote port forwarding ({address}:{port})")
-        return False
-
-    def check_global_request(self, kind, msg):
-        return False
-
-    def check_channel_direct_tcpip_request(self, chanid, origin, destination):
-        host, port = destination
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int):
+        host, port = dest_host, dest_port
         if self.user is None or self.account is None or self.refusal:
-            self._refused(f"port forwarding to {host}:{port} without a grant")
-            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        target = self.account.target
-        allowed = set(target.forward_ports or [])
+            return self.refuse(
+                f"port forwarding to {host[:100]}:{port} without a grant",
+                _prohibited("No grant for port forwarding"),
+            )
+        target_row = self.account.target
+        allowed = set(target_row.forward_ports or [])
         if self.account.kind == Account.Kind.DATABASE:
-            allowed.add(target.port)
-        if host not in (target.host, target.name) or port not in allowed:
+            allowed.add(target_row.port)
+        if host not in (target_row.host, target_row.name) or port not in allowed:
             ports = ", ".join(str(p) for p in sorted(allowed)) or "none"
-            self._refused(f"port forwarding to {host}:{port} (allowed: {target.name} ports {ports})")
-            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        if self.cut_reason is not None or self._too_many_channels():
-            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return self.refuse(
+                f"port forwarding to {host[:100]}:{port} (allowed: {target_row.name} ports {ports})",
+                _prohibited(f"Forwarding allowed only to ports {ports}"),
+            )
+        if self.cut_reason is not None:
+            raise _prohibited("The session is closed")
+        if self._too_many_channels():
+            raise _prohibited(f"More than {MAX_CHANNELS} channels at once")
+        return self._open_forward(target_row.host, port)
+
+    async def _open_forward(self, host: str, port: int) -> ForwardSession:
+        number = self._next_channel
+        self._next_channel += 1
+        self._forwards += 1
+
+        def done(bytes_in: int, bytes_out: int) -> None:
+            self._forwards -= 1
+            if self.events is not None:
+                try:
+                    self.events.forwarded_connection(
+                        channel=number, host=host, port=port, bytes_in=bytes_in, bytes_out=bytes_out
+                    )
+                except RecordingError as exc:
+                    self.recording_failed(str(exc))
+
+        forward = ForwardSession(counter=self.counter, on_done=done)
         try:
-            sock = socket.create_connection((target.host, port), timeout=FORWARD_CONNECT_TIMEOUT)
-        except OSError as exc:
-            logger.info("Forward to %s:%s for session %s failed: %s", target.host, port, self.session.pk, exc)
-            return OPEN_FAILED_CONNECT_FAILED
-        sock.settimeout(None)
-        self.forwards[chanid] = (sock, target.host, port)
-        _db(
+            await forward.connect(host, port, FORWARD_CONNECT_TIMEOUT)
+        except (TimeoutError, OSError) as exc:
+            self._forwards -= 1
+            logger.info(
+                "Forward to %s:%s for session %s failed: %s", host, port, self.session.pk, exc or "timeout"
+            )
+            raise ChannelOpenError(OPEN_CONNECT_FAILED, f"{host}:{port} cannot be reached") from None
+        await self.call(
             records.record_forward,
             session=self.session,
             user=self.user,
             client_address=self.client_ip,
-            host=target.host,
+            host=host,
             port=port,
         )
-        return OPEN_SUCCEEDED
+        return forward
 
-    def _state(self, channel: paramiko.Channel) -> _Channel:
-        state = self.channels.get(channel.get_id())
-        if state is None:
-            # setdefault: the accept loop and the transport thread may both get here first.
-            state = self.channels.setdefault(channel.get_id(), _Channel(channel))
-        return state
+    def refused(self, what: str) -> asyncio.Task | None:
+        """Something the gateway does not allow was asked for: logged and audited.
 
-    def _refused(self, what: str) -> None:
+        The audit event is written on the pool; await the task returned to answer the
+        client only once it is written.
+        """
         if self.events is not None:
             with contextlib.suppress(RecordingError):
                 self.events.note("refused", what=what)
-        if self.user is not None:
-            _db(
+        if self.user is None:
+            return None
+        return self.spawn(
+            self.call(
                 records.record_refused_channel,
                 session=self.session,
                 user=self.user,
                 client_address=self.client_ip,
                 what=what,
             )
+        )
 
-    def _start(self, channel: paramiko.Channel, kind: str, command: str) -> bool:
-        state = self._state(channel)
+    async def refuse(self, what: str, error: Exception | None = None):
+        """``refused(what)``, answered once audited: raises ``error`` if given, else False."""
+        task = self.refused(what)
+        if task is not None:
+            await asyncio.wait([task])
+        if error is not None:
+            raise error
+        return False
+
+    def start(self, state: ChannelState, kind: str, command: str) -> bool:
         if state.started or self.user is None:
             return False
         state.started = True
-        self.workers.append(
-            thread(self._run_channel, state, kind, command, name=f"channel-{channel.get_id()}")
-        )
+        self.spawn(self._run_channel(state, kind, command))
         return True
 
-    # --- Channel work (own thread) --------------------------------------------------
+    # --- Channel work -----------------------------------------------------------------
 
-    def _say(self, state: _Channel, text: str, status: int = 1) -> None:
+    def _say(self, state: ChannelState, text: str, status: int = 1) -> None:
         """Tell the user something on a channel, then end the channel with ``status``."""
         data = (text.rstrip("\n") + "\n").replace("\n", "\r\n" if state.pty else "\n").encode()
-        channel = state.channel
-        try:
+        chan = state.chan
+        if chan is None:
+            return
+        with contextlib.suppress(*CHANNEL_GONE):
             if state.pty:
-                channel.sendall(data)
+                chan.write(data)
             else:
-                channel.sendall_stderr(data)
-            channel.send_exit_status(status)
-            channel.shutdown_write()
-            channel.close()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
+                chan.write_stderr(data)
+            chan.exit(status)
 
-    def _run_channel(self, state: _Channel, kind: str, command: str) -> None:
+    async def _run_channel(self, state: ChannelState, kind: str, command: str) -> None:
         try:
-            self._channel_work(state, kind, command)
+            await self._channel_work(state, kind, command)
         finally:
-            self._close_recorder(state)
-            self.channels.pop(state.channel.get_id(), None)
+            if state.recorder is not None:
+                await self.call(self._close_recorder, state)
+            self.channels.pop(state.number, None)
 
-    def _channel_work(self, state: _Channel, kind: str, command: str) -> None:
+    async def _channel_work(self, state: ChannelState, kind: str, command: str) -> None:
         if self.account_slug is None:
             if kind == "shell" and state.pty:
-                if not self._menu(state):
+                if not await self._menu(state):
                     return
             else:
-                self._say(state, self._menu_text() + f"\nConnect as {self.user.username}:ACCOUNT to use one.")
-                self._close_soon()
+                text = await self._menu_text()
+                self._say(state, text + f"\nConnect as {self.user.username}:ACCOUNT to use one.")
+                self.close_soon()
                 return
         if self.refusal:
             self._say(state, f"pamsite: {self.refusal}")
-            self._close_soon()
+            self.close_soon()
             return
         if self.cut_reason is not None:
             return
         if self.account.kind == Account.Kind.DATABASE:
-            target = self.account.target
+            target_row = self.account.target
             self._say(
                 state,
                 f"pamsite: {self.account.slug} is a database account: the gateway forwards its port only.\n"
-                f"Connect with: ssh -N -L 15432:{target.host}:{target.port} "
+                f"Connect with: ssh -N -L 15432:{target_row.host}:{target_row.port} "
                 f"{self.user.username}:{self.account.slug}@{settings.GATEWAY_PUBLIC_HOST} "
                 f"-p {settings.GATEWAY_PUBLIC_PORT}\nthen point your client at localhost:15432.",
             )
             return
         try:
-            conn = self._upstream()
+            conn = await self._upstream()
         except upstream.UpstreamError as exc:
             self.end_reason = (
                 Session.EndReason.REFUSED,
                 f"Cannot log in to {self.account.target.name}: {exc}",
             )
             self._say(state, f"pamsite: cannot log in to {self.account.target.name}: {exc}")
-            self._close_soon()
+            self.close_soon()
+            return
+        if self.cut_reason is not None or state.chan is None or state.chan.is_closing():
             return
         try:
-            up = conn.open_session()
-            if state.pty:
-                up.get_pty(term=state.term or "xterm", width=state.width, height=state.height)
-            if kind == "shell":
-                up.invoke_shell()
-            elif kind == "exec":
-                # The user's own command, run as the account she was granted: relaying it
-                # is the point (recorded in the event log), not an injection.
-                up.exec_command(command)  # nosec B601
-            else:
-                up.invoke_subsystem("sftp")
-        except (upstream.UpstreamError, paramiko.SSHException, OSError, EOFError) as exc:
-            self._say(
-                state, f"pamsite: {self.account.target.name} refused the {kind}: {exc or type(exc).__name__}"
+            record_out, record_err, observe_in, observe_out, tracker = await self._open_recorder(
+                state, kind, command
             )
-            return
-        state.up = up
-        typed_ahead = state.extra.pop("typed_ahead", b"")
-        if typed_ahead:
-            up.sendall(typed_ahead)
-        self._relay(state, kind, command)
-
-    def _relay(self, state: _Channel, kind: str, command: str) -> None:
-        channel_id = state.channel.get_id()
-        events = self.events
-        tracker = None
-        try:
-            with limits.database_slot():
-                record_out, record_err = self._open_recorder(state, kind, command)
         except RecordingError as exc:
             self.recording_failed(str(exc))
             return
+        pipe = Pipe(
+            down=state.chan,
+            counter=self.counter,
+            record_out=record_out,
+            record_err=record_err,
+            observe_in=observe_in,
+            observe_out=observe_out,
+            on_recording_failed=self.recording_failed,
+        )
+        options = {"encoding": None}
+        if state.pty:
+            options.update(term_type=state.term or "xterm", term_size=(state.width, state.height, 0, 0))
+        if kind == "exec":
+            # The user's own command, run as the account she was granted: relaying it is
+            # the point (recorded in the event log), not an injection.
+            options["command"] = command
+        elif kind == "sftp":
+            options["subsystem"] = "sftp"
+        try:
+            await conn.create_session(pipe.session, **options)
+        except (asyncssh.Error, OSError) as exc:
+            reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+            self._say(state, f"pamsite: {self.account.target.name} refused the {kind}: {reason}")
+            return
+        state.pipe = pipe
+        held, state.held = state.held, []
+        for data in held:
+            if data is None:
+                pipe.user_eof()
+            else:
+                pipe.from_user(data)
+        state.chan.resume_reading()
+        status, signal = await pipe.ended
+        await self._channel_ended(state, kind, status, signal, tracker)
+
+    async def _channel_ended(self, state: ChannelState, kind: str, status, signal, tracker) -> None:
+        number = state.number
+        if (
+            status is None
+            and signal is None
+            and self.cut_reason is None
+            and self.upstream is not None
+            and not self._upstream_closed
+            and self.upstream.is_closed()
+        ):
+            row = self.account.target
+            where = upstream.describe_target(host=row.host, port=row.port, target=row.name)
+            self.cut(
+                Session.EndReason.ERROR,
+                f"The connection to {where} was lost: the target's SSH server stopped or the host went down.",
+            )
+        if tracker is not None:
+            tracker.close()
+            if tracker.failed:
+                # A stream the tracker could not follow may be an attempt to hide a transfer.
+                await self._tracking_stopped(number, kind, tracker.failed)
+        if self.cut_reason is not None:
+            return
+        if status is not None:
+            try:
+                self.events.exit_status(channel=number, status=status)
+            except RecordingError as exc:
+                self.recording_failed(str(exc))
+                return
+        # Everything the user got is in the recorder's buffer already; the user need not
+        # wait for it to be hashed and signed.
+        chan = state.chan
+        with contextlib.suppress(*CHANNEL_GONE):
+            if signal is not None:
+                chan.exit_with_signal(*signal)
+            elif status is not None:
+                chan.exit(status)
+            else:
+                chan.close()
+
+    async def _open_recorder(self, state: ChannelState, kind: str, command: str):
+        """Start the channel's recording: (record_out, record_err, observe_in, observe_out, tracker)."""
+        number = state.number
+        if kind == "exec":
+            self.events.exec_started(channel=number, command=command)
+        if state.pty:
+            title = f"{self.user.username} on {self.account.slug}" + (f": {command}" if command else "")
+            state.recorder = await self.call(
+                TerminalRecorder,
+                session=self.session,
+                channel=number,
+                width=state.width,
+                height=state.height,
+                term=state.term,
+                title=title,
+            )
+            record_out, record_err = state.recorder.write, None
+        elif kind == "exec":
+            state.recorder = await self.call(ExecRecorder, session=self.session, channel=number)
+            record_out, record_err = state.recorder.write, state.recorder.write_stderr
+        else:
+            record_out = record_err = None
+        events = self.events
 
         def transferred(transfer) -> None:
             try:
                 events.file_transfer(
-                    channel=channel_id,
+                    channel=number,
                     direction=transfer.direction,
                     path=transfer.path,
                     size=transfer.size,
@@ -792,12 +950,14 @@ class GatewayConnection(paramiko.ServerInterface):
             except RecordingError as exc:
                 self.recording_failed(str(exc))
 
-        observe_in = observe_out = None
+        tracker = observe_in = observe_out = None
         if kind == "sftp":
-            tracker = SftpTracker(transferred, on_operation=lambda op: self._file_operation(channel_id, op))
+            tracker = SftpTracker(transferred, on_operation=lambda op: self._file_operation(number, op))
         elif kind == "exec" and not state.pty:
             tracker = ScpTracker.for_command(command, transferred)
-        if state.pty and isinstance(state.recorder, TerminalRecorder):
+        if tracker is not None:
+            observe_in, observe_out = tracker.from_client, tracker.from_server
+        elif isinstance(state.recorder, TerminalRecorder):
             recorder = state.recorder
 
             def observe_in(data: bytes) -> None:
@@ -807,87 +967,21 @@ class GatewayConnection(paramiko.ServerInterface):
                 except RecordingError as exc:
                     self.recording_failed(str(exc))
 
-        if tracker is not None:
-            # The two directions are relayed on two threads; the tracker follows one conversation.
-            lock = threading.Lock()
+        return record_out, record_err, observe_in, observe_out, tracker
 
-            def observe_in(data: bytes) -> None:
-                with lock:
-                    tracker.from_client(data)
-
-            def observe_out(data: bytes) -> None:
-                with lock:
-                    tracker.from_server(data)
-
-        relay = ChannelRelay(
-            down=state.channel,
-            up=state.up,
-            counter=self.counter,
-            record_out=record_out,
-            record_err=record_err,
-            observe_in=observe_in,
-            observe_out=observe_out,
-            on_recording_failed=self.recording_failed,
-            separate_stderr=not state.pty,
-        )
-        status = relay.run()
-        if status is None and self.cut_reason is None and self.upstream is not None and self.upstream.lost:
-            self.cut(Session.EndReason.ERROR, self.upstream.lost_message())
-        if tracker is not None:
-            tracker.close()
-            if tracker.failed:
-                # A stream the tracker could not follow may be an attempt to hide a transfer.
-                self._tracking_stopped(channel_id, kind, tracker.failed)
-        if status is not None and self.cut_reason is None:
-            try:
-                events.exit_status(channel=channel_id, status=status)
-            except RecordingError as exc:
-                self.recording_failed(str(exc))
-        if self.cut_reason is None:
-            # Everything the user got is in the recorder's buffer already; the user need not
-            # wait for it to be hashed and signed.
-            try:
-                if status is not None:
-                    state.channel.send_exit_status(status)
-                state.channel.shutdown_write()
-                state.channel.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
-        self._close_recorder(state)
-
-    def _open_recorder(self, state: _Channel, kind: str, command: str):
-        """Start the channel's recording: (record_out, record_err), each None if not recorded."""
-        channel_id = state.channel.get_id()
-        if kind == "exec":
-            self.events.exec_started(channel=channel_id, command=command)
-        if state.pty:
-            state.recorder = TerminalRecorder(
-                session=self.session,
-                channel=channel_id,
-                width=state.width,
-                height=state.height,
-                term=state.term,
-                title=f"{self.user.username} on {self.account.slug}" + (f": {command}" if command else ""),
-            )
-            return state.recorder.write, None
-        if kind == "exec":
-            state.recorder = ExecRecorder(session=self.session, channel=channel_id)
-            return state.recorder.write, state.recorder.write_stderr
-        return None, None
-
-    def _file_operation(self, channel_id: int, operation: tuple[str, ...]) -> None:
+    def _file_operation(self, number: int, operation: tuple[str, ...]) -> None:
         """An SFTP remove, rename, mkdir, rmdir or setstat, for the event log."""
         try:
-            self.events.note("file-operation", channel=channel_id, operation=list(operation))
+            self.events.note("file-operation", channel=number, operation=list(operation))
         except RecordingError as exc:
             self.recording_failed(str(exc))
 
-    def _tracking_stopped(self, channel_id: int, kind: str, why: str) -> None:
+    async def _tracking_stopped(self, number: int, kind: str, why: str) -> None:
         try:
-            self.events.note("transfer-tracking-stopped", channel=channel_id, why=why[:300])
+            self.events.note("transfer-tracking-stopped", channel=number, why=why[:300])
         except RecordingError as exc:
             self.recording_failed(str(exc))
-        _db(
+        await self.call(
             records.record_tracking_stopped,
             session=self.session,
             user=self.user,
@@ -901,59 +995,49 @@ class GatewayConnection(paramiko.ServerInterface):
             f"The session recording failed ({message}); no privileged access goes unrecorded.",
         )
 
-    def _close_soon(self) -> None:
-        threading.Timer(1.0, self._close_transport).start()
-
-    def _upstream(self) -> upstream.UpstreamConnection:
+    async def _upstream(self) -> asyncssh.SSHClientConnection:
         """Log in to the target once per connection, with the grant's credential."""
-        with self._upstream_lock:
-            if self.upstream is not None and self.upstream.transport.is_active():
+        if self._upstream_lock is None:
+            self._upstream_lock = asyncio.Lock()
+        async with self._upstream_lock:
+            if self.upstream is not None and not self.upstream.is_closed():
                 return self.upstream
-            account, target = self.account, self.account.target
-            ref = _db(_account_ref, account)
-            kwargs = {}
+            account, target_row = self.account, self.account.target
             try:
-                if account.kind == Account.Kind.SSH_CA:
-                    private, public = upstream.generate_keypair()
-                    # sshd checks a certificate only when it logs in: it needs to live
-                    # for the login alone, whatever the grant's length (the gateway cuts
-                    # the session when the grant ends). A stolen one is soon worthless.
-                    certificate = sources.ssh_sign(
-                        account=ref, public_key=public, ttl_seconds=UPSTREAM_CERTIFICATE_SECONDS
-                    )
-                    kwargs = {"private_key": private, "certificate": certificate}
-                else:
-                    kwargs = {"password": sources.static_login_password(account=ref)}
+                credential = await self.call(_credential, account)
             except VaultError as exc:
                 raise upstream.UpstreamError(f"Vault did not hand out the credential: {exc}") from None
             try:
-                self.upstream = upstream.connect(
-                    host=target.host,
-                    port=target.port,
+                self.upstream = await target.connect(
+                    host=target_row.host,
+                    port=target_row.port,
                     username=account.username,
-                    host_key=target.host_key,
+                    host_key=target_row.host_key,
                     timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
-                    target=target.name,
-                    **kwargs,
+                    target=target_row.name,
+                    **credential,
                 )
             except upstream.HostKeyMismatch as exc:
-                _db(
+                await self.call(
                     records.record_host_key_mismatch,
                     session=self.session,
                     user=self.user,
                     client_address=self.client_ip,
-                    target=target.name,
+                    target=target_row.name,
                     message=str(exc),
                 )
                 raise
             finally:
-                kwargs.clear()
+                credential.clear()
+            if self.cut_reason is not None:
+                self._close_upstream()
             return self.upstream
 
     # --- The menu (plain "alice") ---------------------------------------------------
 
-    def _menu_text(self) -> str:
-        grants = _db(records.live_grants_of, user=self.user)
+    async def _menu_text(self, grants: list | None = None) -> str:
+        if grants is None:
+            grants = await self.call(records.live_grants_of, user=self.user)
         if not grants:
             return f"You have no live grants. Request access at {records.request_url()}"
         lines = ["Your live grants:"]
@@ -962,53 +1046,96 @@ class GatewayConnection(paramiko.ServerInterface):
             lines.append(f"  {number}) {grant.account.slug} on {grant.account.target.name} ({left} min left)")
         return "\n".join(lines)
 
-    def _menu(self, state: _Channel) -> bool:
+    async def _menu(self, state: ChannelState) -> bool:
         """Let the user pick one of her live grants in her terminal; True once chosen."""
-        grants = _db(records.live_grants_of, user=self.user)
-        channel = state.channel
+        grants = await self.call(records.live_grants_of, user=self.user)
+        chan = state.chan
         if not grants:
-            self._say(state, self._menu_text())
-            self._close_soon()
+            self._say(state, await self._menu_text(grants))
+            self.close_soon()
             return False
-        text = self._menu_text() + "\r\nPick a number (or q to quit): "
-        channel.sendall(text.replace("\n", "\r\n").encode())
-        answer, state.extra["typed_ahead"] = _read_line(channel)
+        text = await self._menu_text(grants) + "\r\nPick a number (or q to quit): "
+        state.menu = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(*CHANNEL_GONE):
+            chan.write(text.replace("\n", "\r\n").encode())
+        held, state.held = state.held, []
+        for data in held:
+            if data is not None and not state.menu.done():
+                _menu_input(state, data)
+        try:
+            answer = await asyncio.wait_for(state.menu, MENU_TIMEOUT)
+        except TimeoutError:
+            answer = None
+        state.menu = None
         if answer is None or answer.strip().lower() in ("q", "quit", ""):
             self._say(state, "Bye.", status=0)
-            self._close_soon()
+            self.close_soon()
             return False
         try:
-            grant = grants[int(answer.strip()) - 1]
-            if int(answer.strip()) < 1:
+            choice = int(answer.strip())
+            if choice < 1:
                 raise IndexError
+            grant = grants[choice - 1]
         except (ValueError, IndexError):
             self._say(state, f"'{answer.strip()[:20]}' is not one of the numbers shown.")
-            self._close_soon()
+            self.close_soon()
             return False
-        if not self._select_account(grant.account.slug):
+        if not await self._select_account(grant.account.slug):
             self._say(state, f"pamsite: {self.refusal}")
-            self._close_soon()
+            self.close_soon()
             return False
-        channel.sendall(f"Connecting to {grant.account.slug}...\r\n".encode())
+        with contextlib.suppress(*CHANNEL_GONE):
+            chan.write(f"Connecting to {grant.account.slug}...\r\n".encode())
         return True
 
-    # --- Forwarded connections ------------------------------------------------------
 
-    def _run_forward(self, channel: paramiko.Channel, sock: socket.socket, host: str, port: int) -> None:
-        bytes_in, bytes_out = relay_socket(down=channel, sock=sock, counter=self.counter)
-        if self.events is not None:
-            try:
-                self.events.forwarded_connection(
-                    channel=channel.get_id(), host=host, port=port, bytes_in=bytes_in, bytes_out=bytes_out
-                )
-            except RecordingError as exc:
-                self.recording_failed(str(exc))
+def _menu_input(state: ChannelState, data: bytes) -> None:
+    """Bytes typed at the menu: echoed, backspace handled; Enter answers, the rest goes on."""
+    chan, typed = state.chan, state.typed
+    for index, byte in enumerate(data):
+        if byte in (13, 10):
+            with contextlib.suppress(*CHANNEL_GONE):
+                chan.write(b"\r\n")
+            rest = data[index + 1 :]
+            if byte == 13 and rest[:1] == b"\n":
+                rest = rest[1:]
+            if rest:
+                state.held.append(bytes(rest))  # typed ahead: goes to the target's shell
+            state.menu.set_result(typed.decode("utf-8", "replace"))
+            return
+        if byte in (3, 4):  # Ctrl-C, Ctrl-D
+            state.menu.set_result(None)
+            return
+        if byte in (8, 127):
+            if typed:
+                typed.pop()
+                with contextlib.suppress(*CHANNEL_GONE):
+                    chan.write(b"\b \b")
+        elif 32 <= byte < 127 and len(typed) < MENU_ANSWER_MAX:
+            typed.append(byte)
+            with contextlib.suppress(*CHANNEL_GONE):
+                chan.write(bytes([byte]))
 
 
-def _account_ref(account: Account):
+def _prohibited(message: str) -> ChannelOpenError:
+    return ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, message)
+
+
+def _credential(account: Account) -> dict:
+    """The grant's credential from Vault (blocking): a fresh key + certificate, or the password."""
     from access.services import account_ref
 
-    return account_ref(account)
+    ref = account_ref(account)
+    if account.kind == Account.Kind.SSH_CA:
+        private, public = upstream.generate_keypair()
+        # sshd checks a certificate only when it logs in: it needs to live for the login
+        # alone, whatever the grant's length (the gateway cuts the session when the grant
+        # ends). A stolen one is soon worthless.
+        certificate = sources.ssh_sign(
+            account=ref, public_key=public, ttl_seconds=UPSTREAM_CERTIFICATE_SECONDS
+        )
+        return {"private_key": private, "certificate": certificate}
+    return {"password": sources.static_login_password(account=ref)}
 
 
 MAX_TERMINAL_SIZE = 1000  # columns or rows
@@ -1028,36 +1155,3 @@ def _clamp(value: int, default: int) -> int:
     if value < 1:
         return default
     return min(value, MAX_TERMINAL_SIZE)
-
-
-def _read_line(channel: paramiko.Channel, limit: int = 32, timeout: float = 120) -> tuple[str | None, bytes]:
-    """A line typed in a pty (echoed back, backspace handled) and what was typed after it.
-
-    (None, b"") if the user left. Input typed ahead (pasted) goes to the target's shell.
-    """
-    channel.settimeout(timeout)
-    typed = bytearray()
-    try:
-        while True:
-            data = channel.recv(4096)
-            if not data:
-                return None, b""
-            for index, byte in enumerate(data):
-                if byte in (13, 10):
-                    channel.sendall(b"\r\n")
-                    channel.settimeout(None)
-                    rest = data[index + 1 :]
-                    if byte == 13 and rest[:1] == b"\n":
-                        rest = rest[1:]
-                    return typed.decode("utf-8", "replace"), bytes(rest)
-                if byte in (3, 4):  # Ctrl-C, Ctrl-D
-                    return None, b""
-                if byte in (8, 127):
-                    if typed:
-                        typed.pop()
-                        channel.sendall(b"\b \b")
-                elif 32 <= byte < 127 and len(typed) < limit:
-                    typed.append(byte)
-                    channel.sendall(bytes([byte]))
-    except (TimeoutError, OSError, EOFError, paramiko.SSHException):
-        return None, b""

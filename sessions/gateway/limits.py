@@ -1,6 +1,6 @@
 """What keeps hostile SSH clients from starving everyone else of the gateway.
 
-- At the TCP accept, before paramiko spends any CPU on a key exchange, one gateway
+- At the TCP accept, before any CPU is spent on a key exchange, one gateway
   process refuses a connection over ``GATEWAY_MAX_CONNECTIONS`` (all its connections),
   ``GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`` (connections from that client address, logging
   in or logged in) or ``GATEWAY_MAX_UNAUTHENTICATED`` (connections still logging in). The
@@ -10,22 +10,15 @@
   database, so the limit holds across gateway processes and hosts. Over it, the client
   is disconnected with "too many sessions for alice: 10 live; close one ...".
 - Every connection must be logged in ``GATEWAY_LOGIN_TIMEOUT`` seconds after its accept,
-  wherever it stalls (no banner, a stalled key exchange, a stalled authentication);
-  ``Limiter.sweep`` closes the ones that are not, which frees their threads.
-- ``ClientSocket`` wraps the client's socket for paramiko: the first line must be an SSH
+  wherever it stalls (no banner, a stalled key exchange, a stalled authentication); its
+  own timer closes the ones that are not.
+- ``PreauthGuard`` checks the client's bytes until login: the first line must be an SSH
   identification of at most 255 bytes (RFC 4253: clients send nothing before it), and
-  until the user has logged in at most ``PREAUTH_BYTES`` are read, in small reads, so a
-  "packet" announcing 4 GiB cannot make paramiko buffer it.
+  at most ``PREAUTH_BYTES`` may arrive before the user has logged in.
 - Each refusal is audited as ``security.alert.connection_limit``, at most once per limit
   and address (or user) per minute, the refusals in between counted in the next event, so
   a flood does not flood the audit trail. The events are written by the server's
   housekeeping thread, never by the accept loop.
-
-- ``database_slot()``: at most ``GATEWAY_MAX_DATABASE_CONNECTIONS`` threads of a process
-  use the database at once (each thread has a connection of its own), and each closes its
-  connection when its slot ends. Without it, hundreds of connections ending together
-  (a network outage, a gateway restart of the clients' side) opened hundreds of database
-  connections, past PostgreSQL's ``max_connections``, and sessions could not be ended.
 
 With ``--workers N`` the per-process limits apply to each process; the per-user limit is
 exact across processes (the database counts).
@@ -40,19 +33,16 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import paramiko
+import asyncssh
 from django.conf import settings
 from django.db import connection as db_connection
-from django.db import connections as db_connections
 from django.db import transaction
-from paramiko.common import cMSG_DISCONNECT
 
 from audit.services import audit_record
 from identity.models import User
-from sessions import upstream
 from sessions.gateway import records
 from sessions.models import Session
 
@@ -64,62 +54,19 @@ BANNER_MAX = 255
 # Bytes a client may send before it has logged in: its identification, the key exchange
 # and its authentication requests take a few KiB (a few dozen agent keys, some KiB more).
 PREAUTH_BYTES = 256 * 1024
-PREAUTH_READ = 16 * 1024
+MSG_DISCONNECT = 1
 # SSH disconnect reason codes (RFC 4253 section 11.1).
 DISCONNECT_TOO_MANY_CONNECTIONS = 12
 DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE = 14
 # A refused socket is closed this long after the refusal was sent (the client reads it first).
 REFUSED_LINGER = 2.0
 REFUSED_MAX_PENDING = 512
-# The accept loop closes overdue logins this often; paramiko and the connection's own
-# deadline usually end them first, this is the backstop.
-SWEEP_INTERVAL = 0.5
-LOGIN_GRACE = 2.0
 # Audit events about refusals: one per (limit, address or user) per interval, and at most
 # ALERTS_PER_INTERVAL in all per interval (a flood from many addresses).
 ALERT_INTERVAL = 60.0
 # Advisory lock class (PostgreSQL) serialising the opening of one user's sessions.
 SESSION_LIMIT_LOCK = 0x5053
 ALERTS_PER_INTERVAL = 100
-
-
-_database_slots: threading.BoundedSemaphore | None = None
-_database_slots_size = 0
-_database_slot_depth = threading.local()
-_database_slots_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def database_slot():
-    """Hold one of the process's database slots; the thread's connection is closed after.
-
-    Re-entrant within a thread (a call that needs the database inside another one), so
-    nested use never waits on itself. Never hold a slot while waiting for another thread.
-    """
-    global _database_slots, _database_slots_size
-    depth = getattr(_database_slot_depth, "value", 0)
-    if depth:
-        _database_slot_depth.value = depth + 1
-        try:
-            yield
-        finally:
-            _database_slot_depth.value = depth
-        return
-    size = settings.GATEWAY_MAX_DATABASE_CONNECTIONS
-    with _database_slots_lock:
-        if _database_slots is None or _database_slots_size != size:
-            _database_slots, _database_slots_size = threading.BoundedSemaphore(size), size
-        slots = _database_slots
-    slots.acquire()
-    _database_slot_depth.value = 1
-    try:
-        yield
-    finally:
-        _database_slot_depth.value = 0
-        try:
-            db_connections.close_all()
-        finally:
-            slots.release()
 
 
 class SessionLimitReached(Exception):
@@ -220,7 +167,7 @@ def _ssh_string(data: bytes) -> bytes:
 def refusal_bytes(message: str) -> bytes:
     """Our identification and an unencrypted SSH_MSG_DISCONNECT (valid before any key exchange)."""
     payload = (
-        bytes([cMSG_DISCONNECT[0]])
+        bytes([MSG_DISCONNECT])
         + struct.pack(">I", DISCONNECT_TOO_MANY_CONNECTIONS)
         + _ssh_string(message.encode()[:400])
         + _ssh_string(b"en")
@@ -232,113 +179,66 @@ def refusal_bytes(message: str) -> bytes:
     return (IDENTIFICATION + "\r\n").encode() + packet
 
 
-def disconnect(transport: paramiko.Transport, message: str, reason: int) -> None:
-    """Send SSH_MSG_DISCONNECT with ``message`` (the client prints it) and close the transport.
+class PreauthGuard:
+    """What a client may send before it has logged in, checked as its bytes arrive.
 
-    Called on the transport's own thread (from authentication), as paramiko's own
-    "no more auth methods" disconnect is.
-    """
-    m = paramiko.Message()
-    m.add_byte(cMSG_DISCONNECT)
-    m.add_int(reason)
-    m.add_string(message[:400])
-    m.add_string("en")
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        transport._send_message(m)
-    transport.close()
-
-
-class ClientSocket:
-    """The client's socket as paramiko reads it: no garbage before the banner, no huge reads.
-
-    Until the user has logged in (``logged_in()``), the first line must look like an SSH
-    identification and at most PREAUTH_BYTES may arrive, read PREAUTH_READ at a time;
-    anything else ends the connection with ``refusal`` saying why. Once logged in, reads
-    go straight to the socket (no wrapper on the relay's path).
+    The first line must look like an SSH identification of at most BANNER_MAX bytes (RFC
+    4253: clients send nothing before it), and at most PREAUTH_BYTES may arrive before
+    login. ``check(data)`` is False once the client broke a rule; ``refusal`` says which.
     """
 
-    def __init__(self, sock: socket.socket, *, logged_in: Callable[[], bool]):
-        self._sock = sock
-        self._logged_in = logged_in
+    __slots__ = ("_banner_done", "_head", "_received", "refusal")
+
+    def __init__(self) -> None:
         self._head = b""
         self._banner_done = False
         self._received = 0
         self.refusal = ""
-        self.eof = False  # the client closed its side
-        # Paramiko calls these often: bound to the socket's own methods, not looked up each time.
-        self.send = sock.send
-        self.sendall = sock.sendall
-        self.settimeout = sock.settimeout
-        self.gettimeout = sock.gettimeout
-        self.shutdown = sock.shutdown
-        self.close = sock.close
-        self.fileno = sock.fileno
-        self.getpeername = sock.getpeername
-        self.getsockname = sock.getsockname
 
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def recv(self, size: int) -> bytes:
-        data = self._sock.recv(min(size, PREAUTH_READ))
-        if not data:
-            self.eof = True
-            return data
+    def check(self, data: bytes) -> bool:
+        if self.refusal:
+            return False
         self._received += len(data)
         if not self._banner_done:
             self._check_banner(data)
-        if self._received > PREAUTH_BYTES:
-            if self._logged_in():
-                # From now on paramiko reads the socket without this guard, read ahead.
-                self.recv = upstream.ReadAhead(self._sock).recv
-            else:
-                self._refuse(f"sent more than {PREAUTH_BYTES // 1024} KiB without logging in")
-        return data
+        if not self.refusal and self._received > PREAUTH_BYTES:
+            self.refusal = f"sent more than {PREAUTH_BYTES // 1024} KiB without logging in"
+        return not self.refusal
 
     def _check_banner(self, data: bytes) -> None:
         head = (self._head + data)[: BANNER_MAX + 1]
         if not (head.startswith(b"SSH-") or b"SSH-".startswith(head)):
-            self._refuse(f"not an SSH client (it sent {head[:32]!r})")
+            self.refusal = f"not an SSH client (it sent {head[:32]!r})"
+            return
         end = head.find(b"\n")
         if end >= 0:
             self._banner_done = True
             self._head = b""
         elif len(head) > BANNER_MAX:
-            self._refuse(f"an SSH identification longer than {BANNER_MAX} bytes ({head[:32]!r}...)")
+            self.refusal = f"an SSH identification longer than {BANNER_MAX} bytes ({head[:32]!r}...)"
         else:
             self._head = head
 
-    def _refuse(self, why: str) -> None:
-        self.refusal = self.refusal or why
-        # EOFError: what paramiko's transport thread expects of a peer that is gone (an
-        # OSError must carry an errno for its handler).
-        raise EOFError(why)
+    @staticmethod
+    def kex_done(conn) -> bool:
+        """Whether the connection got past its first key exchange (asyncssh's flag)."""
+        return bool(
+            (conn is not None and getattr(conn, "_kex_complete", False))
+            or getattr(conn, "_auth_complete", False)
+        )
 
-
-# Paramiko logs each failed handshake (scanners, garbage, clients that hang up) as ERRORs
-# with a traceback, one record per line; the gateway logs one line itself. Its transports
-# log here instead: nowhere, unless paramiko's logger is set to DEBUG.
-_QUIET = logging.Logger("sessions.gateway.paramiko", logging.CRITICAL)
-
-
-def quiet(transport: paramiko.Transport) -> None:
-    """Silence a user connection's paramiko transport (see _QUIET)."""
-    if not logging.getLogger("paramiko").isEnabledFor(logging.DEBUG):
-        transport.logger = _QUIET
-        transport.packetizer.set_log(_QUIET)
-
-
-def failure_reason(transport: paramiko.Transport, exc: BaseException) -> str:
-    """One short line saying why a handshake failed (the ClientSocket's reason first)."""
-    why = getattr(transport.sock, "refusal", "")
-    gone = isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError)) or getattr(
-        transport.sock, "eof", False
-    )
-    if not why and gone:
-        why = "the client closed the connection"
-    why = why or str(exc) or type(exc).__name__
-    why = " ".join(why.split())
-    return why if len(why) <= 200 else why[:200] + "..."
+    def failure_reason(self, exc: BaseException | None) -> str:
+        """One short line saying why a handshake failed (the guard's reason first)."""
+        why = self.refusal
+        if not why:
+            if exc is None or isinstance(
+                exc, (asyncssh.ConnectionLost, ConnectionResetError, BrokenPipeError, EOFError)
+            ):
+                why = "the client closed the connection"
+            else:
+                why = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+        why = " ".join(why.split())
+        return why if len(why) <= 200 else why[:200] + "..."
 
 
 class _Alerts:
@@ -408,7 +308,6 @@ class Limiter:
     def __init__(self, *, node: str):
         self.alerts = _Alerts(node)
         self._refused: deque[tuple[float, socket.socket]] = deque()
-        self._last_sweep = 0.0
 
     # --- The accept loop's thread ---------------------------------------------------
 
@@ -434,27 +333,11 @@ class Limiter:
         while len(self._refused) > REFUSED_MAX_PENDING:
             _close_refused(self._refused.popleft()[1])
 
-    def sweep(self, live: Iterable) -> None:
-        """Close refused sockets whose time is up and connections not logged in in time."""
+    def sweep(self) -> None:
+        """Close refused sockets whose time is up (housekeeping, a few times a second)."""
         now = time.monotonic()
         while self._refused and self._refused[0][0] <= now:
             _close_refused(self._refused.popleft()[1])
-        if now - self._last_sweep < SWEEP_INTERVAL:
-            return
-        self._last_sweep = now
-        timeout = settings.GATEWAY_LOGIN_TIMEOUT
-        for connection in live:
-            transport = connection.transport
-            if connection.authenticated or now - connection.opened <= timeout + LOGIN_GRACE:
-                continue
-            if not transport.is_active():
-                continue
-            sock = transport.sock
-            if isinstance(sock, ClientSocket) and not sock.refusal:
-                sock.refusal = f"did not log in within {timeout} s"
-            if transport.initial_kex_done:
-                logger.info("Login from %s timed out after %s s", connection.client_ip, timeout)
-            upstream.close_transport(transport)
 
     def close(self) -> None:
         """The server stops: close every refused socket still lingering."""

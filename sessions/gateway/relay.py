@@ -1,230 +1,283 @@
-"""Byte pumps between a user's channel and the target: session channels and forwards.
+"""Byte pumps between a user's channel and the target, on the gateway's event loop.
 
-A relayed session channel has two pumps: the target's output to the user (this is what
-is recorded, and what file-transfer trackers read for downloads) and the user's input to
-the target. A non-pty exec adds a third for standard error.
+A relayed session channel is a ``Pipe``: the user's channel (``down``, asyncssh's server
+channel) and the target's (``up``, a client channel opened with ``TargetSession``). The
+target's output goes to the recorder, to a file-transfer tracker if there is one, and
+then to the user; the user's input to the tracker and the target. Nothing is copied or
+queued here beyond what asyncssh buffers: when one side's send buffer is full, the other
+side's channel stops reading (asyncssh's ``pause_reading``), so SSH window adjustments
+stop and the sender waits. A forwarded TCP connection (``ForwardSession``) is the same
+with a socket in place of the target's channel.
 
-Reads take all a channel holds (READ_SIZE is more than any channel's window): paramiko's
-buffer drops what a read took by moving the rest to its front, so a smaller read of a
-full 2 MiB window moved up to 2 MiB for each 128 KiB. Sends go out as memoryviews:
-paramiko's ``sendall`` slices off each packet it sent, which copied the rest of a bytes
-object each time.
-
-Nothing here blocks on the database or Vault on the hot path: the recorders buffer in
-memory (``sessions.recorder``) and the trackers only hash.
+Nothing here waits on the database or Vault: the recorders buffer in memory
+(``sessions.recorder``) and the trackers only hash.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import socket
-import threading
-import time
 from collections.abc import Callable
 
-import paramiko
-from django.db import connections
+import asyncssh
+from asyncssh import EXTENDED_DATA_STDERR
 
 from sessions.recorder import RecordingError
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE = 16 * 1024 * 1024  # more than paramiko's largest window (see above)
-# A socket's recv allocates what it is asked for: forwarded TCP is read in these.
-SOCKET_READ_SIZE = 256 * 1024
-
-
-def thread(target: Callable, *args, name: str) -> threading.Thread:
-    """Start a daemon thread that closes its own database connections when it ends."""
-
-    def run() -> None:
-        try:
-            target(*args)
-        except Exception:
-            logger.exception("Gateway thread %s failed", name)
-        finally:
-            connections.close_all()
-
-    worker = threading.Thread(target=run, name=name, daemon=True)
-    worker.start()
-    return worker
+# Errors of a write or EOF on a channel the peer has already closed.
+CHANNEL_GONE = (BrokenPipeError, ConnectionError, OSError, asyncssh.Error)
 
 
 class Counter:
     """Bytes relayed in each direction, summed over a connection's channels."""
+
+    __slots__ = ("to_target", "to_user")
 
     def __init__(self) -> None:
         self.to_target = 0
         self.to_user = 0
 
 
-class ChannelRelay:
-    """Pump one user channel (``down``) to one target channel (``up``) until both end.
+class Pipe:
+    """One user session channel (``down``) relayed to one target channel (``up``).
 
     ``record_out`` / ``record_err`` receive the target's output before the user sees it;
-    ``observe_in`` / ``observe_out`` (file-transfer trackers) see each direction. A
-    RecordingError from a recorder calls ``on_recording_failed`` (the connection ends the
-    session: no unrecorded privileged access), also when the gateway's housekeeping flush
-    finds it (the recorder's ``on_failure``) while the channel is idle. ``run()`` returns
-    the exit status (or None: none was sent, e.g. the target's connection was lost).
+    ``observe_in`` / ``observe_out`` (file-transfer trackers, the terminal recorder's input
+    markers) see each direction. A RecordingError calls ``on_recording_failed`` (the
+    connection ends the session: no unrecorded privileged access), also when the gateway's
+    housekeeping flush finds it while the channel is idle (the recorder's ``on_failure``).
+    ``ended`` resolves to (exit status, exit signal) when the target's channel closes.
     """
 
     def __init__(
         self,
         *,
-        down: paramiko.Channel,
-        up: paramiko.Channel,
+        down: asyncssh.SSHServerChannel,
         counter: Counter,
         record_out: Callable[[bytes], None] | None = None,
         record_err: Callable[[bytes], None] | None = None,
         observe_in: Callable[[bytes], None] | None = None,
         observe_out: Callable[[bytes], None] | None = None,
         on_recording_failed: Callable[[str], None],
-        separate_stderr: bool,
     ):
-        self.down, self.up = down, up
+        self.down = down
+        self.up: asyncssh.SSHClientChannel | None = None
         self.counter = counter
-        self.record_out, self.record_err = record_out, record_err
+        self.record_out, self.record_err = record_out, record_err or record_out
         self.observe_in, self.observe_out = observe_in, observe_out
         self.on_recording_failed = on_recording_failed
-        self.separate_stderr = separate_stderr
-        self.ended = False
+        self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
         for record in (record_out, record_err):
             # record_* are a recorder's bound methods: its background flush reports here too.
             recorder = getattr(record, "__self__", None)
             if recorder is not None and hasattr(recorder, "on_failure"):
                 recorder.on_failure = on_recording_failed
 
-    def run(self) -> int | None:
-        """Relay until the target's side ends; the exit status it sent, if any."""
-        name = f"relay-in-{self.down.get_id()}"
-        thread(self._user_to_target, name=name)
-        stderr = (
-            thread(self._target_stderr_to_user, name=f"relay-err-{self.down.get_id()}")
-            if self.separate_stderr
-            else None
-        )
-        self._target_to_user()
-        if stderr is not None:
-            stderr.join(timeout=30)
-        # sshd sends the exit status just before closing; a target that never does is not waited
-        # for long, and one whose connection is gone (sshd killed, host down) not at all.
-        transport = self.up.get_transport()
-        deadline = time.monotonic() + 10
-        while not self.up.status_event.wait(0.1):
-            if time.monotonic() > deadline or transport is None or not transport.is_active():
-                break
-        status = self.up.exit_status if self.up.status_event.is_set() else -1
-        # The user's side may never send EOF (ssh without -n keeps stdin open): the thread
-        # reading it ends when the channel is closed, and records nothing from now on.
-        self.ended = True
-        return status if status >= 0 else None
+    def session(self) -> TargetSession:
+        return TargetSession(self)
 
-    def _target_to_user(self) -> None:
-        up, down, record, observe = self.up, self.down, self.record_out, self.observe_out
-        counter = self.counter
-        while True:
-            try:
-                data = up.recv(READ_SIZE)
-            except (OSError, EOFError, paramiko.SSHException):
-                return
-            if not data:
-                return
-            if record is not None:
-                try:
-                    record(data)
-                except RecordingError as exc:
-                    self.on_recording_failed(str(exc))
-                    return
-            if observe is not None:
-                observe(data)
-            try:
-                down.sendall(memoryview(data))
-            except (OSError, EOFError, paramiko.SSHException):
-                up.close()
-                return
-            counter.to_user += len(data)
+    # --- The user's side (called by the user's session channel) ------------------------
 
-    def _target_stderr_to_user(self) -> None:
-        up, down, record = self.up, self.down, self.record_err
-        while True:
-            try:
-                data = up.recv_stderr(READ_SIZE)
-            except (OSError, EOFError, paramiko.SSHException):
-                return
-            if not data:
-                return
-            if record is not None:
-                try:
-                    record(data)
-                except RecordingError as exc:
-                    self.on_recording_failed(str(exc))
-                    return
-            try:
-                down.sendall_stderr(memoryview(data))
-            except (OSError, EOFError, paramiko.SSHException):
-                return
-            self.counter.to_user += len(data)
-
-    def _user_to_target(self) -> None:
-        up, down, observe = self.up, self.down, self.observe_in
-        while True:
-            try:
-                data = down.recv(READ_SIZE)
-            except (OSError, EOFError, paramiko.SSHException):
-                data = b""
-            if not data:
-                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                    up.shutdown_write()
-                return
-            if observe is not None and not self.ended:
-                observe(data)
-            try:
-                up.sendall(memoryview(data))
-            except (OSError, EOFError, paramiko.SSHException):
-                return
-            self.counter.to_target += len(data)
-
-
-def relay_socket(*, down: paramiko.Channel, sock: socket.socket, counter: Counter) -> tuple[int, int]:
-    """Pump a forwarded TCP connection both ways until one side closes: (bytes in, bytes out)."""
-    sent = [0, 0]
-
-    def user_to_target() -> None:
-        while True:
-            try:
-                data = down.recv(READ_SIZE)
-            except (OSError, EOFError, paramiko.SSHException):
-                data = b""
-            if not data:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
-                return
-            try:
-                sock.sendall(data)
-            except OSError:
-                return
-            sent[0] += len(data)
-            counter.to_target += len(data)
-
-    inbound = thread(user_to_target, name=f"forward-in-{down.get_id()}")
-    while True:
+    def from_user(self, data: bytes) -> None:
+        if self.ended.done() or self.up is None:
+            return
+        if self.observe_in is not None:
+            self.observe_in(data)
         try:
-            data = sock.recv(SOCKET_READ_SIZE)
-        except OSError:
-            data = b""
-        if not data:
-            break
+            self.up.write(data)
+        except CHANNEL_GONE:
+            return
+        self.counter.to_target += len(data)
+
+    def user_eof(self) -> None:
+        if self.up is not None:
+            with contextlib.suppress(*CHANNEL_GONE):
+                self.up.write_eof()
+
+    def user_closed(self) -> None:
+        if self.up is not None:
+            self.up.close()
+
+    def user_paused(self) -> None:
+        """The user's channel has more queued than she takes: stop reading the target."""
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def user_resumed(self) -> None:
+        if self.up is not None:
+            self.up.resume_reading()
+
+    # --- The target's side (TargetSession) --------------------------------------------
+
+    def from_target(self, data: bytes, stderr: bool) -> None:
+        record = self.record_err if stderr else self.record_out
+        if record is not None:
+            try:
+                record(data)
+            except RecordingError as exc:
+                self.on_recording_failed(str(exc))
+                if self.up is not None:
+                    self.up.close()
+                return
+        if self.observe_out is not None and not stderr:
+            self.observe_out(data)
         try:
-            down.sendall(memoryview(data))
-        except (OSError, EOFError, paramiko.SSHException):
-            break
-        sent[1] += len(data)
-        counter.to_user += len(data)
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        down.shutdown_write()
-    inbound.join(timeout=5)
-    down.close()
-    sock.close()
-    return sent[0], sent[1]
+            if stderr:
+                self.down.write_stderr(data)
+            else:
+                self.down.write(data)
+        except CHANNEL_GONE:
+            if self.up is not None:
+                self.up.close()
+            return
+        self.counter.to_user += len(data)
+
+    def target_eof(self) -> None:
+        with contextlib.suppress(*CHANNEL_GONE):
+            self.down.write_eof()
+
+    def target_closed(self) -> None:
+        if self.ended.done():
+            return
+        status = signal = None
+        if self.up is not None:
+            status = self.up.get_exit_status()
+            signal = self.up.get_exit_signal()
+        if status is not None and status < 0:
+            status = None
+        self.ended.set_result((status, signal))
+
+
+class TargetSession(asyncssh.SSHClientSession):
+    """The target's side of a Pipe: asyncssh calls these as the target's channel speaks."""
+
+    def __init__(self, pipe: Pipe):
+        self.pipe = pipe
+
+    def connection_made(self, chan) -> None:
+        self.pipe.up = chan
+
+    def data_received(self, data, datatype) -> None:
+        self.pipe.from_target(data, datatype == EXTENDED_DATA_STDERR)
+
+    def eof_received(self) -> bool:
+        self.pipe.target_eof()
+        return True  # the target's EOF is passed on; its channel stays open for the status
+
+    def connection_lost(self, exc) -> None:
+        self.pipe.target_closed()
+
+    def pause_writing(self) -> None:
+        # The target takes the user's input more slowly than she types/uploads it.
+        self.pipe.down.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.pipe.down.resume_reading()
+
+
+class _SocketSide(asyncio.Protocol):
+    """The target's socket of a forwarded connection."""
+
+    def __init__(self, forward: ForwardSession):
+        self.forward = forward
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        forward = self.forward
+        if forward.chan is None:
+            return
+        try:
+            forward.chan.write(data)
+        except CHANNEL_GONE:
+            self.transport.close()
+            return
+        forward.bytes_out += len(data)
+        forward.counter.to_user += len(data)
+
+    def eof_received(self) -> bool:
+        if self.forward.chan is not None:
+            with contextlib.suppress(*CHANNEL_GONE):
+                self.forward.chan.write_eof()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.forward.side_closed()
+
+    def pause_writing(self) -> None:
+        if self.forward.chan is not None:
+            self.forward.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.forward.chan is not None:
+            self.forward.chan.resume_reading()
+
+
+class ForwardSession(asyncssh.SSHTCPSession):
+    """A forwarded TCP connection (``ssh -L``): the user's channel and a socket to the target.
+
+    ``on_done(bytes_in, bytes_out)`` is called once, when both sides are closed.
+    """
+
+    def __init__(self, *, counter: Counter, on_done: Callable[[int, int], None]):
+        self.counter = counter
+        self.on_done = on_done
+        self.chan = None
+        self.side = _SocketSide(self)
+        self.bytes_in = self.bytes_out = 0
+        self._open = 2
+
+    async def connect(self, host: str, port: int, timeout: float) -> None:
+        """Open the socket to the target (OSError / TimeoutError if it cannot be reached)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.create_connection(lambda: self.side, host, port), timeout)
+
+    def connection_made(self, chan) -> None:
+        self.chan = chan
+
+    def data_received(self, data, datatype) -> None:
+        transport = self.side.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        self.bytes_in += len(data)
+        self.counter.to_target += len(data)
+
+    def eof_received(self) -> bool:
+        transport = self.side.transport
+        if transport is not None and transport.can_write_eof():
+            with contextlib.suppress(OSError):
+                transport.write_eof()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        if self.side.transport is not None:
+            self.side.transport.close()
+        self.side_closed()
+
+    def pause_writing(self) -> None:
+        if self.side.transport is not None:
+            self.side.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.side.transport is not None and not self.side.transport.is_closing():
+            self.side.transport.resume_reading()
+
+    def side_closed(self) -> None:
+        """One side is gone: close the other; report once both are."""
+        self._open -= 1
+        if self._open == 1:
+            if self.chan is not None:
+                self.chan.close()
+            elif self.side.transport is not None:
+                self.side.transport.close()
+        if self._open == 0:
+            try:
+                self.on_done(self.bytes_in, self.bytes_out)
+            except Exception:
+                logger.exception("Recording the end of a forwarded connection failed")

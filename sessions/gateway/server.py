@@ -1,12 +1,14 @@
-"""The gateway process: host key, listener, connection threads, housekeeping, workers.
+"""The gateway process: host key, listener, event loop, housekeeping, workers.
 
-One process accepts connections and serves each on its own thread (paramiko is
-threaded). Its housekeeping loop, four times a second, flushes due recordings (a killed
-gateway loses at most a quarter of a second; live viewers lag as little) and, once a
-second, asks the database which of its live
-sessions must end — grant expired, checked in or revoked, or terminated from the web —
-and cuts them. That query is the only coupling with the web app and the worker, so any
-number of gateway processes on any number of hosts can run beside them.
+One process accepts connections and serves all of them on one asyncio event loop
+(asyncssh): an idle session costs a few dozen KB and no thread of its own. Its
+housekeeping task, four times a second, flushes due recordings (a killed gateway loses
+at most a quarter of a second; live viewers lag as little) and, once a second, asks the
+database which of its live sessions must end — grant expired, checked in or revoked, or
+terminated from the web — and cuts them. That query is the only coupling with the web
+app and the worker, so any number of gateway processes on any number of hosts can run
+beside them. Blocking calls (the database, Vault, hashing a recording) run on a pool of
+GATEWAY_MAX_DATABASE_CONNECTIONS threads.
 
 ``GATEWAY_WORKERS`` > 1 forks that many processes sharing the listening port
 (SO_REUSEPORT: the kernel spreads connections), because one Python process relays on
@@ -18,22 +20,25 @@ longer running (killed with SIGKILL, power cut) are sealed and marked interrupte
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import paramiko
+import asyncssh
 from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from sessions.gateway import limits, records
-from sessions.gateway.connection import GatewayConnection
+from sessions.gateway.connection import GatewayConnection, UserConnection
 from sessions.models import Session
 from sessions.recorder import finalize_interrupted, flush_due
 from sessions.upstream import generate_keypair
@@ -58,7 +63,7 @@ def node_name(pid: int | None = None) -> str:
     return f"{host_name()}:{pid or os.getpid()}"
 
 
-def load_host_key(path: Path) -> paramiko.PKey:
+def load_host_key(path: Path) -> asyncssh.SSHKey:
     """The gateway's Ed25519 host key, created (mode 0600) on first start and kept after."""
     path = Path(path)
     if not path.exists():
@@ -76,8 +81,8 @@ def load_host_key(path: Path) -> paramiko.PKey:
             path.with_name(path.name + ".pub").write_text(public + " pamsite-gateway\n")
             logger.info("Created the gateway host key %s", path)
     try:
-        return paramiko.Ed25519Key(filename=str(path))
-    except (OSError, paramiko.SSHException) as exc:
+        return asyncssh.read_private_key(str(path))
+    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
         raise GatewayError(
             f"Cannot read the gateway host key {path} ({exc}): it must be an unencrypted OpenSSH Ed25519 key"
         ) from None
@@ -147,9 +152,14 @@ def recover_dead_processes() -> int:
 
 
 class GatewayServer:
-    """Accept SSH connections on ``sock`` and serve them until ``stop()``."""
+    """Accept SSH connections on ``sock`` and serve them until ``stop()``.
 
-    def __init__(self, *, sock: socket.socket, host_key: paramiko.PKey, node: str | None = None):
+    ``serve_forever()`` runs the process's event loop on the calling thread: every
+    connection, channel and relay lives on it. Blocking work (the database, Vault, sealing
+    recordings) goes to ``call()``, a pool of GATEWAY_MAX_DATABASE_CONNECTIONS threads.
+    """
+
+    def __init__(self, *, sock: socket.socket, host_key: asyncssh.SSHKey, node: str | None = None):
         self.sock = sock
         self.host_key = host_key
         self.node = node or node_name()
@@ -158,107 +168,156 @@ class GatewayServer:
         # Sessions whose connection ended without saving their end (the database was busy
         # or down then): housekeeping ends them (end_orphans).
         self.unended: dict[int, Session] = {}
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
         # Connection limits and login deadlines (hostile clients): sessions.gateway.limits.
         self.limiter = limits.Limiter(node=self.node)
+        self.pool_size = settings.GATEWAY_MAX_DATABASE_CONNECTIONS
+        self.pool = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix="gateway-db")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
         return self.sock.getsockname()[:2]
 
+    def options(self) -> asyncssh.SSHServerConnectionOptions:
+        """The SSH settings every user connection of this process shares."""
+        return asyncssh.SSHServerConnectionOptions(
+            server_factory=lambda: GatewayConnection(self),
+            server_host_keys=[self.host_key],
+            server_version=limits.IDENTIFICATION.removeprefix("SSH-2.0-"),
+            encryption_algs=list(self.ciphers),
+            compression_algs=["none"],
+            public_key_auth=True,
+            password_auth=True,
+            kbdint_auth=True,
+            allow_pty=True,
+            line_editor=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            sftp_factory=None,
+            encoding=None,
+            # The connection's own timer (GATEWAY_LOGIN_TIMEOUT) ends slow logins first.
+            login_timeout=settings.GATEWAY_LOGIN_TIMEOUT + 30,
+            keepalive_interval=60,
+            keepalive_count_max=3,
+            config=None,
+        )
+
+    async def call(self, fn, *args, **kwargs):
+        """Run a blocking call (database, Vault, file hashing) on the pool.
+
+        The pool has GATEWAY_MAX_DATABASE_CONNECTIONS threads, each with at most one
+        database connection: hundreds of connections ending at once take turns rather
+        than exhaust the database's max_connections.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(_pooled, fn, *args, **kwargs))
+
     def serve_forever(self) -> None:
-        housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
-        housekeeping.start()
-        self.sock.settimeout(0.5)
-        while not self._stopping.is_set():
-            with self._lock:
-                live = list(self.connections)
-            self.limiter.sweep(live)  # logins past their deadline, refused sockets to close
+        asyncio.run(self._serve())
+
+    def stop(self) -> None:
+        """Stop serving (any thread, or a signal handler)."""
+        self._stop_requested.set()
+        loop, stopping = self.loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(stopping.set)
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stopping.set()
+        _on_every_thread(self.pool, self.pool_size, None)  # started now: a steady thread count
+        # asyncssh prepares each connection's options to a target on the loop's default
+        # executor: the same threads, so a busy gateway does not grow a second pool.
+        self.loop.set_default_executor(self.pool)
+        options = self.options()
+        housekeeping = self.loop.create_task(self._housekeeping())
+        accepting = self.loop.create_task(self._accept_loop(options))
+        await self._stopping.wait()
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+        await self._shutdown()
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
+        await self.call(self.limiter.alerts.write_pending)  # refusals of the last second
+        _on_every_thread(self.pool, self.pool_size, connections.close_all)
+        self.pool.shutdown(wait=True)
+
+    async def _accept_loop(self, options) -> None:
+        loop = self.loop
+        self.sock.setblocking(False)
+
+        def factory():
+            return UserConnection(loop, options)
+
+        while True:
             try:
-                client, address = self.sock.accept()
-            except TimeoutError:
-                continue
+                client, address = await loop.sock_accept(self.sock)
             except OSError:
-                if self._stopping.is_set():
-                    break
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
                 continue
-            # Over a limit: refused here, before a thread or a key exchange is spent on it.
-            with self._lock:
-                live = list(self.connections)
-            if not self.limiter.admit(client, address, live):
+            # Over a limit: refused here, before a key exchange is spent on it.
+            if not self.limiter.admit(client, address, list(self.connections)):
                 continue
-            client.settimeout(None)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                connection = GatewayConnection(
-                    sock=client,
-                    address=address,
-                    host_key=self.host_key,
-                    node=self.node,
-                    ciphers=self.ciphers,
-                    limiter=self.limiter,
-                )
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.connect_accepted_socket(factory, client)
             except Exception:
                 logger.exception("Could not set up a connection from %s", address[0])
                 client.close()
-                continue
-            with self._lock:
-                self.connections.add(connection)
-            threading.Thread(
-                target=self._serve, args=(connection,), name=f"conn-{address[0]}", daemon=True
-            ).start()
-        self._shutdown()
 
-    def _serve(self, connection: GatewayConnection) -> None:
-        try:
-            connection.serve()
-        finally:
-            session = connection.session
-            with self._lock:
-                self.connections.discard(connection)
-                if session is not None and session.ended_at is None:
-                    self.unended[session.pk] = session
-            connections.close_all()
+    def connection_done(self, connection: GatewayConnection) -> None:
+        """A connection has ended and saved what it could (GatewayConnection._finish)."""
+        self.connections.discard(connection)
+        session = connection.session
+        if session is not None and session.ended_at is None:
+            self.unended[session.pk] = session
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def _shutdown(self) -> None:
+    async def _shutdown(self) -> None:
         """Stopping (SIGTERM): tell every user, end every session cleanly."""
         self.sock.close()
         self.limiter.close()
-        with self._lock:
-            live = list(self.connections)
+        live = list(self.connections)
         for connection in live:
             connection.cut(
                 Session.EndReason.CLOSED, "The gateway is shutting down; connect again in a minute."
             )
-        deadline = time.monotonic() + 10
-        for connection in live:
-            connection.finished.wait(max(0.1, deadline - time.monotonic()))
-        connections.close_all()
+        waits = [self.loop.create_task(c.finished.wait()) for c in live]
+        if waits:
+            await asyncio.wait(waits, timeout=10)
+        for connection in list(self.connections):
+            if connection.conn is not None:
+                connection.conn.abort()
+        if self.connections:
+            await asyncio.sleep(0.1)
 
-    def _housekeeping(self) -> None:
+    async def _housekeeping(self) -> None:
         last_check = last_bytes = 0.0
-        while not self._stopping.wait(HOUSEKEEPING_INTERVAL):
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 flush_due()
+                self.limiter.sweep()  # refused sockets to close
                 now = time.monotonic()
                 if now - last_check >= 1.0:
                     last_check = now
-                    self.enforce()
-                    self.limiter.alerts.write_pending()  # refusals of the last second, audited
+                    await self.enforce()
+                    await self.call(self.limiter.alerts.write_pending)  # refusals of the last second
                 if now - last_bytes >= BYTES_INTERVAL:
                     last_bytes = now
-                    self.report_bytes()
-                    self.end_orphans()
+                    await self.call(self.report_bytes)
+                    await self.call(self.end_orphans)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 logger.exception("Gateway housekeeping failed; retrying")
-                connections.close_all()
-        self.limiter.alerts.write_pending()  # refusals of the last second
-        connections.close_all()  # this thread's own (connections are per thread)
 
     def end_orphans(self) -> int:
         """End the sessions whose connection is gone but whose end could not be saved.
@@ -269,8 +328,7 @@ class GatewayServer:
         its connection holds it, and a scan of "this node's live rows that no connection
         holds" would end sessions that are just starting.
         """
-        with self._lock:
-            orphans = list(self.unended)
+        orphans = list(self.unended)
         if not orphans:
             return 0
         finalize_interrupted(session_ids=orphans)
@@ -280,15 +338,13 @@ class GatewayServer:
                 reason=Session.EndReason.ERROR,
                 message="The gateway could not record the end of this session when it closed.",
             )
-        with self._lock:
-            for pk in orphans:
-                self.unended.pop(pk, None)
+        for pk in orphans:
+            self.unended.pop(pk, None)
         return len(orphans)
 
     def report_bytes(self) -> None:
         """Keep the live sessions' byte counts current for the live sessions page."""
-        with self._lock:
-            live = [c for c in self.connections if c.session is not None and c.session.ended_at is None]
+        live = [c for c in list(self.connections) if c.session is not None and c.session.ended_at is None]
         for connection in live:
             counts = (connection.counter.to_target, connection.counter.to_user)
             if counts != connection.reported_bytes:
@@ -297,32 +353,63 @@ class GatewayServer:
                 )
                 connection.reported_bytes = counts
 
-    def enforce(self) -> int:
+    async def enforce(self) -> int:
         """Cut the sessions whose grant ended or that were terminated; how many were cut."""
-        with self._lock:
-            live = {
-                c.session.pk: c for c in self.connections if c.session is not None and c.cut_reason is None
-            }
+        live = {
+            c.session.pk: c for c in list(self.connections) if c.session is not None and c.cut_reason is None
+        }
         if not live:
             return 0
-        cuts = records.sessions_to_cut(session_ids=list(live))
-        # A grant past its end is cut here even if the database is unreachable for a while.
-        now = timezone.now()
-        for pk, connection in live.items():
-            if pk not in cuts and connection.grant is not None and connection.grant.ends_at <= now:
-                cuts[pk] = records.end_of(session=connection.session, now=now)
+        try:
+            cuts = await self.call(records.sessions_to_cut, session_ids=list(live))
+        finally:
+            # A grant past its end is cut here even if the database is unreachable for a while.
+            now = timezone.now()
+            late = {
+                pk: records.end_of(session=c.session, now=now)
+                for pk, c in live.items()
+                if c.grant is not None and c.grant.ends_at <= now
+            }
+            for pk, (reason, message) in late.items():
+                if live[pk].cut_reason is None:
+                    logger.info("Ending session %s: %s", pk, message)
+                    live[pk].cut(reason, message)
         for pk, (reason, message) in cuts.items():
-            logger.info("Ending session %s: %s", pk, message)
-            live[pk].cut(reason, message)
-        return len(cuts)
+            if pk in live and live[pk].cut_reason is None:
+                logger.info("Ending session %s: %s", pk, message)
+                live[pk].cut(reason, message)
+        return len(cuts) + len(late)
+
+
+def _pooled(fn, *args, **kwargs):
+    """A blocking call on a pool thread: the thread's database connection is reused only
+    as DATABASE_CONN_MAX_AGE allows, and dropped after an error (a restarted database)."""
+    close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        close_old_connections()
+
+
+def _on_every_thread(pool: ThreadPoolExecutor, size: int, fn) -> None:
+    """Run ``fn`` once on each of the pool's ``size`` threads (starting those not yet started)."""
+    barrier = threading.Barrier(size)
+
+    def run() -> None:
+        if fn is not None:
+            fn()
+        barrier.wait(5)
+
+    futures = [pool.submit(run) for _ in range(size)]
+    for future in futures:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            future.result()
 
 
 def run(*, listen: str, host_key_file: Path, workers: int) -> None:
     """``manage.py ssh_gateway``: listen, recover, serve until SIGTERM / SIGINT."""
     host, port = parse_listen(listen)
-    # Paramiko logs every failed handshake (port scanners, health checks) as an ERROR with a
-    # traceback; the gateway logs one line per connection itself.
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    quiet_asyncssh()
     host_key = load_host_key(host_key_file)
     recover_dead_processes()
     connections.close_all()
@@ -359,7 +446,16 @@ def run(*, listen: str, host_key_file: Path, workers: int) -> None:
                 break
 
 
-def _serve_process(host: str, port: int, host_key: paramiko.PKey) -> None:
+def quiet_asyncssh() -> None:
+    """asyncssh logs each connection, channel and failed handshake at INFO; the gateway
+    logs one line per connection itself. Its logger shows warnings and up only, unless
+    it is set to DEBUG on purpose."""
+    asyncssh_logger = logging.getLogger("asyncssh")
+    if not asyncssh_logger.isEnabledFor(logging.DEBUG):
+        asyncssh_logger.setLevel(logging.WARNING)
+
+
+def _serve_process(host: str, port: int, host_key: asyncssh.SSHKey) -> None:
     sock = listen_socket(host, port)
     server = GatewayServer(sock=sock, host_key=host_key)
 

@@ -170,7 +170,7 @@ def garbage_attacks(port: int) -> int:
         finally:
             sock.close()
         count += 1
-    # A "packet" announcing 4 GiB, then streaming: cut off once it is past the pre-login budget.
+    # A "packet" announcing 4 GiB, then streaming: cut off at its length.
     sock = raw(port)
     try:
         sock.sendall(BANNER + struct.pack(">I", 0xFFFFFFF4) + bytes(4))
@@ -178,6 +178,21 @@ def garbage_attacks(port: int) -> int:
             for _ in range(128):
                 sock.sendall(bytes(64 * 1024))
         assert closed_within(sock, 10) is not None, "still open after 8 MiB of a 4 GiB packet"
+    finally:
+        sock.close()
+    count += 1
+    # Valid packets (SSH_MSG_IGNORE, 32 KiB each) and never a key exchange: cut off once
+    # past the pre-login budget.
+    ignore = b"\x02" + struct.pack(">I", 32 * 1024) + bytes(32 * 1024)
+    padding = 8 - (5 + len(ignore)) % 8 + 8
+    packet = struct.pack(">IB", 1 + len(ignore) + padding, padding) + ignore + bytes(padding)
+    sock = raw(port)
+    try:
+        sock.sendall(BANNER)
+        with contextlib.suppress(OSError):  # the gateway hangs up in the middle
+            for _ in range(64):
+                sock.sendall(packet)
+        assert closed_within(sock, 10) is not None, "still open after 2 MiB of SSH_MSG_IGNORE"
     finally:
         sock.close()
     count += 1
@@ -217,6 +232,7 @@ def test_garbage_and_broken_handshakes_are_dropped_and_leave_no_thread(
     assert all("\n" not in line and len(line) < 300 for line in lines), lines
     assert any("not an SSH client" in line for line in lines), lines
     assert any("longer than 255 bytes" in line for line in lines), lines
+    assert any("packet size" in line for line in lines), lines
     assert any("without logging in" in line for line in lines), lines
     assert any("closed the connection" in line for line in lines), lines
     gateway_errors = [
@@ -546,32 +562,50 @@ def test_absurd_window_sizes_are_clamped_for_the_target_and_the_recording(
     assert resizes == ["1000x1000", "1000x5", "100x30"]
 
 
-def test_database_slots_bound_the_threads_using_the_database_and_nest_without_waiting(settings):
+def test_blocking_calls_take_turns_on_the_pool_and_close_their_database_connections(settings, tmp_path):
+    """GATEWAY_MAX_DATABASE_CONNECTIONS threads at most do the gateway's blocking work, and
+    with DATABASE_CONN_MAX_AGE 0 none keeps its connection after a call."""
+    import asyncio
+
     from django.db import connection
 
+    from sessions.gateway.server import GatewayServer, listen_socket, load_host_key
+
     settings.GATEWAY_MAX_DATABASE_CONNECTIONS = 3
+    sock = listen_socket("127.0.0.1", 0)
+    server = GatewayServer(sock=sock, host_key=load_host_key(tmp_path / "host_key"), node="pool-test:1")
     lock = threading.Lock()
     inside = [0, 0]  # now, most at once
-    opened: list[bool] = []
+    threads: set[str] = set()
 
-    def work() -> None:
-        with limits.database_slot():
-            with lock:
-                inside[0] += 1
-                inside[1] = max(inside[1], inside[0])
-            Session.objects.exists()  # a real query on this thread's connection
-            with limits.database_slot():  # nested: the thread already has a slot
-                Session.objects.exists()
-            time.sleep(0.05)
-            with lock:
-                inside[0] -= 1
-        opened.append(connection.connection is not None)  # closed when the slot ended
+    def work() -> bool:
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+            threads.add(threading.current_thread().name)
+        Session.objects.exists()  # a real query on this thread's connection
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return connection.connection is not None
 
-    threads = [threading.Thread(target=work) for _ in range(12)]
-    for worker in threads:
-        worker.start()
-    for worker in threads:
-        worker.join(timeout=30)
-    assert not any(worker.is_alive() for worker in threads)
-    assert inside[1] == 3
-    assert opened == [False] * 12
+    def still_open() -> bool:
+        return connection.connection is not None
+
+    async def main() -> tuple[list[bool], list[bool]]:
+        during = await asyncio.gather(*(server.call(work) for _ in range(12)))
+        after = await asyncio.gather(*(server.call(still_open) for _ in range(6)))
+        return list(during), list(after)
+
+    results = []
+    runner = threading.Thread(target=lambda: results.append(asyncio.run(main())))
+    try:
+        runner.start()
+        runner.join(timeout=30)
+    finally:
+        server.pool.shutdown(wait=True)
+        sock.close()
+    during, after = results[0]
+    assert inside[1] == 3 and len(threads) == 3
+    assert during == [True] * 12  # the query had a connection
+    assert after == [False] * 6  # ... closed when its call ended
