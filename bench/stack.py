@@ -592,6 +592,7 @@ def total_cpu_seconds(pids) -> float:
 
 
 def machine_info(bao_version: str) -> dict:
+    import asyncssh
     import paramiko
 
     meminfo = Path("/proc/meminfo").read_text()
@@ -614,6 +615,7 @@ def machine_info(bao_version: str) -> dict:
         "cpu_model": model,
         "memory_gib": total_kb / 1024 / 1024,
         "python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
         "paramiko": paramiko.__version__,
         "ssh": ssh_version,
         "sshd": sshd_version,

@@ -29,6 +29,48 @@ logger = logging.getLogger(__name__)
 
 # Errors of a write or EOF on a channel the peer has already closed.
 CHANNEL_GONE = (BrokenPipeError, ConnectionError, OSError, asyncssh.Error)
+# A channel's queued output before the other side is paused. asyncssh's 64 KiB paused the
+# target's channel for every 2 MiB window a client granted: a window's worth keeps it going.
+WRITE_BUFFER_HIGH = 2 * 1024 * 1024
+
+
+def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """Make ``conn`` hand its packets to the socket once per turn of the event loop.
+
+    asyncssh writes each packet to the socket as it is made, and puts an empty
+    SSH_MSG_IGNORE packet before every packet it encrypts: two send() system calls per
+    packet relayed. Here the packets made while the loop handles one read are joined and
+    written at once, when that read is done. What is pending is written before the
+    connection closes (a disconnect message is not lost). asyncssh has no option for
+    this: its ``_send`` and ``_force_close`` are replaced on the instance.
+    """
+    loop = asyncio.get_running_loop()
+    pending: list[bytes] = []
+    force_close = conn._force_close
+
+    def flush() -> None:
+        if not pending:
+            return
+        data = b"".join(pending) if len(pending) > 1 else pending[0]
+        pending.clear()
+        transport = conn._transport
+        if transport is not None:
+            with contextlib.suppress(ConnectionError):
+                transport.write(data)
+
+    def send(data: bytes) -> None:
+        if conn._transport is None:
+            return
+        if not pending:
+            loop.call_soon(flush)
+        pending.append(data)
+
+    def close_now(exc) -> None:
+        flush()
+        force_close(exc)
+
+    conn._send = send
+    conn._force_close = close_now
 
 
 class Counter:
@@ -64,6 +106,7 @@ class Pipe:
         on_recording_failed: Callable[[str], None],
     ):
         self.down = down
+        down.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.up: asyncssh.SSHClientChannel | None = None
         self.counter = counter
         self.record_out, self.record_err = record_out, record_err or record_out
@@ -158,6 +201,7 @@ class TargetSession(asyncssh.SSHClientSession):
         self.pipe = pipe
 
     def connection_made(self, chan) -> None:
+        chan.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.pipe.up = chan
 
     def data_received(self, data, datatype) -> None:
