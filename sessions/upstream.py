@@ -1,7 +1,9 @@
-"""The SSH gateway's upstream client: the one module that opens SSH connections to targets.
+"""The blocking SSH client to targets: host-key pinning, password checks and rotation.
 
-Nothing else in pamsite imports paramiko's client side (SSHClient, Transport in client
-mode). Every connection checks the target's host key against the key a pam-admin pinned
+The pam-admin pages and the worker (fetching a host key to pin, checking a static
+password, rotating it) log in to targets through here, with paramiko; the gateway's
+relay uses the asyncio client in ``sessions.gateway.target``, with the same rules and
+the same errors. Every connection checks the target's host key against the key a pam-admin pinned
 (the OpenSSH public key line stored on the Target) right after the key exchange and
 BEFORE any authentication is sent: a missing pin or a different key refuses the
 connection. There is no first-use pinning and no AutoAddPolicy.
@@ -56,7 +58,6 @@ _FETCH_PREFERENCE = (
     "rsa-sha2-256",
 )
 _PRIVATE_KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
-READ_AHEAD = 64 * 1024  # bytes a relayed socket is read in at most (see ReadAhead)
 IDLE_POLL_SECONDS = 2.0  # how often an idle transport's thread wakes (see quiet_transport)
 MAX_OUTPUT = 1024 * 1024  # bytes kept of a command's stdout, and of its stderr
 
@@ -154,40 +155,6 @@ def describe_target(*, host: str, port: int, target: str) -> str:
     return f"target {target} ({host}:{port})" if target else f"target {host}:{port}"
 
 
-class ReadAhead:
-    """A socket for paramiko, read in chunks of up to READ_AHEAD bytes.
-
-    Paramiko reads each packet with two recv() calls (its first block, then the rest), and
-    a bulk transfer is thousands of packets a second: reading ahead took the steady-state
-    relay from 0.42x to 0.53x of direct ssh. Used for the target's socket, and for the
-    user's once she has logged in (sessions.gateway.limits.ClientSocket). Everything but
-    recv() is the socket's own.
-    """
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self._chunk = b""
-        self._offset = 0
-
-    def recv(self, size: int) -> bytes:
-        chunk, offset = self._chunk, self._offset
-        if offset < len(chunk):
-            end = min(offset + size, len(chunk))
-            if end == len(chunk):  # all given out: an idle connection keeps no chunk
-                self._chunk, self._offset = b"", 0
-            else:
-                self._offset = end
-            return chunk[offset:end]
-        data = self._sock.recv(max(size, READ_AHEAD))
-        if len(data) <= size:
-            return data
-        self._chunk, self._offset = data, size
-        return data[:size]
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
 def _open_transport(*, host: str, port: int, timeout: float, target: str, key_types: tuple[str, ...]):
     """A TCP connection and a finished key exchange, with the host key types restricted."""
     where = describe_target(host=host, port=port, target=target)
@@ -203,7 +170,7 @@ def _open_transport(*, host: str, port: int, timeout: float, target: str, key_ty
         raise UpstreamUnreachable(f"{where} cannot be reached: {exc.strerror or exc}") from None
     # Keystrokes and small replies go out at once (Nagle would hold them for an ACK).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport = paramiko.Transport(ReadAhead(sock))
+    transport = paramiko.Transport(sock)
     transport.banner_timeout = timeout
     transport.handshake_timeout = timeout
     transport.auth_timeout = timeout
@@ -592,7 +559,9 @@ def change_password(
                 )
         else:
             _passwd_through_pty(connection, current_password, new_password, timeout=timeout)
-    logger.info("Changed the password of %s on %s", username, describe_target(host=host, port=port, target=target))
+    logger.info(
+        "Changed the password of %s on %s", username, describe_target(host=host, port=port, target=target)
+    )
 
 
 @sensitive_variables("current_password", "new_password")
@@ -676,4 +645,3 @@ def generate_keypair() -> tuple[str, str]:
     ).decode("ascii")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public.decode("ascii")
-

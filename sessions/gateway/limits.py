@@ -5,7 +5,7 @@
   ``GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`` (connections from that client address, logging
   in or logged in) or ``GATEWAY_MAX_UNAUTHENTICATED`` (connections still logging in). The
   client gets our SSH identification and a plain-text SSH_MSG_DISCONNECT saying why
-  (OpenSSH prints it), and the socket is closed shortly after without a thread of its own.
+  (OpenSSH prints it), and the socket is closed shortly after by housekeeping.
 - After login, ``GATEWAY_MAX_SESSIONS_PER_USER``: a user's live Session rows in the
   database, so the limit holds across gateway processes and hosts. Over it, the client
   is disconnected with "too many sessions for alice: 10 live; close one ...".
@@ -18,7 +18,7 @@
 - Each refusal is audited as ``security.alert.connection_limit``, at most once per limit
   and address (or user) per minute, the refusals in between counted in the next event, so
   a flood does not flood the audit trail. The events are written by the server's
-  housekeeping thread, never by the accept loop.
+  housekeeping task on the server's pool, never by the accept loop.
 
 With ``--workers N`` the per-process limits apply to each process; the per-user limit is
 exact across processes (the database counts).
@@ -275,7 +275,7 @@ class _Alerts:
         return True
 
     def write_pending(self) -> int:
-        """Write the queued events to the audit trail (housekeeping thread); how many."""
+        """Write the queued events to the audit trail (housekeeping, on the pool); how many."""
         written = 0
         while True:
             with self._lock:
@@ -309,7 +309,7 @@ class Limiter:
         self.alerts = _Alerts(node)
         self._refused: deque[tuple[float, socket.socket]] = deque()
 
-    # --- The accept loop's thread ---------------------------------------------------
+    # --- The accept loop ---------------------------------------------------------------
 
     def admit(self, sock: socket.socket, address: tuple, live: Iterable) -> bool:
         """True if the connection may go on; else it is refused (told why, closed soon)."""
@@ -344,7 +344,7 @@ class Limiter:
         while self._refused:
             _close_refused(self._refused.popleft()[1])
 
-    # --- Connection threads -----------------------------------------------------------
+    # --- Logins (on the server's pool) ---------------------------------------------------
 
     def user_refusal(self, *, user: User, client_ip: str) -> str:
         """At login: the message for a user at her session limit (audited), or ""."""

@@ -1,7 +1,7 @@
 """What the gateway reads and writes in the database: grants, Session rows, audit events.
 
-The gateway process calls these from its connection threads; each write is one atomic
-service with its audit row in the same transaction. Nothing here holds a secret.
+The gateway process calls these on its pool of threads (``GatewayServer.call``); each
+write is one atomic service with its audit row in the same transaction. Nothing here holds a secret.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import asyncssh
 from asyncssh import EXTENDED_DATA_STDERR
+from asyncssh.constants import MSG_IGNORE
 
 from sessions.recorder import RecordingError
 
@@ -32,21 +33,25 @@ CHANNEL_GONE = (BrokenPipeError, ConnectionError, OSError, asyncssh.Error)
 # A channel's queued output before the other side is paused. asyncssh's 64 KiB paused the
 # target's channel for every 2 MiB window a client granted: a window's worth keeps it going.
 WRITE_BUFFER_HIGH = 2 * 1024 * 1024
+_EMPTY_STRING = b"\x00\x00\x00\x00"  # an SSH string of no bytes
 
 
 def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
-    """Make ``conn`` hand its packets to the socket once per turn of the event loop.
+    """Make ``conn`` send fewer packets and system calls; the bytes on the wire mean the same.
 
-    asyncssh writes each packet to the socket as it is made, and puts an empty
-    SSH_MSG_IGNORE packet before every packet it encrypts: two send() system calls per
-    packet relayed. Here the packets made while the loop handles one read are joined and
-    written at once, when that read is done. What is pending is written before the
-    connection closes (a disconnect message is not lost). asyncssh has no option for
-    this: its ``_send`` and ``_force_close`` are replaced on the instance.
+    asyncssh puts an empty SSH_MSG_IGNORE packet before every packet it encrypts, a
+    countermeasure against attacks on CBC ciphers: here it is left out unless the cipher
+    sending is a CBC one (the gateway offers GCM; CTR and GCM need no such packet). And
+    asyncssh writes each packet to the socket as it is made: here the packets made while
+    the loop handles one read are joined and written at once, when that read is done.
+    What is pending is written before the connection closes (a disconnect message is not
+    lost). asyncssh has no option for either: ``send_packet``, ``_send`` and
+    ``_force_close`` are wrapped on the instance.
     """
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []
     force_close = conn._force_close
+    send_packet = conn.send_packet
 
     def flush() -> None:
         if not pending:
@@ -69,8 +74,16 @@ def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnec
         flush()
         force_close(exc)
 
+    def send_packet_without_padding_ignore(pkttype: int, *args: bytes, **kwargs) -> None:
+        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,) and not kwargs:
+            cipher = conn.get_extra_info("send_cipher") or ""
+            if not cipher.endswith("-cbc"):
+                return
+        send_packet(pkttype, *args, **kwargs)
+
     conn._send = send
     conn._force_close = close_now
+    conn.send_packet = send_packet_without_padding_ignore
 
 
 class Counter:

@@ -255,34 +255,3 @@ def test_change_password_with_a_wrong_current_password_changes_nothing(sshd_targ
         )
 
     assert upstream.check_password_login(**common, username=user.name, password=user.password) is True
-
-
-def test_read_ahead_gives_the_stream_in_order_never_more_than_asked_then_eof():
-    import os
-    import socket
-    import threading
-
-    left, right = socket.socketpair()
-    stream = os.urandom(300_000)
-
-    def send() -> None:
-        left.sendall(stream)
-        left.close()
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    reader = upstream.ReadAhead(right)
-    got = bytearray()
-    sizes = [16, 32_768 - 16, 1, 100_000, 5, upstream.READ_AHEAD * 2]
-    for n in range(10_000):
-        size = sizes[n % len(sizes)]
-        data = reader.recv(size)
-        if not data:
-            break
-        assert 0 < len(data) <= size
-        got += data
-    assert bytes(got) == stream
-    assert reader.recv(16) == b""  # the end stays the end
-    assert reader.fileno() == right.fileno()  # everything else is the socket's
-    sender.join()
-    right.close()
