@@ -1370,11 +1370,12 @@ def report(args, info, r) -> str:
         "",
         f"- Date: {info['date']}",
         f"- Machine: `{info['platform']}`, {info['cpus']} CPUs ({info['cpu_model'] or 'unknown model'}), "
-        f"{info['memory_gib']:.1f} GiB memory; Python {info['python']}, paramiko {info['paramiko']}",
+        f"{info['memory_gib']:.1f} GiB memory; Python {info['python']}, "
+        f"asyncssh {info['asyncssh']} (the gateway), paramiko {info['paramiko']} (the bench's idle clients)",
         f"- Servers: {info['sshd']} (private, on this machine); OpenBao {info['bao']} (dev server, AppRole); "
         f"{info['database']} (throwaway database)",
         f"- Clients: {info['ssh']} with `-o Ciphers={CIPHER} -o KexAlgorithms={KEX}` both ways (the gateway "
-        "uses AES-GCM towards the target too; paramiko has no sntrup761x25519). Through the gateway: a "
+        "uses AES-GCM towards the target too; it offers no sntrup761x25519). Through the gateway: a "
         "registered Ed25519 key and a TOTP code (SSH_ASKPASS) unless a password is named. Direct: an OpenSSH "
         "user certificate from the same Vault CA, for the same target user.",
         "- The gateway runs as its own process (`manage.py ssh_gateway`) and records every session "
