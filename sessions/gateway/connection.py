@@ -296,7 +296,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def _login_timed_out(self, timeout: int) -> None:
         if self.user is None and self.conn is not None:
             self.guard.refusal = self.guard.refusal or f"did not log in within {timeout} s"
-            if self.conn.is_closed() is False and self.guard.kex_done(self.conn):
+            if not self.conn.is_closed() and self.guard.kex_done(self.conn):
                 logger.info("Login from %s timed out after %s s", self.client_ip, timeout)
             self.conn.abort()
 

@@ -216,6 +216,7 @@ class GatewayServer:
         return await loop.run_in_executor(self.pool, functools.partial(_pooled, fn, *args, **kwargs))
 
     def serve_forever(self) -> None:
+        quiet_asyncssh()
         asyncio.run(self._serve())
 
     def stop(self) -> None:
