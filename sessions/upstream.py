@@ -314,6 +314,28 @@ def _attach_certificate(key: paramiko.PKey, certificate: str) -> None:
         ) from None
 
 
+def check_login(
+    *, host: str, port: int, target: str, host_key: str, password, private_key, certificate
+) -> tuple[str, HostKey]:
+    """What every login to a target checks before connecting: (how to name it, the pinned key).
+
+    Raises ``HostKeyMismatch`` for a missing pin and ``UpstreamError`` for a missing
+    credential or a certificate without its key; never says what a credential is.
+    """
+    where = describe_target(host=host, port=port, target=target)
+    if not (host_key or "").strip():
+        raise HostKeyMismatch(
+            f"No host key is pinned for {where}: a pam-admin must fetch the target's key, check its "
+            "fingerprint and pin it before anyone connects"
+        )
+    pinned = parse_host_key(host_key)
+    if password is None and private_key is None:
+        raise UpstreamError(f"No credential to log in to {where} with: give a password or a private key")
+    if certificate and private_key is None:
+        raise UpstreamError(f"A certificate for {where} needs its private key")
+    return where, pinned
+
+
 @sensitive_variables("password", "private_key", "key")
 def connect(
     *,
@@ -338,17 +360,15 @@ def connect(
     Raises ``HostKeyMismatch`` (no pin, or a different key: nothing is sent),
     ``UpstreamUnreachable``, ``UpstreamAuthFailed`` or ``UpstreamError``.
     """
-    where = describe_target(host=host, port=port, target=target)
-    if not (host_key or "").strip():
-        raise HostKeyMismatch(
-            f"No host key is pinned for {where}: a pam-admin must fetch the target's key, check its "
-            "fingerprint and pin it before anyone connects"
-        )
-    pinned = parse_host_key(host_key)
-    if password is None and private_key is None:
-        raise UpstreamError(f"No credential to log in to {where} with: give a password or a private key")
-    if certificate and private_key is None:
-        raise UpstreamError(f"A certificate for {where} needs its private key")
+    where, pinned = check_login(
+        host=host,
+        port=port,
+        target=target,
+        host_key=host_key,
+        password=password,
+        private_key=private_key,
+        certificate=certificate,
+    )
     key = None
     if private_key is not None:
         key = _load_private_key(private_key)

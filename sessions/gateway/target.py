@@ -39,8 +39,7 @@ from sessions.upstream import (
     UpstreamAuthUnsupported,
     UpstreamError,
     UpstreamUnreachable,
-    describe_target,
-    parse_host_key,
+    check_login,
 )
 
 logger = logging.getLogger(__name__)
@@ -215,17 +214,15 @@ async def connect(
     ``UpstreamUnreachable``, ``UpstreamAuthFailed``, ``UpstreamAuthUnsupported`` or
     ``UpstreamError``, with the messages of ``sessions.upstream.connect``.
     """
-    where = describe_target(host=host, port=port, target=target)
-    if not (host_key or "").strip():
-        raise HostKeyMismatch(
-            f"No host key is pinned for {where}: a pam-admin must fetch the target's key, check its "
-            "fingerprint and pin it before anyone connects"
-        )
-    pinned = parse_host_key(host_key)
-    if password is None and private_key is None:
-        raise UpstreamError(f"No credential to log in to {where} with: give a password or a private key")
-    if certificate and private_key is None:
-        raise UpstreamError(f"A certificate for {where} needs its private key")
+    where, pinned = check_login(
+        host=host,
+        port=port,
+        target=target,
+        host_key=host_key,
+        password=password,
+        private_key=private_key,
+        certificate=certificate,
+    )
     keypair = _load_keypair(private_key, certificate) if private_key is not None else None
     what = "certificate" if keypair is not None and certificate else "key" if keypair else "password"
     client = _PinnedHostKey(pinned, password=None if keypair else password, keypair=keypair)
