@@ -450,9 +450,9 @@ def run(*, listen: str, host_key_file: Path, workers: int) -> None:
 def quiet_asyncssh() -> None:
     """asyncssh logs each connection, channel and failed handshake at INFO; the gateway
     logs one line per connection itself. Its logger shows warnings and up only, unless
-    it is set to DEBUG on purpose."""
+    its own level was set (to DEBUG, say) on purpose."""
     asyncssh_logger = logging.getLogger("asyncssh")
-    if not asyncssh_logger.isEnabledFor(logging.DEBUG):
+    if asyncssh_logger.level == logging.NOTSET:
         asyncssh_logger.setLevel(logging.WARNING)
 
 
