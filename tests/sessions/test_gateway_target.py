@@ -24,7 +24,7 @@ from sessions.upstream import (
 )
 from tests.fixtures.openbao import free_port
 from tests.fixtures.pacs import account_ref_on
-from tests.fixtures.sshd import SSHD, SshdTarget
+from tests.fixtures.sshd import SSHD, SshdTarget, new_log_lines
 from tests.secrets_registry import remember_secret
 from vault import sources
 from vault.client import get_client
@@ -66,16 +66,6 @@ def on(sshd: SshdTarget, user=None, **kwargs) -> dict:
 
 def where(sshd: SshdTarget) -> str:
     return f"target pacs01 ({sshd.host}:{sshd.port})"
-
-
-def new_log_lines(sshd: SshdTarget, offset: int, *, until: str = "", timeout: float = 3.0) -> str:
-    """What sshd logged after offset, waiting (a little) for a line containing ``until``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = sshd.log()[offset:]
-        if until in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.02)
 
 
 @pytest.fixture

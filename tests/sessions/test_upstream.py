@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sessions import upstream
 from sessions.upstream import HostKeyMismatch, UpstreamAuthFailed, UpstreamError, UpstreamUnreachable
 from tests.fixtures.openbao import free_port
+from tests.fixtures.sshd import new_log_lines
 
 
 def login(sshd, user, **kwargs):
@@ -25,16 +26,6 @@ def login(sshd, user, **kwargs):
         password=user.password,
         **kwargs,
     )
-
-
-def new_log_lines(sshd, offset: int, *, until: str = "", timeout: float = 3.0) -> str:
-    """What sshd logged after offset, waiting (a little) for a line containing ``until``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = sshd.log()[offset:]
-        if until in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.02)
 
 
 def test_fetch_host_key_gives_the_key_and_the_fingerprint_ssh_keygen_prints(sshd_target):
