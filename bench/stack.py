@@ -459,8 +459,7 @@ class Gateway(ServerProcess):
         self.port = free_port()
         self.workers = workers
         argv = [sys.executable, str(ROOT / "manage.py"), "ssh_gateway", "--listen", f"127.0.0.1:{self.port}"]
-        if workers > 1:
-            argv += ["--workers", str(workers)]
+        argv += ["--workers", str(workers)]  # always said: GATEWAY_WORKERS defaults to one per CPU
         log = self.log_path.open("ab")
         log.write(f"\n=== start {' '.join(argv[2:])}\n".encode())
         log.flush()

@@ -10,7 +10,7 @@ systemd credentials, Kubernetes secrets).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -51,18 +51,33 @@ def env_bool(name: str, default: bool, *, environ: Mapping[str, str] | None = No
     raise ImproperlyConfigured(f"{name} must be true or false (1/0, yes/no, on/off), not {environ[name]!r}.")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def env_int(
     name: str,
     default: int,
     *,
     minimum: int | None = None,
     maximum: int | None = None,
+    auto: Callable[[], int] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
+    """A whole number; with ``auto``, the value "auto" means ``auto()`` (kept within the bounds)."""
     environ = os.environ if environ is None else environ
     if name not in environ:
         return default
     raw = environ[name].strip()
+    if auto is not None and raw.lower() == "auto":
+        value = auto()
+        if maximum is not None:
+            value = min(value, maximum)
+        return max(value, minimum) if minimum is not None else value
     try:
         value = int(raw)
     except ValueError:

@@ -17,7 +17,7 @@ import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from pamsite.env import env_bool, env_choice, env_int, env_list, env_secret, env_str
+from pamsite.env import env_bool, env_choice, env_int, env_list, env_secret, env_str, usable_cpus
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PAMSITE_VAR_DIR", str(BASE_DIR / "var")))
@@ -281,8 +281,9 @@ GATEWAY_PUBLIC_HOST = env_str("GATEWAY_PUBLIC_HOST", "localhost")
 GATEWAY_PUBLIC_PORT = env_int("GATEWAY_PUBLIC_PORT", 2222, minimum=1, maximum=65535)
 # This gateway host's name in Session rows; one per machine (processes add their pid).
 GATEWAY_NODE = env_str("GATEWAY_NODE", "")
-# Gateway worker processes sharing the listening port (each relays on its own core).
-GATEWAY_WORKERS = env_int("GATEWAY_WORKERS", 1, minimum=1, maximum=64)
+# Gateway worker processes sharing the listening port (one Python process relays on one
+# core): "auto", the default, starts one per CPU the gateway may use.
+GATEWAY_WORKERS = env_int("GATEWAY_WORKERS", min(usable_cpus(), 64), minimum=1, maximum=64, auto=usable_cpus)
 # Ciphers the gateway offers users' clients. AES-GCM only by default: OpenSSH clients pick
 # their own first choice among those offered, and GCM relays fastest (no separate MAC).
 GATEWAY_CIPHERS = env_list("GATEWAY_CIPHERS", ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])

@@ -24,16 +24,22 @@ Three writers, one file (or pair of files) each, under ``RECORDINGS_ROOT``:
 
 ``t`` is seconds since the file was opened (monotonic clock), 6 decimals.
 
-Buffering, and why there is no thread: ``write()`` is called on the relay's hot path, so it
-only appends a reference to an in-memory list (conversion to asciicast JSON and index lines
-is deferred to the flush). File I/O happens in ``write()`` only when FLUSH_INTERVAL
-(0.25 s) has passed since the last flush or 64 KiB are pending. A channel that goes quiet
-right after some output would keep it in memory, so the gateway calls ``flush_due()`` from
-its one housekeeping loop (four times a second) to flush every recorder that is due:
-one timer per process, not one thread per recorder (the prototype measured 5 threads and
-~10 MB per recorder process; recorders must be cheap and shared). A flush hands the bytes to
-the kernel (``write(2)``), so a killed gateway (SIGKILL) loses at most the last 0.25 s; fsync
-is done at close only (a power cut may lose what the kernel had not written back yet).
+Buffering, and one writer thread per process: ``write()`` is called on the relay's hot
+path, so it only appends a reference to an in-memory list (conversion to asciicast JSON and
+index lines is deferred to the flush). A flush happens in ``write()`` only when
+FLUSH_INTERVAL (0.25 s) has passed since the last one or 64 KiB are pending, and it only
+encodes and queues the bytes: the process's one writer thread (``_Writer``) makes the
+``write(2)`` calls, in order, so the relay never waits on the disk (writing to the page
+cache took a quarter of a busy gateway's relay time). The queue is bounded
+(WRITER_QUEUE_MAX): when the disk falls behind, flushing waits for room, so a slow disk
+slows the relay instead of filling memory. A channel that goes quiet right after some output
+would keep it in memory, so the gateway calls ``flush_due()`` from its one housekeeping loop
+(four times a second) to flush every recorder that is due: one timer and one writer per
+process, not threads per recorder (the prototype measured 5 threads and ~10 MB per recorder
+process; recorders must be cheap and shared). ``flush()`` and ``close()`` wait until the
+writer has written everything queued. A flush hands the bytes to the kernel, so a killed
+gateway (SIGKILL) loses at most the last 0.25 s and what was queued; fsync is done at close
+only (a power cut may lose what the kernel had not written back yet).
 
 Sealing: ``close()`` (or ``finalize_interrupted()`` for files a dead gateway left) computes the
 sha256 of the file(s) and has Vault's transit key sign the canonical manifest line
@@ -44,12 +50,12 @@ anything a user typed; no secret is ever put in a Recording row.
 
 Errors: a recording that cannot be created (missing or read-only folder, disk nearly full)
 raises ``RecordingError`` at open, so the gateway refuses the session; a write that fails
-mid-session raises ``RecordingError`` from ``write()``/``flush()`` and every later call, so
-the gateway ends the session (a failure found by ``flush_due()`` calls the recorder's
-``on_failure``, so an idle channel is ended too). A failed write is cut back to the end of
-the last complete flush, so a recording always ends at a whole record: an asciicast or
-event line, an exec chunk with its index line. A full recordings volume says so in
-every message ("recordings volume is full").
+mid-session (found by the writer thread) raises ``RecordingError`` from the next
+``write()``/``flush()`` and every later call, so the gateway ends the session;
+``flush_due()`` calls the recorder's ``on_failure`` with it, so an idle channel is ended
+too. A failed write is cut back to the end of the last complete flush, so a recording
+always ends at a whole record: an asciicast or event line, an exec chunk with its index
+line. A full recordings volume says so in every message ("recordings volume is full").
 
 Vault down at close: the file is complete, but cannot be signed. ``close()`` keeps the
 sha256 it computed on the row (not finalised) and raises ``SealDeferred``: the session
@@ -61,6 +67,7 @@ changed after its gateway closed it).
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import datetime
 import errno
@@ -87,6 +94,7 @@ logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.25  # seconds: the most a killed gateway may lose, and how far live viewers lag
 MAX_BUFFER = 64 * 1024  # bytes pending before write() flushes regardless of time
+WRITER_QUEUE_MAX = 16 * 1024 * 1024  # bytes queued for the writer thread before flushes wait
 MIN_FREE_BYTES = 16 * 1024 * 1024  # refuse to start a recording on a nearly full disk
 COALESCE_SECONDS = 0.01  # exec chunks of one stream closer than this share an index line
 MARKER_LABEL_MAX = 80  # characters of the screen line kept as a marker's label
@@ -218,6 +226,68 @@ def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
             time.sleep(0.5 * (attempt + 1))
 
 
+class _Writer:
+    """The process's one thread writing flushed recordings to their files, in order.
+
+    ``put()`` queues one flush (a recorder's data and index bytes) and returns; it waits only
+    while more than WRITER_QUEUE_MAX bytes are queued. The thread writes each flush with
+    ``_Recorder._write_out`` (which records a failure on the recorder; it never takes the
+    recorder's lock). ``wait_for(recorder)`` returns once that recorder's flushes are written.
+    Started at the first flush; a forked child (``ssh_gateway --workers``) starts its own.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._jobs: collections.deque = collections.deque()
+        self._queued_bytes = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, recorder: _Recorder, data: bytes, index: bytes) -> None:
+        size = len(data) + len(index)
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
+                self._thread.start()
+            while self._queued_bytes > WRITER_QUEUE_MAX:
+                self._cond.wait()
+            self._jobs.append((recorder, data, index, size))
+            self._queued_bytes += size
+            recorder._queued += 1
+            self._cond.notify_all()
+
+    def wait_for(self, recorder: _Recorder) -> None:
+        with self._cond:
+            while recorder._queued:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                recorder, data, index, size = self._jobs.popleft()
+            try:
+                recorder._write_out(data, index)
+            except Exception:  # never lose the thread: the recorder is marked failed
+                logger.exception("Writing a recording failed")
+                recorder._failed = recorder._failed or "Writing the recording failed unexpectedly"
+            with self._cond:
+                self._queued_bytes -= size
+                recorder._queued -= 1
+                self._cond.notify_all()
+
+
+_writer = _Writer()
+
+
+def _new_writer_in_child() -> None:
+    global _writer
+    _writer = _Writer()  # the parent's thread does not exist here; its queue is not ours
+
+
+os.register_at_fork(after_in_child=_new_writer_in_child)
+
+
 class _Recorder:
     """What the three writers share: create, buffer, flush, close and seal."""
 
@@ -231,6 +301,8 @@ class _Recorder:
         self._pending: list = []
         self._pending_bytes = 0
         self._failed: str | None = None
+        self._failure_reported = False
+        self._queued = 0  # flushes queued for the writer thread and not written yet
         self._closed = False
         self._fds: list[int] = []
         self._sizes: dict[int, int] = {}  # bytes of each file written by complete flushes
@@ -293,19 +365,33 @@ class _Recorder:
     # --- Flushing -------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write everything pending to the file(s) now."""
+        """Write everything pending to the file(s) now; returns once it is written."""
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            _writer.wait_for(self)
+            if self._failed:
+                raise RecordingError(self._failed)
+
+    def flush_if_due(self) -> bool:
+        """Flush if something is pending and the last flush was 1 s ago or more; True if it did.
+
+        Does not wait for the writer. Raises the recording's failure once, also when it was
+        found by the writer while nothing is pending (the channel has gone quiet).
+        """
+        if self._failed and not self._failure_reported and not self._closed:
+            self._failure_reported = True
+            raise RecordingError(self._failed)
+        if not self._pending or time.monotonic() - self._last_flush < FLUSH_INTERVAL:
+            return False
         with self._lock:
             if not self._closed:
                 self._flush_locked()
-
-    def flush_if_due(self) -> bool:
-        """Flush if something is pending and the last flush was 1 s ago or more; True if it did."""
-        if not self._pending or time.monotonic() - self._last_flush < FLUSH_INTERVAL:
-            return False
-        self.flush()
         return True
 
     def _flush_locked(self) -> None:
+        """Encode what is pending and queue it for the writer thread."""
         if self._failed:
             raise RecordingError(self._failed)
         self._last_flush = time.monotonic()
@@ -313,6 +399,14 @@ class _Recorder:
             return
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         data, index = self._encode(pending)
+        if data or index:
+            _writer.put(self, data, index)
+
+    def _write_out(self, data: bytes, index: bytes) -> None:
+        """On the writer thread: one flush to the file(s), or the failure recorded and the
+        files cut back to the last complete flush."""
+        if self._failed:
+            return  # nothing is written after a failure
         try:
             if data:
                 _write_all(self._fd, data)
@@ -321,7 +415,7 @@ class _Recorder:
         except OSError as exc:
             self._failed = _os_error(exc, f"writing the recording {self.recording.path}")
             self._cut_back()
-            raise RecordingError(self._failed) from None
+            return
         if data:
             self._sizes[self._fd] += len(data)
         if index:
@@ -358,8 +452,13 @@ class _Recorder:
             self._closed = True
             error = None
             try:
-                self._finish()
-                self._flush_locked()
+                try:
+                    self._finish()
+                    self._flush_locked()
+                finally:
+                    _writer.wait_for(self)
+                if self._failed:
+                    raise RecordingError(self._failed)
                 for fd in self._fds:
                     os.fsync(fd)
             except RecordingError as exc:
@@ -688,8 +787,10 @@ class EventLog(_Recorder):
 def flush_due() -> int:
     """Flush every open recorder of this process that is due; the number flushed.
 
-    The gateway calls this from its housekeeping loop at least once a second. A recorder
-    whose write fails is skipped here; its owner gets RecordingError at its next call.
+    The gateway calls this from its housekeeping loop at least once a second. It does not
+    wait for the writer thread. A recorder whose writes failed (found by the writer, maybe
+    while its channel is quiet) has its ``on_failure`` called once, from here; its owner
+    also gets RecordingError at its next call.
     """
     with _live_lock:
         recorders = list(_live)

@@ -47,6 +47,7 @@ from tests.fixtures.gateway import ended_session, live_session
 from tests.fixtures.openbao import point_settings_at
 from tests.fixtures.pacs import grant_for, policy_for
 from tests.fixtures.slapd import LDAP_BACKENDS
+from tests.fixtures.waiting import wait_for
 from tests.totp import totp_code
 from vault import sources
 from vault.bootstrap import vault_bootstrap
@@ -107,13 +108,6 @@ def cast_output(data: bytes) -> str:
 def terminal_output(session: Session) -> str:
     recording = session.recordings.get(kind=Recording.Kind.TERMINAL)
     return cast_output((Path(settings.RECORDINGS_ROOT) / recording.path).read_bytes())
-
-
-def wait_for(predicate, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        time.sleep(0.1)
 
 
 def target_of(account: Account) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from pamsite.env import env_bool, env_choice, env_int, env_list, env_secret
+from pamsite.env import env_bool, env_choice, env_int, env_list, env_secret, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +21,15 @@ def test_env_int_names_the_variable_on_bad_input():
     with pytest.raises(ImproperlyConfigured, match="at least 1"):
         env_int("X", 1, minimum=1, environ={"X": "0"})
     assert env_int("X", 7, environ={}) == 7
+
+
+def test_auto_is_a_number_only_where_the_setting_allows_it():
+    assert env_int("W", 1, minimum=1, maximum=64, auto=lambda: 6, environ={"W": " Auto "}) == 6
+    assert env_int("W", 1, minimum=1, maximum=64, auto=lambda: 200, environ={"W": "auto"}) == 64
+    assert env_int("W", 1, minimum=1, maximum=64, auto=lambda: 3, environ={"W": "2"}) == 2
+    with pytest.raises(ImproperlyConfigured, match="W must be a whole number"):
+        env_int("W", 1, environ={"W": "auto"})
+    assert usable_cpus() == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_env_bool_accepts_the_usual_spellings_only():

@@ -30,6 +30,7 @@ from sessions.gateway.connection import MAX_CHANNELS
 from sessions.models import Recording, Session
 from tests.conftest import PASSWORD
 from tests.fixtures.gateway_process import GatewayProcess, client_of, use_production_hasher
+from tests.fixtures.waiting import wait_for
 from tests.sessions.conftest import grant_for
 from tests.totp import totp_code
 
@@ -68,16 +69,6 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
         if not data:
             return received
         received += data
-
-
-def wait_for(predicate, *, timeout: float = 20, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def threads_settle(baseline: int, timeout: float = 30) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from sessions.recorder import (
     seal_leftovers,
     verify_recording,
 )
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -140,8 +142,8 @@ def test_output_reaches_disk_within_a_second_without_calling_flush(root, session
     rec.write(b"first")
     assert path.read_bytes() == b""  # buffered: write() did no I/O
     time.sleep(1.1)
-    rec.write(b"second")
-    assert path.read_bytes().startswith(b"first")
+    rec.write(b"second")  # due: queued for the writer thread, on disk at once
+    wait_for(lambda: path.read_bytes().startswith(b"first"), "the flush on disk", timeout=0.5)
     rec.close()
 
 
@@ -152,14 +154,15 @@ def test_flush_due_writes_out_a_quiet_channel(root, session):
     assert flush_due() == 0  # not due yet
     time.sleep(1.1)
     assert flush_due() == 1
-    assert "last words" in path.read_text()
+    wait_for(lambda: "last words" in path.read_text(), "the flush on disk", timeout=0.5)
     rec.close()
 
 
 def test_a_large_burst_is_written_before_the_second_is_up(root, session):
     rec = ExecRecorder(session=session, channel=1)
     rec.write(b"x" * (recorder_module.MAX_BUFFER + 1))
-    assert (root / rec.recording.path).stat().st_size == recorder_module.MAX_BUFFER + 1
+    path = root / rec.recording.path
+    wait_for(lambda: path.stat().st_size == recorder_module.MAX_BUFFER + 1, "the flush on disk", timeout=0.5)
     rec.close()
 
 
@@ -200,8 +203,9 @@ def test_a_write_error_mid_session_raises_and_keeps_raising(root, session):
     full = os.open("/dev/full", os.O_WRONLY)
     os.dup2(full, rec._fd)  # the disk is now full for this file
     os.close(full)
+    rec.write(b"y" * recorder_module.MAX_BUFFER)  # queued; the writer thread finds the disk full
     with pytest.raises(RecordingError, match="No space"):
-        rec.write(b"y" * recorder_module.MAX_BUFFER)
+        rec.flush()
     with pytest.raises(RecordingError):
         rec.write(b"more")
     with pytest.raises(RecordingError):
@@ -209,6 +213,58 @@ def test_a_write_error_mid_session_raises_and_keeps_raising(root, session):
     recording = Recording.objects.get(pk=rec.recording.pk)
     assert recording.interrupted
     assert recording.finalized_at is not None
+    assert verify_recording(recording)[0]
+
+
+def test_a_write_failure_found_while_the_channel_is_quiet_ends_it_once(root, session):
+    rec = ExecRecorder(session=session, channel=1)
+    failures = []
+    rec.on_failure = failures.append
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec._fd)
+    os.close(full)
+    rec.write(b"z" * recorder_module.MAX_BUFFER)  # the last output before the channel goes quiet
+    wait_for(lambda: rec._failed, "the writer thread to find the disk full", timeout=5)
+    flush_due()
+    flush_due()
+    assert len(failures) == 1 and "No space" in failures[0]
+    with pytest.raises(RecordingError):
+        rec.close()
+
+
+def test_a_slow_disk_does_not_stall_the_relay_and_keeps_the_order(root, session):
+    """write() returns while the file cannot take more (a pipe nobody reads stands in for a
+    stalled disk); the writer thread catches up, in order, once it can."""
+    rec = ExecRecorder(session=session, channel=1)
+    the_file = os.dup(rec._fd)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, rec._fd)
+    os.close(write_end)
+    chunks = [bytes([65 + i % 26]) * recorder_module.MAX_BUFFER for i in range(8)]  # 512 KiB > a pipe
+    relay = threading.Thread(target=lambda: [rec.write(chunk) for chunk in chunks], daemon=True)
+    relay.start()  # each write flushes: queued, never waited on
+    relay.join(5)
+    stalled = relay.is_alive()
+    got = bytearray()
+    while len(got) < sum(map(len, chunks)):
+        got += os.read(read_end, 1 << 20)
+    rec.flush()
+    os.close(read_end)
+    assert not stalled, "write() waited on the file"
+    assert bytes(got) == b"".join(chunks)
+    os.dup2(the_file, rec._fd)  # the file again, for close()'s fsync
+    os.close(the_file)
+    rec.close()
+
+
+def test_flushes_wait_for_room_when_the_writer_is_behind(root, session, monkeypatch):
+    monkeypatch.setattr(recorder_module, "WRITER_QUEUE_MAX", 0)  # every flush waits for the last
+    rec = ExecRecorder(session=session, channel=1)
+    data = os.urandom(20 * recorder_module.MAX_BUFFER)
+    for start in range(0, len(data), 1000):
+        rec.write(data[start : start + 1000])
+    recording = rec.close()
+    assert (root / recording.path).read_bytes() == data
     assert verify_recording(recording)[0]
 
 
