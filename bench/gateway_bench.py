@@ -97,6 +97,7 @@ CIPHER = "aes128-gcm@openssh.com"
 KEX = "curve25519-sha256@libssh.org"
 GRANT_MINUTES = 50  # the gateway asks Vault for a certificate of the grant's time left + 60 s
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 MB = 1_000_000
 LOG_LINE = '2026-11-28T01:02:03.456Z pacs01 dicomd[4711]: C-STORE-RQ from AE "CT1_MODALITY" status=0x0000 ok'
 
@@ -565,6 +566,7 @@ class SteadyResult:
     data_bytes: int
     direct: list[Run] = field(default_factory=list)
     gateway: list[Run] = field(default_factory=list)
+    during_cpu: list[float] = field(default_factory=list)  # gateway CPU s while the command ran
     after_cpu: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -582,17 +584,20 @@ def measure_steady(clients: Clients, gateway: Gateway, site: Site, root: Path, a
             result.errors.append(f"direct: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
         before = last_session_pk()
         argv, env = clients.gateway(user, command)
+        cpu_before = gateway.cpu_seconds()
         run = run_reader(argv, env, expect=size)
+        cpu_after = gateway.cpu_seconds()
         result.gateway.append(run)
-        result.after_cpu.append(gateway.settle(gateway.cpu_seconds()))
+        result.during_cpu.append(cpu_after - cpu_before)
+        result.after_cpu.append(gateway.settle(cpu_after))
         if not run.ok:
             result.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
         with contextlib.suppress(RuntimeError):
             drop_recording_files(root, wait_sessions_ended(before))
         say(
             f"  #{n + 1}: direct {fmt(mbps(size, result.direct[-1].transfer_s))} MB/s, "
-            f"gateway {fmt(mbps(size, run.transfer_s))} MB/s (first byte to last); "
-            f"gateway CPU after the session {result.after_cpu[-1]:.1f} s"
+            f"gateway {fmt(mbps(size, run.transfer_s))} MB/s (first byte to last); gateway CPU "
+            f"{result.during_cpu[-1] / (size / GiB):.2f} s per GiB relayed, {result.after_cpu[-1]:.1f} s after"
         )
     return result
 
@@ -1142,6 +1147,12 @@ def report_steady(steady: SteadyResult, summary: list[str]) -> list[str]:
             [
                 ["First → last byte MB/s", fmt(d), fmt(g), fmt(ratio, 2)],
                 ["Whole command MB/s", fmt(dw), fmt(gw), fmt(ratio_of(gw, dw), 2)],
+                [
+                    "Gateway CPU while relaying (s per GiB, login included)",
+                    "",
+                    fmt(median(steady.during_cpu) / (steady.data_bytes / GiB), 2),
+                    "",
+                ],
                 ["Gateway CPU after the session (s)", "", fmt(median(steady.after_cpu), 1), ""],
             ],
         ),
