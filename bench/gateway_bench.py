@@ -597,7 +597,8 @@ def measure_steady(clients: Clients, gateway: Gateway, site: Site, root: Path, a
         say(
             f"  #{n + 1}: direct {fmt(mbps(size, result.direct[-1].transfer_s))} MB/s, "
             f"gateway {fmt(mbps(size, run.transfer_s))} MB/s (first byte to last); gateway CPU "
-            f"{result.during_cpu[-1] / (size / GiB):.2f} s per GiB relayed, {result.after_cpu[-1]:.1f} s after"
+            f"{result.during_cpu[-1] / (size / GiB):.2f} s per GiB relayed, "
+            f"{result.after_cpu[-1]:.1f} s after"
         )
     return result
 
