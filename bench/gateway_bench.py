@@ -1212,7 +1212,7 @@ def report_concurrent(args, concurrent: list[ConcurrentResult], summary: list[st
     for c in concurrent:
         if c.per_process:
             lines.append(
-                f"- {c.label}: the kernel (SO_REUSEPORT) gave the worker processes "
+                f"- {c.label}: the worker processes took "
                 f"{' and '.join(map(str, c.per_process))} of the {c.streams} connections."
             )
         lines += [f"- error ({c.label}): {e}" for e in c.errors()[:2]]

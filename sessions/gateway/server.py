@@ -10,9 +10,11 @@ app and the worker, so any number of gateway processes on any number of hosts ca
 beside them. Blocking calls (the database, Vault, hashing a recording) run on a pool of
 GATEWAY_MAX_DATABASE_CONNECTIONS threads.
 
-``GATEWAY_WORKERS`` > 1 forks that many processes sharing the listening port
-(SO_REUSEPORT: the kernel spreads connections), because one Python process relays on
-one core.
+``GATEWAY_WORKERS`` > 1 (by default one per CPU) forks that many processes sharing one
+listening socket, because one Python process relays on one core. Each worker publishes
+its number of live connections in memory the workers share (``WorkerLoads``); a worker
+with more than the least loaded one lets the others take a new connection first, so
+sessions spread evenly (the kernel's SO_REUSEPORT hashing put 12 and 8 of 20 on two).
 
 At start, recordings left unfinalised by a gateway process of this host that is no
 longer running (killed with SIGKILL, power cut) are sealed and marked interrupted.
@@ -24,9 +26,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import mmap
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 0.25  # recordings flushed at least this often (live viewers, crashes)
 BYTES_INTERVAL = 10.0
+# How long a worker with more connections than the least loaded one leaves a new connection
+# to the others before it accepts it itself (a busy or stuck worker never strands one).
+BALANCE_GRACE = 0.005
 
 
 class GatewayError(Exception):
@@ -105,6 +112,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # The workers share this one socket; SO_REUSEPORT lets a restarted gateway listen while
+    # the old one is still ending its sessions.
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -151,6 +160,39 @@ def recover_dead_processes() -> int:
     return recovered
 
 
+class WorkerLoads:
+    """Live connections of each gateway worker process, in memory the workers share.
+
+    Made by the parent before it forks (an anonymous shared mapping); each worker is given
+    its ``slot`` and publishes its count with ``publish()``. ``ahead()``: this worker has
+    more connections than the least loaded live one. A worker that has exited is marked
+    ``retire()``d by the parent so that it is never the least loaded.
+    """
+
+    _RETIRED = 2**62
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._counts = mmap.mmap(-1, 8 * workers)
+        self.slot: int | None = None
+
+    def publish(self, count: int) -> None:
+        if self.slot is not None:
+            struct.pack_into("q", self._counts, 8 * self.slot, count)
+
+    def counts(self) -> tuple[int, ...]:
+        return struct.unpack_from(f"{self.workers}q", self._counts)
+
+    def ahead(self) -> bool:
+        if self.slot is None:
+            return False
+        counts = self.counts()
+        return counts[self.slot] > min(counts)
+
+    def retire(self, slot: int) -> None:
+        struct.pack_into("q", self._counts, 8 * slot, self._RETIRED)
+
+
 class GatewayServer:
     """Accept SSH connections on ``sock`` and serve them until ``stop()``.
 
@@ -159,8 +201,16 @@ class GatewayServer:
     recordings) goes to ``call()``, a pool of GATEWAY_MAX_DATABASE_CONNECTIONS threads.
     """
 
-    def __init__(self, *, sock: socket.socket, host_key: asyncssh.SSHKey, node: str | None = None):
+    def __init__(
+        self,
+        *,
+        sock: socket.socket,
+        host_key: asyncssh.SSHKey,
+        node: str | None = None,
+        loads: WorkerLoads | None = None,
+    ):
         self.sock = sock
+        self.loads = loads
         self.host_key = host_key
         self.node = node or node_name()
         self.ciphers = tuple(settings.GATEWAY_CIPHERS)
@@ -259,11 +309,17 @@ class GatewayServer:
             return UserConnection(loop, options)
 
         while True:
+            await self._readable()
+            if self.loads is not None and self.loads.ahead():
+                await asyncio.sleep(BALANCE_GRACE)  # a less loaded worker takes it first
             try:
-                client, address = await loop.sock_accept(self.sock)
+                client, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
             except OSError:
                 await asyncio.sleep(0.05)
                 continue
+            client.setblocking(False)
             # Over a limit: refused here, before a key exchange is spent on it.
             if not self.limiter.admit(client, address, list(self.connections)):
                 continue
@@ -273,10 +329,32 @@ class GatewayServer:
             except Exception:
                 logger.exception("Could not set up a connection from %s", address[0])
                 client.close()
+            self._publish_load()
+
+    async def _readable(self) -> None:
+        """Until the listening socket has a connection waiting (for any worker)."""
+        loop = self.loop
+        ready = loop.create_future()
+        fd = self.sock.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+    def _publish_load(self) -> None:
+        if self.loads is not None:
+            self.loads.publish(len(self.connections))
 
     def connection_done(self, connection: GatewayConnection) -> None:
         """A connection has ended and saved what it could (GatewayConnection._finish)."""
         self.connections.discard(connection)
+        self._publish_load()
         session = connection.session
         if session is not None and session.ended_at is None:
             self.unended[session.pk] = session
@@ -415,19 +493,24 @@ def run(*, listen: str, host_key_file: Path, workers: int) -> None:
     recover_dead_processes()
     connections.close_all()
     if workers <= 1:
-        _serve_process(host, port, host_key)
+        _serve_process(host, port, host_key, listen_socket(host, port))
         return
-    children = []
-    for _ in range(workers):
+    # One socket for all workers (made before they fork), and their loads beside it.
+    sock = listen_socket(host, port)
+    loads = WorkerLoads(workers)
+    children: dict[int, int] = {}  # pid -> slot
+    for slot in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             # Nothing network-bound is shared with the parent: its Vault session is rebuilt.
             reset_client()
+            loads.slot = slot
             try:
-                _serve_process(host, port, host_key)
+                _serve_process(host, port, host_key, sock, loads)
             finally:
                 os._exit(0)
-        children.append(pid)
+        children[pid] = slot
+    sock.close()  # the parent never accepts
 
     def forward(signum, frame):
         for child in children:
@@ -436,15 +519,16 @@ def run(*, listen: str, host_key_file: Path, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for child in children:
-        while True:
-            try:
-                os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                break
+    while children:
+        try:
+            pid, _ = os.wait()
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, None)
+        if slot is not None:
+            loads.retire(slot)  # the others stop leaving connections to it
 
 
 def quiet_asyncssh() -> None:
@@ -456,9 +540,10 @@ def quiet_asyncssh() -> None:
         asyncssh_logger.setLevel(logging.WARNING)
 
 
-def _serve_process(host: str, port: int, host_key: asyncssh.SSHKey) -> None:
-    sock = listen_socket(host, port)
-    server = GatewayServer(sock=sock, host_key=host_key)
+def _serve_process(
+    host: str, port: int, host_key: asyncssh.SSHKey, sock: socket.socket, loads: WorkerLoads | None = None
+) -> None:
+    server = GatewayServer(sock=sock, host_key=host_key, loads=loads)
 
     def stop(signum, frame):
         server.stop()

@@ -3,10 +3,12 @@ plays the web app: enforcement through the database only, and recovery after SIG
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from access import services
 from audit.chain import verify_chain
 from audit.models import AuditEvent
+from sessions.gateway.server import WorkerLoads
 from sessions.models import Recording, Session
 from sessions.recorder import verify_recording
 from sessions.services import session_terminate
@@ -104,9 +107,34 @@ def test_a_gateway_killed_with_sigkill_has_its_recordings_sealed_at_the_next_sta
     assert done.returncode == 0 and b"after-the-crash-42" in done.stdout, done.stderr
 
 
-def test_sessions_on_several_worker_processes_are_all_cut_when_the_grant_is_revoked(
+def test_worker_loads_are_shared_across_fork_and_a_gone_worker_is_never_the_least_loaded():
+    loads = WorkerLoads(3)
+    pids = []
+    for slot, count in enumerate((4, 2, 3)):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            loads.slot = slot
+            loads.publish(count)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    assert loads.counts() == (4, 2, 3)  # what each forked worker published
+    loads.slot = 0
+    assert loads.ahead()  # 4 > 2: leave a new connection to the others first
+    loads.slot = 1
+    assert not loads.ahead()
+    loads.retire(1)  # the worker with 2 has exited
+    loads.slot = 2
+    assert not loads.ahead()  # 3 is now the least of the live ones
+    assert WorkerLoads(2).ahead() is False  # the parent (no slot) never defers
+
+
+def test_sessions_spread_evenly_over_worker_processes_and_are_all_cut_when_the_grant_is_revoked(
     settings, approle_settings, tmp_path, alice, bob, ssh_account
 ):
+    """Six sessions opened one after the other on two workers: three each (the least loaded
+    worker takes a new connection), and a revocation cuts them all within 5 s."""
     use_production_hasher(alice)
     (tmp_path / "gw").mkdir()
     process = GatewayProcess(settings, tmp_path / "gw")
@@ -115,15 +143,16 @@ def test_sessions_on_several_worker_processes_are_all_cut_when_the_grant_is_revo
     try:
         grant = grant_for(alice, bob, ssh_account)
         clients = []
-        for number in range(1, 5):
+        for number in range(1, 7):
             # One after the other: a code is spent by each login (the helper re-arms it).
             clients.append(client_of(process).popen(alice, "alice:pacs01-admin", tty=True))
             deadline = time.monotonic() + 30
             while Session.objects.filter(user=alice, ended_at__isnull=True).count() < number:
                 assert time.monotonic() < deadline, "the session did not start:\n" + process.log()
                 time.sleep(0.1)
-        nodes = set(Session.objects.filter(user=alice).values_list("gateway_node", flat=True))
+        nodes = Counter(Session.objects.filter(user=alice).values_list("gateway_node", flat=True))
         assert all(node.startswith("gw-test-node:") for node in nodes)
+        assert sorted(nodes.values()) == [3, 3], nodes
         services.grant_revoke(grant=grant, acting_user=bob, reason="end of maintenance window")
         revoked = time.monotonic()
         for client in clients:
