@@ -41,10 +41,8 @@ writer has written everything queued. A flush hands the bytes to the kernel, so 
 gateway (SIGKILL) loses at most the last 0.25 s and what was queued; fsync is done at close
 only (a power cut may lose what the kernel had not written back yet).
 
-Sealing: ``close()`` takes the sha256 of the bytes the recorder wrote, hashed by the writer
-thread as it wrote them (nothing is read back, and a file changed on disk while the session
-ran no longer matches its seal); ``finalize_interrupted()``, for files a dead gateway left,
-hashes them as they are on disk. Vault's transit key signs the canonical manifest line
+Sealing: ``close()`` (or ``finalize_interrupted()`` for files a dead gateway left) computes the
+sha256 of the file(s) and has Vault's transit key sign the canonical manifest line
 (``signed_manifest``), which names the recording, session, kind, paths, size, sha256(s) and
 the interrupted flag, so a signature cannot be moved to another row or file.
 ``verify_recording()`` checks both. File names come from ids and dates only, never from
@@ -190,27 +188,15 @@ def signed_manifest(recording: Recording) -> bytes:
     ).encode("ascii")
 
 
-def _seal(
-    recording: Recording, *, root: Path, interrupted: bool, written: tuple[str, int, str] | None = None
-) -> None:
-    """Sign the manifest with Vault and save the row.
-
-    ``written`` is (sha256, size, index sha256) of what the recorder wrote, hashed as it
-    wrote it; without it (a file some other process left) the file(s) are hashed as they
-    are on disk.
-    """
-    if written is not None:
-        recording.sha256, recording.size, recording.index_sha256 = written
-    else:
-        try:
-            recording.sha256, recording.size = _hash_file(root / recording.path)
-            recording.index_sha256 = (
-                _hash_file(root / recording.index_path)[0] if recording.index_path else ""
-            )
-        except OSError as exc:
-            raise RecordingError(
-                f"Cannot read back the recording {recording.path}: {exc.strerror or exc}"
-            ) from None
+def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
+    """Hash the file(s) as they are on disk, sign the manifest with Vault, save the row."""
+    try:
+        recording.sha256, recording.size = _hash_file(root / recording.path)
+        recording.index_sha256 = _hash_file(root / recording.index_path)[0] if recording.index_path else ""
+    except OSError as exc:
+        raise RecordingError(
+            f"Cannot read back the recording {recording.path}: {exc.strerror or exc}"
+        ) from None
     recording.interrupted = interrupted
     try:
         recording.signature = get_client().transit_sign(signed_manifest(recording))
@@ -322,9 +308,6 @@ class _Recorder:
         self._closed = False
         self._fds: list[int] = []
         self._sizes: dict[int, int] = {}  # bytes of each file written by complete flushes
-        # sha256 of those bytes, hashed as they are written: sealing reads nothing back
-        self._digests: dict[int, hashlib._Hash] = {}
-        self._disk_differs = False  # a cut back failed: the file holds more than was hashed
         # Called with the message when a flush that nobody waits on fails (flush_due): the
         # gateway ends the session then, not at the channel's next output.
         self.on_failure = None
@@ -357,7 +340,6 @@ class _Recorder:
         fd = _create(self.root, relative)
         self._fds.append(fd)
         self._sizes[fd] = 0
-        self._digests[fd] = hashlib.sha256()
         return fd
 
     def _write_header(self, session: Session) -> None:
@@ -369,7 +351,6 @@ class _Recorder:
         except OSError as exc:
             raise RecordingError(_os_error(exc, "writing the recording's header")) from None
         self._sizes[fd] += len(data)
-        self._digests[fd].update(data)
 
     # --- Hot path -------------------------------------------------------------------
 
@@ -439,10 +420,8 @@ class _Recorder:
             return
         if data:
             self._sizes[self._fd] += len(data)
-            self._digests[self._fd].update(data)
         if index:
             self._sizes[self._index_fd] += len(index)
-            self._digests[self._index_fd].update(index)
 
     def _cut_back(self) -> None:
         """Truncate each file to its last complete flush, so no half record is left at its end
@@ -451,7 +430,6 @@ class _Recorder:
             try:
                 os.ftruncate(fd, size)
             except OSError:
-                self._disk_differs = True
                 logger.warning("Could not cut %s back to %s bytes", self.recording.path, size, exc_info=True)
 
     def _encode(self, pending: list) -> tuple[bytes, bytes]:
@@ -491,12 +469,11 @@ class _Recorder:
                 error = RecordingError(
                     f"Cannot sync the recording {self.recording.path}: {exc.strerror or exc}"
                 )
-            written = self._written()
             self._close_fds()
         with _live_lock:
             _live.discard(self)
         try:
-            _seal(self.recording, root=self.root, interrupted=error is not None, written=written)
+            _seal(self.recording, root=self.root, interrupted=error is not None)
         except SealDeferred:
             if error is None:
                 raise
@@ -504,14 +481,6 @@ class _Recorder:
         if error is not None:
             raise error
         return self.recording
-
-    def _written(self) -> tuple[str, int, str] | None:
-        """(sha256, size, index sha256) of what was written; None when the file(s) must be
-        hashed from disk instead (a failed cut back left more there)."""
-        if self._disk_differs:
-            return None
-        index = self._digests[self._index_fd].hexdigest() if self._index_fd is not None else ""
-        return self._digests[self._fd].hexdigest(), self._sizes[self._fd], index
 
     def _close_fds(self) -> None:
         while self._fds:

@@ -300,32 +300,6 @@ def test_changing_one_byte_is_reported_as_tampered(root, session):
     assert not ok and "tampered" in message and "signature" in message
 
 
-def test_a_recording_changed_on_disk_while_the_session_runs_is_reported_as_tampered(root, session):
-    """The seal is of what the gateway wrote, not of what is on disk when the session ends."""
-    rec = ExecRecorder(session=session, channel=0)
-    first = os.urandom(4096)
-    rec.write(first)
-    rec.flush()
-    path = root / rec.recording.path
-    with path.open("r+b") as f:  # someone with access to the volume edits the output so far
-        f.write(b"\x00" * 100)
-    rec.write(b"the rest of the session")
-    recording = rec.close()
-    assert recording.size == len(first) + len(b"the rest of the session")
-    ok, message = verify_recording(recording)
-    assert not ok and "tampered" in message
-
-
-def test_sealing_reads_nothing_back(root, session, monkeypatch):
-    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
-    rec.write(b"$ ls\r\nimages\r\n")
-    monkeypatch.setattr(recorder_module, "_hash_file", None)  # any read-back would fail
-    recording = rec.close()
-    monkeypatch.undo()
-    assert recording.sha256 == hashlib.sha256((root / recording.path).read_bytes()).hexdigest()
-    assert verify_recording(recording)[0]
-
-
 def test_a_changed_timing_index_is_reported_as_tampered(root, session):
     rec = ExecRecorder(session=session, channel=0)
     rec.write(b"abc")
