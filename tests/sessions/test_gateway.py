@@ -127,6 +127,35 @@ def test_binary_exec_output_is_recorded_byte_for_byte(gateway, alice, bob, ssh_a
     assert raw.size <= 3000000 * 1.01 + 200
 
 
+@pytest.mark.parametrize(
+    "options",
+    [("-o", "RekeyLimit=256K"), ("-C",)],
+    ids=["rekeying every 256 KiB", "compressed"],
+)
+def test_data_both_ways_survives_rekeying_and_compression(gateway, alice, bob, ssh_account, options):
+    """The gateway seals and opens channel data itself between key exchanges, and leaves
+    compressed connections to asyncssh: new keys mid-stream in both directions, or
+    compression, must neither corrupt nor stall the relay."""
+    grant_for(alice, bob, ssh_account)
+    upload = os.urandom(3_000_000)
+    result = gateway.ssh(
+        alice,
+        "alice:pacs01-admin",
+        "sha256sum >&2; f=/tmp/pamsite-rekey-$$; head -c 3000000 /dev/urandom > $f; sha256sum $f >&2; "
+        "cat $f; rm $f",
+        options=options,
+        input=upload,
+    )
+    assert result.returncode == 0, result.stderr
+    said = result.stderr.decode()
+    assert hashlib.sha256(upload).hexdigest() in said  # what the target received
+    assert len(result.stdout) == 3_000_000
+    assert hashlib.sha256(result.stdout).hexdigest() in said  # what the user received
+    raw = ended_session(alice).recordings.get(kind=Recording.Kind.EXEC)
+    recorded = (Path(settings.RECORDINGS_ROOT) / raw.path).read_bytes()
+    assert result.stdout in recorded
+
+
 # --- Refusals ---------------------------------------------------------------------------
 
 
