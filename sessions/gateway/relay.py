@@ -48,6 +48,47 @@ _SEALED_HERE = frozenset({MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_DATA, MSG_CHANN
 RECEIVE_STEP = 64 * 1024  # bytes handed to asyncssh at a time (see coalesce_sends)
 
 
+def _asyncssh_as_expected() -> bool:
+    """Whether asyncssh has the internals the GCM path uses (it is pinned; an upgrade that
+    changed them falls back to asyncssh's own path, slower but correct, and says so)."""
+    from asyncssh.connection import SSHConnection
+    from asyncssh.crypto import GCMCipher
+
+    needed = {
+        SSHConnection: ("_send", "_force_close", "send_packet", "data_received"),
+        GCMCipher: ("_update_iv",),
+        GCMEncryption: ("decrypt_packet", "encrypt_packet"),
+    }
+    missing = [
+        f"{cls.__name__}.{name}" for cls, names in needed.items() for name in names if not hasattr(cls, name)
+    ]
+    if missing:
+        logger.warning(
+            "asyncssh %s lacks %s: the gateway relays through asyncssh's own path",
+            asyncssh.__version__,
+            ", ".join(missing),
+        )
+    return not missing
+
+
+# What the GCM path reads and updates on a connection (set by asyncssh at its start).
+_CONNECTION_STATE = (
+    "_send_encryption",
+    "_recv_encryption",
+    "_kex_complete",
+    "_auth_complete",
+    "_compressor",
+    "_send_seq",
+    "_send_blocksize",
+    "_send_enchdrlen",
+    "_rekey_bytes",
+    "_rekey_bytes_sent",
+    "_rekey_seconds",
+    "_rekey_time",
+)
+_ASYNCSSH_AS_EXPECTED = _asyncssh_as_expected()
+
+
 def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
     """Make ``conn`` cheaper per packet; the bytes on the wire mean the same.
 
@@ -108,14 +149,16 @@ def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnec
         send_packet(pkttype, *args, **kwargs)
 
     def data_received_in_steps(data: bytes, datatype=None) -> None:
-        _open_gcm_once(conn._recv_encryption)
+        if gcm.enabled:
+            _open_gcm_once(conn._recv_encryption)
         if len(data) <= RECEIVE_STEP:
             data_received(data)
             return
         view = memoryview(data)
         for start in range(0, len(data), RECEIVE_STEP):
             data_received(bytes(view[start : start + RECEIVE_STEP]))
-            _open_gcm_once(conn._recv_encryption)  # new keys may have come in this step
+            if gcm.enabled:
+                _open_gcm_once(conn._recv_encryption)  # new keys may have come in this step
 
     conn._send = send
     conn._force_close = close_now
@@ -128,18 +171,20 @@ class _GcmSender:
     aes128-gcm@openssh.com): the 4-byte length in clear as associated data, then padding
     length, type, payload and random padding sealed, the 16-byte tag after."""
 
-    __slots__ = ("aead", "cipher", "conn", "write")
+    __slots__ = ("aead", "cipher", "conn", "enabled", "write")
 
     def __init__(self, conn, write: Callable[[bytes], None]):
         self.conn, self.write = conn, write
         self.cipher = self.aead = None
+        self.enabled = _ASYNCSSH_AS_EXPECTED and all(hasattr(conn, name) for name in _CONNECTION_STATE)
 
     def try_send(self, pkttype: int, args: tuple[bytes, ...]) -> bool:
         """Send the packet if this path may (see coalesce_sends); False: asyncssh must."""
         conn = self.conn
         encryption = conn._send_encryption
         if (
-            type(encryption) is not GCMEncryption
+            not self.enabled
+            or type(encryption) is not GCMEncryption
             or not (conn._kex_complete and conn._auth_complete)
             or conn._compressor
             or conn._transport is None
@@ -150,6 +195,8 @@ class _GcmSender:
             return False
         cipher = encryption._cipher
         if cipher is not self.cipher:
+            if not _gcm_cipher_as_expected(cipher):
+                return False
             self.cipher, self.aead = cipher, AESGCM(cipher._key)
         blocksize = conn._send_blocksize
         padlen = -(conn._send_enchdrlen + 1 + sum(map(len, args))) % blocksize
@@ -166,11 +213,21 @@ class _GcmSender:
         return True
 
 
+def _gcm_cipher_as_expected(cipher) -> bool:
+    return all(hasattr(cipher, name) for name in ("_key", "_iv", "_update_iv"))
+
+
 def _open_gcm_once(encryption) -> None:
     """Give a GCM receiving key one AES-GCM object, and its packets one copy (see coalesce_sends)."""
-    if type(encryption) is not GCMEncryption or "decrypt_packet" in encryption.__dict__:
+    if (
+        not _ASYNCSSH_AS_EXPECTED
+        or type(encryption) is not GCMEncryption
+        or "decrypt_packet" in encryption.__dict__
+    ):
         return
     cipher = encryption._cipher
+    if not _gcm_cipher_as_expected(cipher):
+        return
     aead = AESGCM(cipher._key)
 
     def decrypt_packet(seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes) -> bytes | None:
