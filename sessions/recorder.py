@@ -377,7 +377,7 @@ class _Recorder:
                 raise RecordingError(self._failed)
 
     def flush_if_due(self) -> bool:
-        """Flush if something is pending and the last flush was 1 s ago or more; True if it did.
+        """Flush if something is pending and the last flush was FLUSH_INTERVAL ago or more; True if it did.
 
         Does not wait for the writer. Raises the recording's failure once, also when it was
         found by the writer while nothing is pending (the channel has gone quiet).

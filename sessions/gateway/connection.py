@@ -41,7 +41,7 @@ from identity import gateway_auth
 from identity.services import MFAError
 from sessions import upstream
 from sessions.gateway import limits, records, target, usernames
-from sessions.gateway.relay import CHANNEL_GONE, Counter, ForwardSession, Pipe, coalesce_sends
+from sessions.gateway.relay import CHANNEL_GONE, Counter, ForwardSession, Pipe, streamline
 from sessions.gateway.usernames import parse_login
 from sessions.models import Session
 from sessions.recorder import EventLog, ExecRecorder, RecordingError, SealDeferred, TerminalRecorder
@@ -286,7 +286,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: UserConnection) -> None:
         self.conn = conn
-        coalesce_sends(conn)
+        streamline(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.client_ip = peer[0]
         self.server.connections.add(self)
@@ -1018,7 +1018,7 @@ class GatewayConnection(asyncssh.SSHServer):
                     target=target_row.name,
                     **credential,
                 )
-                coalesce_sends(self.upstream)
+                streamline(self.upstream)
             except upstream.HostKeyMismatch as exc:
                 await self.call(
                     records.record_host_key_mismatch,

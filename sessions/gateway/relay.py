@@ -45,7 +45,7 @@ CHANNEL_GONE = (BrokenPipeError, ConnectionError, OSError, asyncssh.Error)
 WRITE_BUFFER_HIGH = 2 * 1024 * 1024
 _EMPTY_STRING = b"\x00\x00\x00\x00"  # an SSH string of no bytes
 _SEALED_HERE = frozenset({MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_DATA, MSG_CHANNEL_EXTENDED_DATA})
-RECEIVE_STEP = 64 * 1024  # bytes handed to asyncssh at a time (see coalesce_sends)
+RECEIVE_STEP = 64 * 1024  # bytes handed to asyncssh at a time (see streamline)
 
 
 def _asyncssh_as_expected() -> bool:
@@ -89,7 +89,7 @@ _CONNECTION_STATE = (
 _ASYNCSSH_AS_EXPECTED = _asyncssh_as_expected()
 
 
-def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+def streamline(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
     """Make ``conn`` cheaper per packet; the bytes on the wire mean the same.
 
     asyncssh has no option for any of this: ``send_packet``, ``_send``, ``_force_close`` and
@@ -179,7 +179,7 @@ class _GcmSender:
         self.enabled = _ASYNCSSH_AS_EXPECTED and all(hasattr(conn, name) for name in _CONNECTION_STATE)
 
     def try_send(self, pkttype: int, args: tuple[bytes, ...]) -> bool:
-        """Send the packet if this path may (see coalesce_sends); False: asyncssh must."""
+        """Send the packet if this path may (see streamline); False: asyncssh must."""
         conn = self.conn
         encryption = conn._send_encryption
         if (
@@ -218,7 +218,7 @@ def _gcm_cipher_as_expected(cipher) -> bool:
 
 
 def _open_gcm_once(encryption) -> None:
-    """Give a GCM receiving key one AES-GCM object, and its packets one copy (see coalesce_sends)."""
+    """Give a GCM receiving key one AES-GCM object, and its packets one copy (see streamline)."""
     if (
         not _ASYNCSSH_AS_EXPECTED
         or type(encryption) is not GCMEncryption
