@@ -28,8 +28,8 @@ class BoundedText(forms.CharField):
         super().validate(value)
         if value and len(value) > self.limit:
             raise forms.ValidationError(
-                f"At most {self.limit:,} characters, please: this has {len(value):,}. "
-                "Shorten it (your text is kept here) and send it again.",
+                f"Too long: at most {self.limit:,} characters, and this has {len(value):,}. "
+                "Shorten it (what you typed is kept here) and send it again.",
                 code="max_length",
             )
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from access import selectors, services
 from access import targets as target_services
@@ -513,6 +513,7 @@ def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @never_cache
+@require_safe
 def account_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """pam-admins: an account's guided setup: pin the key, set it up in Vault, test the login."""
     account = selectors.get_account_for_admin(user=request.user, pk=pk)
@@ -641,6 +642,7 @@ def account_setup(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @never_cache
+@require_safe
 def policy_list(request: HttpRequest) -> HttpResponse:
     """pam-admins: every policy, what it covers and on which terms."""
     policies = selectors.policies_for_admin(user=request.user)
