@@ -34,7 +34,7 @@ class BoundedText(forms.CharField):
             )
 
 
-_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
 
 
 class TagsField(forms.CharField):
@@ -57,7 +57,7 @@ class TagsField(forms.CharField):
             tag = raw.strip().lower()
             if not tag:
                 continue
-            if not _TAG.match(tag):
+            if not TAG_PATTERN.match(tag):
                 raise forms.ValidationError(
                     f"{raw.strip()[:60]!r} is not a tag: use letters, digits, '-', '_' or '.' "
                     "(at most 40, no spaces), and commas between tags.",
