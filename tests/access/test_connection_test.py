@@ -11,7 +11,7 @@ import pytest
 
 from access import services
 from access.models import Account, Target
-from access.targets import accounts_readiness, account_test_connection
+from access.targets import account_test_connection, accounts_readiness
 from audit.models import AuditEvent
 from tests.fixtures.pacs import configure_pg_connection, make_database_account, target_on
 from vault import sources
