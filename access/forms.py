@@ -172,6 +172,13 @@ class HostKeyConfirmForm(forms.Form):
     host_key = forms.CharField(widget=forms.HiddenInput)
 
 
+PORT_ERRORS = {
+    "min_value": "A TCP port is a number from 1 to 65535.",
+    "max_value": "A TCP port is a number from 1 to 65535.",
+    "invalid": "A TCP port is a number from 1 to 65535.",
+}
+
+
 class TargetForm(forms.Form):
     """A target's settings; one subclass per kind of target (``TARGET_FORMS``)."""
 
@@ -180,7 +187,7 @@ class TargetForm(forms.Form):
         help_text="Lower-case letters, digits and hyphens, e.g. pacs01. Users type it at the gateway.",
     )
     host = forms.CharField(label="Host name or IP address", max_length=255)
-    port = forms.IntegerField(min_value=1, max_value=65535)
+    port = forms.IntegerField(min_value=1, max_value=65535, error_messages=PORT_ERRORS)
     description = BoundedText(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
     tags = TagsField(
         help_text="Words separated by commas, e.g. radiology, night-shift. Policies can name them."
@@ -193,7 +200,9 @@ class TargetForm(forms.Form):
 class SshTargetForm(TargetForm):
     """A PACS, VNA or other host reached over SSH (its host key is pinned next)."""
 
-    port = forms.IntegerField(label="SSH port", min_value=1, max_value=65535, initial=22)
+    port = forms.IntegerField(
+        label="SSH port", min_value=1, max_value=65535, error_messages=PORT_ERRORS, initial=22
+    )
     forward_ports = PortsField(
         label="Ports users may forward to (optional)",
         help_text="e.g. 104, 5432: TCP ports on this host that grant holders may reach with ssh -L.",
@@ -203,13 +212,17 @@ class SshTargetForm(TargetForm):
 class DatabaseTargetForm(TargetForm):
     """A PostgreSQL database server (no SSH: no host key; its own port is always forwardable)."""
 
-    port = forms.IntegerField(label="PostgreSQL port", min_value=1, max_value=65535, initial=5432)
+    port = forms.IntegerField(
+        label="PostgreSQL port", min_value=1, max_value=65535, error_messages=PORT_ERRORS, initial=5432
+    )
 
 
 class WebConsoleTargetForm(TargetForm):
     """An administration web console."""
 
-    port = forms.IntegerField(label="HTTPS port", min_value=1, max_value=65535, initial=443)
+    port = forms.IntegerField(
+        label="HTTPS port", min_value=1, max_value=65535, error_messages=PORT_ERRORS, initial=443
+    )
 
 
 TARGET_FORMS = {
@@ -302,7 +315,7 @@ class ActivationForm(forms.Form):
 
 class DatabaseSetupForm(forms.Form):
     host = forms.CharField(max_length=255)
-    port = forms.IntegerField(min_value=1, max_value=65535, initial=5432)
+    port = forms.IntegerField(min_value=1, max_value=65535, error_messages=PORT_ERRORS, initial=5432)
     database = forms.CharField(max_length=63)
     admin_username = forms.CharField(label="Administrative user (for Vault)", max_length=63)
     admin_password = forms.CharField(

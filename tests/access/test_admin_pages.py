@@ -69,7 +69,7 @@ def test_a_pacs_target_is_added_with_tags_and_ports_as_plain_inputs(admin_client
         ("forward_ports", "70000", "'70000' is not a TCP port"),
         ("tags", "radiology ward", "'radiology ward' is not a tag"),
         ("name", "PACS 01", "Use lower-case letters, digits and hyphens"),
-        ("port", "0", "greater than or equal to 1"),
+        ("port", "0", "A TCP port is a number from 1 to 65535."),
     ],
 )
 def test_bad_target_input_is_refused_with_what_to_do_and_nothing_lost(admin_client, field, value, says):
