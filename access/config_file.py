@@ -280,7 +280,7 @@ class _Problems:
         self.items.append(f"{self.source}:{line}: {where}: {message}")
 
 
-def _fields(item, keys, required, where: str, problems: _Problems) -> dict | None:
+def _fields(item, keys, required, where: str, problems: _Problems, types: dict | None = None) -> dict | None:
     """The known fields of one mapping, type-checked; None (with problems noted) if unusable."""
     if not isinstance(item, _Map):
         problems.add(getattr(item, "line", 0), where, "expected a mapping of fields (name: value)")
@@ -298,7 +298,7 @@ def _fields(item, keys, required, where: str, problems: _Problems) -> dict | Non
     for key in keys:
         if key not in item:
             continue
-        value, kind = item[key], _TYPES[key]
+        value, kind = item[key], (types or {}).get(key, _TYPES[key])
         line = item.lines[key]
         if value is None and kind in (str, "str-list", "int-list"):
             value = "" if kind is str else []
@@ -427,7 +427,7 @@ def _check(data, problems: _Problems) -> _Wanted:
     policy_names = {}
     for i, item in enumerate(data.get("policies") or []):
         where = f"policies[{i}]"
-        values = _fields(item, POLICY_KEYS, POLICY_REQUIRED, where, problems)
+        values = _fields(item, POLICY_KEYS, POLICY_REQUIRED, where, problems, types={"accounts": "str-list"})
         if values is None:
             continue
         where = f"policies[{i}] ({values['name']})"

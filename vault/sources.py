@@ -533,15 +533,25 @@ def account_vault_readiness(*, account: AccountRef, vault: VaultClient | None = 
     _check_kind(account)
     try:
         if account.kind == SSH_CA:
-            _ssh_role(account, vault)
-            return VaultReadiness(
-                True, f"SSH role {account.role_name} signs certificates for {account.username}"
-            )
+            return _ssh_readiness(account, vault)
         if account.kind == DATABASE:
             return _database_readiness(account, vault)
         return _static_readiness(account, vault)
     except CredentialError as exc:
         return VaultReadiness(False, str(exc))
+
+
+def _ssh_readiness(account: AccountRef, vault: VaultClient) -> VaultReadiness:
+    role = _vault_name(account.role_name, "role name")
+    resp = vault.read(f"{vault.config.ssh_mount}/roles/{role}")
+    if resp is None:
+        return VaultReadiness(False, f"No SSH role {role} in Vault for {account.slug}")
+    allowed = [u.strip() for u in str(resp["data"].get("allowed_users", "")).split(",")]
+    if account.username not in allowed and "*" not in allowed:
+        return VaultReadiness(
+            False, f"The SSH role {role} does not sign certificates for the login {account.username}"
+        )
+    return VaultReadiness(True, f"SSH role {role} signs certificates for {account.username}")
 
 
 def _database_readiness(account: AccountRef, vault: VaultClient) -> VaultReadiness:

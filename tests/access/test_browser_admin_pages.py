@@ -144,6 +144,8 @@ def test_a_pam_admin_sets_up_a_target_and_its_accounts(
     page.click("text=Add the policy")
     assert "PACS administrators" in page.inner_text("main")
     shoot(page, "policies")
+    deactivate = page.locator("section.policy button:text-is('Deactivate')")
+    assert deactivate.evaluate("b => getComputedStyle(b).color") != "rgb(255, 255, 255)"  # not white on white
     assert AccessPolicy.objects.get().accounts.get().slug == "pacs01-root"
     assert not errors, errors
 

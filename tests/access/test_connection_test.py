@@ -73,7 +73,10 @@ def test_a_login_changed_after_the_vault_setup_is_not_in_the_role(pacs, sshd_tar
     Account.objects.filter(pk=account.pk).update(username=sshd_target.create_user().name)
     result = account_test_connection(account=account, acting_user=pat)
     assert not result.ok
-    assert "does not allow the principal" in result.message and "Not set up in Vault" in result.message
+    assert (
+        "does not sign certificates for the login" in result.message
+        and "Not set up in Vault" in result.message
+    )
 
 
 def test_a_host_showing_another_key_than_the_pinned_one_is_host_key_changed(pacs, sshd_target, pat):
