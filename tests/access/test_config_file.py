@@ -217,3 +217,12 @@ def test_the_command_exports_and_applies_as_a_named_user(site, pat, tmp_path):
     assert "No change: pamsite already matches the file." in out.getvalue()
     with pytest.raises(CommandError, match="No user 'nobody'"):
         call_command("pam_config", "apply", str(path), "--as", "nobody")
+
+
+def test_a_policy_naming_accounts_as_text_instead_of_a_list_is_refused(site, pat):
+    text = config_export().replace(
+        "  targets: [pacs01]\n", "  targets: [pacs01]\n  accounts: pacs01-root\n", 1
+    )
+    with pytest.raises(ConfigFileError) as refused:
+        _apply(text, pat)
+    assert any("policies[0].accounts: must be a list of words" in p for p in refused.value.problems)
