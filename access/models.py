@@ -16,7 +16,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from access.ticket_patterns import ticket_pattern_problem
+from access.ticket_patterns import ticket_pattern_matches, ticket_pattern_problem
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$", "Use lower-case letters, digits and hyphens (e.g. pacs01-root)."
@@ -28,6 +28,10 @@ username_validator = RegexValidator(
 
 class InvalidTransition(Exception):
     """A state change that the workflow does not allow; the message says why."""
+
+
+# Target kinds reached over SSH: they have a host key to pin, ssh-ca and static accounts.
+SSH_TARGET_KINDS = ("pacs", "vna", "other")
 
 
 class Target(models.Model):
@@ -76,6 +80,19 @@ class Target(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("access:target", args=[self.pk])
 
+    @property
+    def has_host_key(self) -> bool:
+        """Whether pamsite reaches this target over SSH, so that it has a host key to pin."""
+        return self.kind in SSH_TARGET_KINDS
+
+    def account_kinds(self) -> tuple[str, ...]:
+        """The account kinds a target of this kind can hold."""
+        if self.kind == self.Kind.DATABASE:
+            return (Account.Kind.DATABASE,)
+        if self.kind == self.Kind.WEB_CONSOLE:
+            return (Account.Kind.STATIC,)
+        return (Account.Kind.SSH_CA, Account.Kind.STATIC)
+
     def clean(self) -> None:
         ports = self.forward_ports or []
         if not isinstance(ports, list) or not all(
@@ -84,6 +101,16 @@ class Target(models.Model):
             raise ValidationError(
                 {"forward_ports": "A list of TCP port numbers (1-65535), e.g. [5432, 104]."}
             )
+
+
+class SslMode(models.TextChoices):
+    """libpq's sslmode values, strictest first."""
+
+    VERIFY_FULL = "verify-full", "verify-full (TLS, certificate and host name checked)"
+    VERIFY_CA = "verify-ca", "verify-ca (TLS, certificate checked)"
+    REQUIRE = "require", "require (TLS, certificate not checked)"
+    PREFER = "prefer", "prefer (TLS if the server offers it)"
+    DISABLE = "disable", "disable (no TLS)"
 
 
 class Account(models.Model):
@@ -105,9 +132,21 @@ class Account(models.Model):
     vault_role = models.CharField(max_length=100, blank=True, help_text="Vault role; default: the slug.")
     kv_path = models.CharField(max_length=200, blank=True, help_text="KV path; default: accounts/<slug>.")
     database_name = models.CharField(max_length=63, blank=True)
+    # How a database account's Test connection (and a client through the gateway's port
+    # forward) speaks TLS to the target's PostgreSQL: libpq's sslmode.
+    database_sslmode = models.CharField(
+        max_length=12, choices=SslMode.choices, default=SslMode.PREFER, blank=True
+    )
     tags = models.JSONField(default=list, blank=True)
     description = models.TextField(blank=True)
+    # Changed only through access.services.account_deactivate / account_reactivate (the
+    # Django admin's box too): deactivating revokes the account's live grants.
     is_active = models.BooleanField(default=True)
+    # The last "Test connection" (access.targets.account_test_connection): when, whether
+    # the login worked, and what failed in words. Never a secret.
+    last_test_at = models.DateTimeField(null=True, blank=True)
+    last_test_ok = models.BooleanField(null=True, blank=True)
+    last_test_message = models.TextField(blank=True)
     # Set when break-glass sent someone to the account's sealed emergency credential because
     # Vault was down: that password is no longer a secret. The worker rotates a static
     # account's password as soon as Vault is back and clears this; for other kinds a pam-admin
@@ -157,6 +196,13 @@ class AccessPolicy(models.Model):
     ticket_pattern = models.CharField(
         max_length=200, blank=True, default=r"^(INC|CHG|RITM)-?\d{3,10}$", help_text="Regular expression."
     )
+    # Shown on the request form before anyone gets it wrong ("Ticket, like INC-12345").
+    ticket_example = models.CharField(
+        max_length=64, blank=True, help_text="A ticket reference the pattern accepts, e.g. INC-12345."
+    )
+    ticket_case_insensitive = models.BooleanField(
+        default=False, help_text="Accept the ticket in any case (inc-123 as INC-123)."
+    )
     allow_reveal = models.BooleanField(
         default=False,
         help_text="The requester may see a database/static secret once (consoles that cannot be proxied).",
@@ -174,6 +220,33 @@ class AccessPolicy(models.Model):
         problem = ticket_pattern_problem(self.ticket_pattern) if self.ticket_pattern else None
         if problem:
             raise ValidationError({"ticket_pattern": problem})
+        if (
+            self.ticket_example
+            and self.ticket_pattern
+            and not ticket_pattern_matches(
+                self.ticket_pattern, self.ticket_example, ignore_case=self.ticket_case_insensitive
+            )
+        ):
+            raise ValidationError(
+                {
+                    "ticket_example": f"The example {self.ticket_example!r} does not match the pattern "
+                    f"{self.ticket_pattern}: requesters would copy it and be refused. Give one it accepts."
+                }
+            )
+
+    @property
+    def ticket_rule(self) -> str:
+        """The ticket rule in words, for the request form ("Ticket required, like INC-12345")."""
+        if not self.ticket_required and not self.ticket_pattern:
+            return "No ticket needed."
+        text = "Ticket required" if self.ticket_required else "Ticket optional"
+        if self.ticket_example:
+            text += f", like {self.ticket_example}"
+        elif self.ticket_pattern:
+            text += f", matching {self.ticket_pattern}"
+        if self.ticket_pattern and self.ticket_case_insensitive:
+            text += " (any case)"
+        return text + "."
 
     def applies_to(self, account: Account) -> bool:
         """Names the account, its target, or a shared tag (uses prefetched relations)."""

@@ -8,10 +8,11 @@ else gets a 404, as if it did not exist.
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404
+from django.shortcuts import get_object_or_404
 
-from access.models import AccessPolicy, AccessRequest, Account, Grant
+from access.models import AccessPolicy, AccessRequest, Account, Grant, Target
 from identity.models import User
 from identity.roles import Role, has_role, require_role
 
@@ -114,3 +115,45 @@ def live_grants(*, user: User) -> QuerySet[Grant]:
     if not has_role(user, Role.APPROVER, Role.PAM_ADMIN):
         raise PermissionDenied("Only approvers and pam-admins see everyone's grants.")
     return Grant.objects.filter(state=Grant.State.ACTIVE).select_related("account__target", "user")
+
+
+# --- Configuration (pam-admins) -------------------------------------------------------------
+
+
+def get_target_for_admin(*, user: User, pk: int) -> Target:
+    """A target to configure: pam-admins only (403 for anyone else), 404 if there is none."""
+    require_role(user, Role.PAM_ADMIN)
+    return get_object_or_404(Target, pk=pk)
+
+
+def get_account_for_admin(*, user: User, pk: int) -> Account:
+    """An account to configure, with its target: pam-admins only."""
+    require_role(user, Role.PAM_ADMIN)
+    return get_object_or_404(Account.objects.select_related("target"), pk=pk)
+
+
+def get_policy_for_admin(*, user: User, pk: int) -> AccessPolicy:
+    """A policy to configure: pam-admins only."""
+    require_role(user, Role.PAM_ADMIN)
+    return get_object_or_404(AccessPolicy, pk=pk)
+
+
+def policies_for_admin(*, user: User) -> QuerySet[AccessPolicy]:
+    """Every policy, active first, with what it covers: pam-admins only."""
+    require_role(user, Role.PAM_ADMIN)
+    return AccessPolicy.objects.prefetch_related("groups", "accounts", "targets").order_by(
+        "-is_active", "name"
+    )
+
+
+def targets_for(*, user: User) -> tuple[list[Target], set[int]]:
+    """The targets a user sees on the Targets page, with their accounts, and the accounts the
+    user may request: everything for pam-admins, approvers and auditors; for requesters, the
+    targets of the accounts they may request."""
+    requestable = {a.pk for a, _ in requestable_accounts_for(user=user)}
+    targets = Target.objects.prefetch_related(
+        Prefetch("accounts", queryset=Account.objects.select_related("target").order_by("slug"))
+    )
+    if not has_role(user, Role.PAM_ADMIN, Role.APPROVER, Role.AUDITOR):
+        targets = targets.filter(accounts__pk__in=requestable).distinct()
+    return list(targets), requestable

@@ -54,19 +54,24 @@ def account_ref(account: Account) -> sources.AccountRef:
 
 
 def _ticket_problem(policy: AccessPolicy, ticket: str) -> str | None:
+    like = f" (like {policy.ticket_example})" if policy.ticket_example else " (e.g. INC-123)"
     if not ticket:
-        return "This account needs a ticket reference (e.g. INC-123)." if policy.ticket_required else None
+        return f"This account needs a ticket reference{like}." if policy.ticket_required else None
     if not policy.ticket_pattern:
         return None
     try:
-        matches = ticket_pattern_matches(policy.ticket_pattern, ticket)
+        matches = ticket_pattern_matches(
+            policy.ticket_pattern, ticket, ignore_case=policy.ticket_case_insensitive
+        )
     except ValueError:
         # Saved before patterns were checked, or in the database by hand: never run it.
         return "This policy's ticket pattern cannot be used; ask a pam-admin to correct it."
     if not matches:
+        shape = (
+            f"like {policy.ticket_example}" if policy.ticket_example else f"matching {policy.ticket_pattern}"
+        )
         return (
-            f"The ticket reference {ticket!r} does not look like one this policy accepts "
-            f"({policy.ticket_pattern})."
+            f"The ticket reference {ticket!r} does not look like one this policy accepts: write it {shape}."
         )
     return None
 
@@ -668,3 +673,223 @@ def grant_review(*, grant: Grant, reviewer: User, comment: str, http_request=Non
             details={"comment": comment.strip()[:500]},
         )
     grant.refresh_from_db()
+
+
+# --- Accounts and policies (pam-admin pages, pam_config apply) ------------------------------
+
+POLICY_FIELDS = (
+    "name",
+    "tags",
+    "approvals_required",
+    "max_duration_minutes",
+    "ticket_required",
+    "ticket_pattern",
+    "ticket_example",
+    "ticket_case_insensitive",
+    "allow_reveal",
+)
+POLICY_RELATIONS = ("groups", "accounts", "targets")
+
+
+def _via(via: str) -> dict:
+    return {"via": via} if via else {}
+
+
+def _clean_reason(reason: str) -> str:
+    reason = reason.strip()
+    if len(reason) < 3:
+        raise ValidationError({"reason": "Give the reason (it is kept in the audit trail)."})
+    return reason
+
+
+@transaction.atomic
+def account_deactivate(
+    *, account: Account, acting_user: User | None, reason: str, http_request=None, via: str = ""
+) -> int:
+    """Take an account out of use: nobody can request it, its live grants are revoked (the
+    gateway then cuts their sessions) and its open requests cancelled. Returns the number of
+    grants revoked. Deactivating an inactive account does nothing."""
+    if acting_user is not None and not has_role(acting_user, Role.PAM_ADMIN):
+        raise PermissionDenied("Only pam-admins deactivate accounts.")
+    reason = _clean_reason(reason)
+    locked = Account.objects.select_for_update().get(pk=account.pk)
+    if not locked.is_active:
+        return 0
+    locked.is_active = False
+    locked.save(update_fields=["is_active"])
+    # Open requests first: locking them waits for a checkout in progress (it locks its
+    # request), whose grant is then revoked below; a checkout after this finds its request
+    # cancelled.
+    cancelled = 0
+    open_states = [AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
+    for req in AccessRequest.objects.select_for_update().filter(account=locked, state__in=open_states):
+        req.transition_to(AccessRequest.State.CANCELLED)
+        req.decided_at = timezone.now()
+        req.save(update_fields=["state", "decided_at"])
+        audit_record(
+            action="access.request.cancelled",
+            actor=acting_user,
+            request=http_request,
+            obj=req,
+            details={"reason": f"account {locked.slug} deactivated"},
+        )
+        cancelled += 1
+    revoked = 0
+    for grant in Grant.objects.filter(account=locked, state=Grant.State.ACTIVE):
+        grant_revoke(
+            grant=grant,
+            acting_user=acting_user,
+            reason=f"account {locked.slug} deactivated: {reason}",
+            http_request=http_request,
+        )
+        revoked += 1
+    audit_record(
+        action="access.account.deactivated",
+        actor=acting_user,
+        request=http_request,
+        obj=locked,
+        details={
+            "reason": reason[:500],
+            "grants_revoked": revoked,
+            "requests_cancelled": cancelled,
+            **_via(via),
+        },
+    )
+    account.refresh_from_db()
+    return revoked
+
+
+@transaction.atomic
+def account_reactivate(
+    *, account: Account, acting_user: User | None, reason: str, http_request=None, via: str = ""
+) -> None:
+    """Put a deactivated account back in use (requests under its policies work again)."""
+    if acting_user is not None and not has_role(acting_user, Role.PAM_ADMIN):
+        raise PermissionDenied("Only pam-admins reactivate accounts.")
+    reason = _clean_reason(reason)
+    locked = Account.objects.select_for_update().get(pk=account.pk)
+    if locked.is_active:
+        return
+    locked.is_active = True
+    locked.save(update_fields=["is_active"])
+    audit_record(
+        action="access.account.reactivated",
+        actor=acting_user,
+        request=http_request,
+        obj=locked,
+        details={"reason": reason[:500], **_via(via)},
+    )
+    account.refresh_from_db()
+
+
+def _policy_check(policy: AccessPolicy, relations: dict) -> None:
+    errors = {}
+    if "groups" in relations and not relations["groups"]:
+        errors["groups"] = "Choose at least one group whose members may request."
+    covered = [relations.get(name) for name in ("accounts", "targets")]
+    if all(name in relations for name in ("accounts", "targets")) and not any(covered) and not policy.tags:
+        errors["accounts"] = "Say what the policy covers: accounts, targets or tags."
+    try:
+        policy.full_clean(exclude=["groups", "accounts", "targets"])
+    except ValidationError as exc:
+        for field, messages in exc.message_dict.items():
+            if field == "name" and any("already exists" in m for m in messages):
+                messages = [f"A policy called {policy.name} exists already: choose another name."]
+            errors.setdefault(field, " ".join(messages))
+    if errors:
+        raise ValidationError(errors)
+
+
+def _relation_changes(policy: AccessPolicy, relations: dict) -> list[dict]:
+    changes = []
+    for name in POLICY_RELATIONS:
+        if name not in relations:
+            continue
+        manager = getattr(policy, name)
+        before = sorted(str(o) for o in manager.all()) if policy.pk else []
+        after = sorted(str(o) for o in relations[name])
+        if before != after:
+            changes.append({"field": name, "from": before, "to": after})
+            manager.set(relations[name])
+    return changes
+
+
+@transaction.atomic
+def policy_create(
+    *, acting_user: User | None, values: dict, http_request=None, via: str = ""
+) -> AccessPolicy:
+    """Add a policy: which groups may request what (accounts, targets, tags), on which terms.
+
+    ``values`` holds POLICY_FIELDS and the lists ``groups``, ``accounts``, ``targets``.
+    """
+    relations = {k: list(values.get(k, [])) for k in POLICY_RELATIONS}
+    policy = AccessPolicy(**{k: v for k, v in values.items() if k in POLICY_FIELDS})
+    _policy_check(policy, relations)
+    policy.save()
+    _relation_changes(policy, relations)
+    audit_record(
+        action="access.policy.created",
+        actor=acting_user,
+        request=http_request,
+        obj=policy,
+        details={
+            **{k: getattr(policy, k) for k in POLICY_FIELDS if k != "name"},
+            **{k: sorted(str(o) for o in v) for k, v in relations.items()},
+            **_via(via),
+        },
+    )
+    return policy
+
+
+@transaction.atomic
+def policy_update(
+    *, policy: AccessPolicy, acting_user: User | None, values: dict, http_request=None, via: str = ""
+) -> list[dict]:
+    """Change a policy; returns the changes (none: nothing written, nothing audited).
+
+    Requests already made keep the terms they were made under; new ones get the new terms.
+    """
+    from access.targets import assign_changes
+
+    locked = AccessPolicy.objects.select_for_update().get(pk=policy.pk)
+    relations = {k: list(values[k]) for k in POLICY_RELATIONS if k in values}
+    changes = assign_changes(locked, values, POLICY_FIELDS)
+    _policy_check(
+        locked,
+        {k: relations.get(k, list(getattr(locked, k).all())) for k in POLICY_RELATIONS},
+    )
+    if changes:
+        locked.save()
+    changes += _relation_changes(locked, relations)
+    if changes:
+        audit_record(
+            action="access.policy.changed",
+            actor=acting_user,
+            request=http_request,
+            obj=locked,
+            details={"changes": changes, **_via(via)},
+        )
+    policy.refresh_from_db()
+    return changes
+
+
+@transaction.atomic
+def policy_set_active(
+    *, policy: AccessPolicy, acting_user: User | None, active: bool, http_request=None, via: str = ""
+) -> bool:
+    """Deactivate (nobody may request under it any more; live grants run to their end) or
+    reactivate a policy; returns whether anything changed."""
+    locked = AccessPolicy.objects.select_for_update().get(pk=policy.pk)
+    if locked.is_active == active:
+        return False
+    locked.is_active = active
+    locked.save(update_fields=["is_active"])
+    audit_record(
+        action="access.policy.reactivated" if active else "access.policy.deactivated",
+        actor=acting_user,
+        request=http_request,
+        obj=locked,
+        details=_via(via),
+    )
+    policy.refresh_from_db()
+    return True

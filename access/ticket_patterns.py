@@ -90,11 +90,12 @@ def ticket_pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def ticket_pattern_matches(pattern: str, ticket: str) -> bool:
-    """Whether the whole ticket matches the pattern; ValueError if the pattern has a problem."""
+def ticket_pattern_matches(pattern: str, ticket: str, *, ignore_case: bool = False) -> bool:
+    """Whether the whole ticket matches the pattern (in any case with ``ignore_case``);
+    ValueError if the pattern has a problem."""
     problem = ticket_pattern_problem(pattern)
     if problem:
         raise ValueError(problem)
     if len(ticket) > TICKET_MAX_CHARS:
         return False
-    return re.fullmatch(pattern, ticket) is not None
+    return re.fullmatch(pattern, ticket, re.IGNORECASE if ignore_case else 0) is not None

@@ -6,16 +6,21 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from access import selectors, services
+from access import targets as target_services
 from access.forms import (
+    ACCOUNT_FORMS,
+    TARGET_FORMS,
+    ActivationForm,
     BreakGlassForm,
     DatabaseSetupForm,
     DecisionForm,
+    PolicyForm,
     RequestForm,
     RevealForm,
     ReviewForm,
@@ -26,6 +31,7 @@ from access.models import AccessRequest, Account, Grant, InvalidTransition, Targ
 from identity.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
 from sessions import selectors as session_selectors
+from sessions.upstream import UpstreamError
 from vault.client import VaultError
 
 
@@ -309,34 +315,109 @@ def break_glass(request: HttpRequest) -> HttpResponse:
     return render(request, "access/break_glass.html", {"form": form})
 
 
+# --- Targets and accounts ------------------------------------------------------------------
+
+
 @never_cache
 def target_list(request: HttpRequest) -> HttpResponse:
     """Targets and their accounts: all of them for pam-admins, approvers and auditors;
-    for requesters, the ones they may request."""
+    for requesters, the ones they may request. pam-admins see each account's readiness
+    (pinned / in Vault / last test) and the next step."""
     user = request.user
-    if has_role(user, Role.PAM_ADMIN, Role.APPROVER, Role.AUDITOR):
-        targets = Target.objects.prefetch_related("accounts")
-        requestable = {a.pk for a, _ in selectors.requestable_accounts_for(user=user)}
-    else:
-        requestable_accounts = selectors.requestable_accounts_for(user=user)
-        requestable = {a.pk for a, _ in requestable_accounts}
-        targets = Target.objects.filter(accounts__pk__in=requestable).distinct().prefetch_related("accounts")
+    targets, requestable = selectors.targets_for(user=user)
+    is_admin = has_role(user, Role.PAM_ADMIN)
+    readiness = {}
+    if is_admin:
+        readiness = target_services.accounts_readiness(
+            accounts=[a for t in targets for a in t.accounts.all()]
+        )
+    rows = [
+        (
+            t,
+            [(a, readiness.get(a.pk)) for a in t.accounts.all() if a.is_active or is_admin],
+        )
+        for t in targets
+    ]
     return render(
         request,
         "access/target_list.html",
-        {"targets": targets, "requestable": requestable, "is_admin": has_role(user, Role.PAM_ADMIN)},
+        {"rows": rows, "requestable": requestable, "is_admin": is_admin, "kinds": Target.Kind.choices},
     )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def target_new(request: HttpRequest) -> HttpResponse:
+    """pam-admins: add a target, with the form of its kind (chosen first)."""
+    require_role(request.user, Role.PAM_ADMIN)
+    kind = request.POST.get("kind") or request.GET.get("kind", "")
+    if kind not in TARGET_FORMS:
+        return render(request, "access/target_kind.html", {"kinds": Target.Kind.choices})
+    form = TARGET_FORMS[kind](request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            target = target_services.target_create(
+                acting_user=request.user, values={**form.values(), "kind": kind}, http_request=request
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            messages.success(request, f"Target {target.name} added. Now add its accounts.")
+            return redirect("access:account_new", pk=target.pk)
+    return render(
+        request,
+        "access/target_form.html",
+        {"form": form, "kind": kind, "kind_label": Target.Kind(kind).label, "target": None},
+    )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def target_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: change a target's settings (a new address drops its pinned key)."""
+    target = selectors.get_target_for_admin(user=request.user, pk=pk)
+    form_class = TARGET_FORMS[target.kind]
+    initial = {name: getattr(target, name) for name in form_class.base_fields}
+    form = form_class(request.POST if request.method == "POST" else None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            changes = target_services.target_update(
+                target=target, acting_user=request.user, values=form.values(), http_request=request
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            if any(c["field"] == "host_key" for c in changes):
+                messages.warning(
+                    request,
+                    f"{target.name} has a new address: its host key must be checked and pinned again.",
+                )
+            messages.success(request, f"Target {target.name} saved." if changes else "Nothing changed.")
+            return redirect("access:targets")
+    return render(
+        request,
+        "access/target_form.html",
+        {"form": form, "kind": target.kind, "kind_label": target.get_kind_display(), "target": target},
+    )
+
+
+def _back_to_account(request: HttpRequest, fallback: str = "access:targets"):
+    """The account page a setup step came from (``?account=``), else ``fallback``."""
+    pk = request.POST.get("account") or request.GET.get("account", "")
+    if pk.isdigit() and Account.objects.filter(pk=int(pk)).exists():
+        return redirect("access:account", pk=int(pk))
+    return redirect(fallback)
 
 
 @never_cache
 @require_http_methods(["GET", "POST"])
 def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
     """pam-admins: fetch the target's SSH host key, check its fingerprint, pin it."""
-    require_role(request.user, Role.PAM_ADMIN)
-    target = get_object_or_404(Target, pk=pk)
-    from access import targets as target_services
-    from sessions.upstream import UpstreamError
-
+    target = selectors.get_target_for_admin(user=request.user, pk=pk)
+    account = request.POST.get("account") or request.GET.get("account", "")
+    if not target.has_host_key:
+        messages.info(request, f"{target.get_kind_display()} targets have no SSH host key to pin.")
+        return _back_to_account(request)
     if request.method == "POST":
         try:
             target_services.target_pin_host_key(
@@ -353,13 +434,143 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
             messages.error(request, f"Nothing was pinned: {exc}")
         else:
             messages.success(request, f"Host key of {target.name} pinned: {target.host_key_fingerprint}")
-            return redirect("access:targets")
+            return _back_to_account(request)
     fetched, error = None, ""
     try:
         fetched = target_services.target_fetch_host_key(target=target)
     except UpstreamError as exc:
         error = str(exc)
-    return render(request, "access/host_key.html", {"target": target, "fetched": fetched, "error": error})
+    context = {
+        "target": target,
+        "fetched": fetched,
+        "error": error,
+        "account": account if account.isdigit() else "",
+    }
+    return render(request, "access/host_key.html", context)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def account_new(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: add an account to a target, with the form of its kind."""
+    target = selectors.get_target_for_admin(user=request.user, pk=pk)
+    kinds = [(k, Account.Kind(k).label) for k in target.account_kinds()]
+    kind = request.POST.get("kind") or request.GET.get("kind", "")
+    if len(kinds) == 1:
+        kind = kinds[0][0]
+    if kind not in dict(kinds):
+        return render(request, "access/account_kind.html", {"target": target, "kinds": kinds})
+    form = ACCOUNT_FORMS[kind](request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            account = target_services.account_create(
+                target=target,
+                acting_user=request.user,
+                values={**form.values(), "kind": kind},
+                http_request=request,
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            messages.success(request, f"Account {account.slug} added. Now set it up, step by step.")
+            return redirect("access:account", pk=account.pk)
+    context = {
+        "form": form,
+        "target": target,
+        "kind": kind,
+        "kind_label": Account.Kind(kind).label,
+        "account": None,
+    }
+    return render(request, "access/account_form.html", context)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: change an account's login, tags, description, Vault names."""
+    account = selectors.get_account_for_admin(user=request.user, pk=pk)
+    form_class = ACCOUNT_FORMS[account.kind]
+    initial = {name: getattr(account, name) for name in form_class.base_fields if name != "slug"}
+    form = form_class(request.POST if request.method == "POST" else None, initial=initial, creating=False)
+    if request.method == "POST" and form.is_valid():
+        try:
+            changes = target_services.account_update(
+                account=account, acting_user=request.user, values=form.values(), http_request=request
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            messages.success(request, f"Account {account.slug} saved." if changes else "Nothing changed.")
+            return redirect("access:account", pk=account.pk)
+    context = {
+        "form": form,
+        "target": account.target,
+        "kind": account.kind,
+        "kind_label": account.get_kind_display(),
+        "account": account,
+    }
+    return render(request, "access/account_form.html", context)
+
+
+@never_cache
+@require_safe
+def account_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: an account's guided setup: pin the key, set it up in Vault, test the login."""
+    account = selectors.get_account_for_admin(user=request.user, pk=pk)
+    readiness = target_services.accounts_readiness(accounts=[account])[account.pk]
+    context = {
+        "account": account,
+        "target": account.target,
+        "readiness": readiness,
+        "activation_form": ActivationForm(),
+        "live_grants": account.grants.filter(state=Grant.State.ACTIVE).count(),
+    }
+    return render(request, "access/account_detail.html", context)
+
+
+@require_POST
+def account_test(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: Test connection: log in with the vaulted credential as the gateway would."""
+    account = selectors.get_account_for_admin(user=request.user, pk=pk)
+    result = target_services.account_test_connection(
+        account=account, acting_user=request.user, http_request=request
+    )
+    (messages.success if result.ok else messages.error)(request, result.message)
+    return redirect("access:account", pk=account.pk)
+
+
+@require_POST
+def account_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: take an account out of use, with a reason (its live grants are revoked)."""
+    account = selectors.get_account_for_admin(user=request.user, pk=pk)
+    form = ActivationForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give the reason for deactivating (at least 3 characters).")
+        return redirect("access:account", pk=account.pk)
+    revoked = services.account_deactivate(
+        account=account, acting_user=request.user, reason=form.cleaned_data["reason"], http_request=request
+    )
+    messages.success(
+        request,
+        f"{account.slug} is deactivated: nobody can request it"
+        + (f"; {revoked} live grant{'s' if revoked != 1 else ''} revoked." if revoked else "."),
+    )
+    return redirect("access:account", pk=account.pk)
+
+
+@require_POST
+def account_reactivate(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: put a deactivated account back in use, with a reason."""
+    account = selectors.get_account_for_admin(user=request.user, pk=pk)
+    form = ActivationForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give the reason for reactivating (at least 3 characters).")
+        return redirect("access:account", pk=account.pk)
+    services.account_reactivate(
+        account=account, acting_user=request.user, reason=form.cleaned_data["reason"], http_request=request
+    )
+    messages.success(request, f"{account.slug} is active again.")
+    return redirect("access:account", pk=account.pk)
 
 
 @sensitive_post_parameters("admin_password", "current_password")
@@ -367,14 +578,15 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def account_setup(request: HttpRequest, pk: int) -> HttpResponse:
     """pam-admins: connect an account to Vault (SSH role, database connection, or stored password)."""
-    require_role(request.user, Role.PAM_ADMIN)
-    account = get_object_or_404(Account.objects.select_related("target"), pk=pk)
-    from access import targets as target_services
-    from sessions.upstream import UpstreamError
-
+    account = selectors.get_account_for_admin(user=request.user, pk=pk)
     form = None
     if account.kind == Account.Kind.DATABASE:
-        initial = {"host": account.target.host, "database": account.database_name, "port": 5432}
+        initial = {
+            "host": account.target.host,
+            "port": account.target.port,
+            "database": account.database_name,
+            "sslmode": account.database_sslmode or "require",
+        }
         form = DatabaseSetupForm(request.POST or None, initial=initial)
     elif account.kind == Account.Kind.STATIC:
         form = StaticSetupForm(request.POST or None)
@@ -418,9 +630,87 @@ def account_setup(request: HttpRequest, pk: int) -> HttpResponse:
                         else "; pin the host key to check and rotate it."
                     ),
                 )
-            return redirect("access:targets")
+            return redirect("access:account", pk=account.pk)
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
         except (VaultError, UpstreamError) as exc:
             messages.error(request, f"Not done: {exc}")
     return render(request, "access/account_setup.html", {"account": account, "form": form})
+
+
+# --- Policies ----------------------------------------------------------------------------
+
+
+@never_cache
+@require_safe
+def policy_list(request: HttpRequest) -> HttpResponse:
+    """pam-admins: every policy, what it covers and on which terms."""
+    policies = selectors.policies_for_admin(user=request.user)
+    return render(
+        request, "access/policy_list.html", {"policies": policies, "activation_form": ActivationForm()}
+    )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def policy_new(request: HttpRequest) -> HttpResponse:
+    """pam-admins: add a policy."""
+    require_role(request.user, Role.PAM_ADMIN)
+    form = PolicyForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            policy = services.policy_create(
+                acting_user=request.user, values=form.values(), http_request=request
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            messages.success(request, f"Policy {policy.name} added.")
+            return redirect("access:policies")
+    return render(request, "access/policy_form.html", {"form": form, "policy": None})
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: change a policy (requests already made keep their terms)."""
+    policy = selectors.get_policy_for_admin(user=request.user, pk=pk)
+    initial = {name: getattr(policy, name) for name in services.POLICY_FIELDS}
+    initial.update({name: list(getattr(policy, name).all()) for name in services.POLICY_RELATIONS})
+    form = PolicyForm(request.POST if request.method == "POST" else None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            changes = services.policy_update(
+                policy=policy, acting_user=request.user, values=form.values(), http_request=request
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            messages.success(request, f"Policy {policy.name} saved." if changes else "Nothing changed.")
+            return redirect("access:policies")
+    return render(request, "access/policy_form.html", {"form": form, "policy": policy})
+
+
+def _policy_set_active(request: HttpRequest, pk: int, *, active: bool) -> HttpResponse:
+    policy = selectors.get_policy_for_admin(user=request.user, pk=pk)
+    services.policy_set_active(policy=policy, acting_user=request.user, active=active, http_request=request)
+    if active:
+        messages.success(request, f"Policy {policy.name} is active again.")
+    else:
+        messages.success(
+            request,
+            f"Policy {policy.name} is deactivated: no new requests under it; live grants run to their end.",
+        )
+    return redirect("access:policies")
+
+
+@require_POST
+def policy_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: stop a policy (nobody may request under it any more)."""
+    return _policy_set_active(request, pk, active=False)
+
+
+@require_POST
+def policy_reactivate(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: put a deactivated policy back in force."""
+    return _policy_set_active(request, pk, active=True)

@@ -665,3 +665,95 @@ def generate_keypair() -> tuple[str, str]:
     ).decode("ascii")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public.decode("ascii")
+
+
+# --- PostgreSQL targets ----------------------------------------------------------------------
+# A database account's connection test logs in to the target's PostgreSQL as a client coming
+# through the gateway's port forward would, with a short-lived user from Vault.
+
+
+class UpstreamTlsError(UpstreamNotLoggedIn):
+    """pamsite's TLS mode (sslmode) and the target's TLS do not agree; nothing was sent."""
+
+
+@sensitive_variables("password")
+def check_database_login(
+    *,
+    host: str,
+    port: int,
+    database: str,
+    username: str,
+    password: str,
+    sslmode: str,
+    timeout: float = 10,
+    target: str = "",
+) -> str:
+    """Log in to a PostgreSQL target and run one query; returns the server's version.
+
+    Raises ``UpstreamUnreachable``, ``UpstreamTlsError`` (sslmode against what the server
+    offers or its certificate), ``UpstreamAuthFailed`` (password or role refused, no
+    CONNECT privilege) or ``UpstreamError`` (no such database, anything else), each with
+    libpq's reason in words and never the password.
+    """
+    import psycopg
+
+    where = describe_target(host=host, port=port, target=target)
+    try:
+        with psycopg.connect(
+            host=host,
+            port=port,
+            dbname=database,
+            user=username,
+            password=password,
+            sslmode=sslmode,
+            connect_timeout=max(1, round(timeout)),
+            application_name="pamsite connection test",
+        ) as conn:
+            conn.execute("SELECT 1")
+            return str(conn.info.parameter_status("server_version") or "")
+    except psycopg.Error as exc:
+        said = _scrub(str(exc).encode(), (password,))
+        raise _database_failure(
+            said, where=where, database=database, username=username, sslmode=sslmode
+        ) from None
+
+
+def _database_failure(said: str, *, where: str, database: str, username: str, sslmode: str) -> UpstreamError:
+    """libpq's error text as the exception a person can act on."""
+    text = said.lower()
+    if "server does not support ssl" in text:
+        return UpstreamTlsError(
+            f"{where} does not offer TLS, but this account's TLS mode is {sslmode}: turn TLS on in "
+            "the server, or choose prefer or disable for the account"
+        )
+    if any(
+        s in text
+        for s in ("certificate verify failed", "root certificate", "ssl error", "server certificate")
+    ):
+        return UpstreamTlsError(f"TLS with {where} failed with TLS mode {sslmode}: {said}")
+    if "no pg_hba.conf entry" in text:
+        return UpstreamTlsError(
+            f"{where} has no rule (pg_hba.conf) for this client with TLS mode {sslmode}: if the server "
+            "accepts only TLS, choose require or stricter; otherwise its DBA must allow pamsite's address. "
+            f"PostgreSQL said: {said}"
+        )
+    if "connection refused" in text:
+        return UpstreamUnreachable(f"{where} refused the connection: is PostgreSQL listening on that port?")
+    if "timeout expired" in text or "timed out" in text:
+        return UpstreamUnreachable(f"{where} did not answer in time")
+    if "could not translate host name" in text or "name or service not known" in text:
+        return UpstreamUnreachable(f"{where}: cannot resolve the host name")
+    if f'database "{database.lower()}" does not exist' in text:
+        return UpstreamError(
+            f"The database {database} does not exist on {where}: correct the account's database"
+        )
+    if "password authentication failed" in text or ("role" in text and "does not exist" in text):
+        return UpstreamAuthFailed(f"{where} refused the login of {username}: {said}")
+    if "permission denied for database" in text or "connect privilege" in text:
+        return UpstreamAuthFailed(
+            f"{username} may not connect to {database} on {where}: grant CONNECT on it to the "
+            "account's group role"
+        )
+    if "could not connect" in text or ("connection to server" in text and "failed" in text):
+        return UpstreamUnreachable(f"{where} cannot be reached: {said}")
+    return UpstreamError(f"{where} refused the connection: {said}")

@@ -181,6 +181,39 @@ access:target                                      POST login otp   403   403   
 access:account_setup                               GET  login otp   403   403   403   ok    login 403   403
 access:account_setup                               POST login otp   403   403   403   ok    login 403   403
 
+# --- Configuring targets, accounts and policies: pam-admins only (access.selectors
+#     get_target_for_admin, get_account_for_admin, get_policy_for_admin, policies_for_admin).
+#     The forms are posted empty (the form is shown again); the test connection runs (Vault is
+#     unreachable: the result says so); deactivating without a reason is turned down with a
+#     message. Pages that only show are GET-only.
+#                                                       anon  pwd   req   appr  audit admin deact other glass
+access:target_new                                  GET  login otp   403   403   403   ok    login 403   403
+access:target_new                                  POST login otp   403   403   403   ok    login 403   403
+access:target_edit                                 GET  login otp   403   403   403   ok    login 403   403
+access:target_edit                                 POST login otp   403   403   403   ok    login 403   403
+access:account_new                                 GET  login otp   403   403   403   ok    login 403   403
+access:account_new                                 POST login otp   403   403   403   ok    login 403   403
+access:account                                     GET  login otp   403   403   403   ok    login 403   403
+access:account                                     POST login otp   405   405   405   405   login 405   405
+access:account_edit                                GET  login otp   403   403   403   ok    login 403   403
+access:account_edit                                POST login otp   403   403   403   ok    login 403   403
+access:account_test                                GET  login otp   405   405   405   405   login 405   405
+access:account_test                                POST login otp   403   403   403   redir login 403   403
+access:account_deactivate                          GET  login otp   405   405   405   405   login 405   405
+access:account_deactivate                          POST login otp   403   403   403   redir login 403   403
+access:account_reactivate                          GET  login otp   405   405   405   405   login 405   405
+access:account_reactivate                          POST login otp   403   403   403   redir login 403   403
+access:policies                                    GET  login otp   403   403   403   ok    login 403   403
+access:policies                                    POST login otp   405   405   405   405   login 405   405
+access:policy_new                                  GET  login otp   403   403   403   ok    login 403   403
+access:policy_new                                  POST login otp   403   403   403   ok    login 403   403
+access:policy_edit                                 GET  login otp   403   403   403   ok    login 403   403
+access:policy_edit                                 POST login otp   403   403   403   ok    login 403   403
+access:policy_deactivate                           GET  login otp   405   405   405   405   login 405   405
+access:policy_deactivate                           POST login otp   403   403   403   redir login 403   403
+access:policy_reactivate                           GET  login otp   405   405   405   405   login 405   405
+access:policy_reactivate                           POST login otp   403   403   403   redir login 403   403
+
 # --- Gateway sessions (sessions.selectors): alice's live session and its terminal recording.
 #     Its page is for her and the overseers (anyone else 404); searching and downloading are for
 #     the overseers (her own included: 403); terminating for approvers and pam-admins; legal

@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -506,6 +506,106 @@ def static_set_password(*, account: AccountRef, password: str, vault: VaultClien
     version = vault.kv_write(account.secret_path, {"username": account.username, "password": password})
     logger.info("Stored the password of %s (KV version %d)", account.slug, version)
     return version
+
+
+# --- Readiness and connection tests (pam-admin pages) -----------------------------------------
+
+_KV_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+
+
+@dataclass(frozen=True)
+class VaultReadiness:
+    """Whether Vault holds what an account needs to be handed out, in words (never a secret)."""
+
+    ready: bool
+    message: str
+
+
+def account_vault_readiness(*, account: AccountRef, vault: VaultClient | None = None) -> VaultReadiness:
+    """Is this account set up in Vault? What is missing, in words, if not.
+
+    ssh-ca: its SSH role exists and allows the account's principal. database: its role
+    exists and so does the connection the role names. static: a password is stored (read
+    from the KV metadata: the password itself is not fetched). Raises ``VaultError`` when
+    Vault cannot be asked (down, sealed, permission refused): then nobody knows.
+    """
+    vault = vault or get_client()
+    _check_kind(account)
+    try:
+        if account.kind == SSH_CA:
+            return _ssh_readiness(account, vault)
+        if account.kind == DATABASE:
+            return _database_readiness(account, vault)
+        return _static_readiness(account, vault)
+    except CredentialError as exc:
+        return VaultReadiness(False, str(exc))
+
+
+def _ssh_readiness(account: AccountRef, vault: VaultClient) -> VaultReadiness:
+    role = _vault_name(account.role_name, "role name")
+    resp = vault.read(f"{vault.config.ssh_mount}/roles/{role}")
+    if resp is None:
+        return VaultReadiness(False, f"No SSH role {role} in Vault for {account.slug}")
+    allowed = [u.strip() for u in str(resp["data"].get("allowed_users", "")).split(",")]
+    if account.username not in allowed and "*" not in allowed:
+        return VaultReadiness(
+            False, f"The SSH role {role} does not sign certificates for the login {account.username}"
+        )
+    return VaultReadiness(True, f"SSH role {role} signs certificates for {account.username}")
+
+
+def _database_readiness(account: AccountRef, vault: VaultClient) -> VaultReadiness:
+    mount = vault.config.database_mount
+    role = _vault_name(account.role_name, "role name")
+    resp = vault.read(f"{mount}/roles/{role}")
+    if resp is None:
+        return VaultReadiness(False, f"No database role {role} in Vault for {account.slug}")
+    connection = str(resp["data"].get("db_name", ""))
+    if not _VAULT_NAME.match(connection) or vault.read(f"{mount}/config/{connection}") is None:
+        return VaultReadiness(
+            False, f"The database role {role} names the connection {connection[:100]!r}, which Vault lacks"
+        )
+    return VaultReadiness(True, f"Database role {role} makes users on the connection {connection}")
+
+
+def _static_readiness(account: AccountRef, vault: VaultClient) -> VaultReadiness:
+    path = account.secret_path
+    if not _KV_PATH.match(path) or ".." in path.split("/"):
+        raise CredentialError(f"Not a plain KV path: {path[:80]!r}")
+    resp = vault.read(f"{vault.config.kv_mount}/metadata/{path}")
+    where = f"{vault.config.kv_mount}/{path}"
+    if resp is None:
+        return VaultReadiness(False, f"No password in Vault for {account.slug} (at {where})")
+    current = resp["data"].get("current_version") or 0
+    version = (resp["data"].get("versions") or {}).get(str(current)) or {}
+    if not current or version.get("destroyed") or version.get("deletion_time"):
+        return VaultReadiness(False, f"The password of {account.slug} in Vault (at {where}) was deleted")
+    return VaultReadiness(True, f"Password stored in Vault (at {where}, version {current})")
+
+
+@sensitive_variables("creds")
+def database_probe(
+    *, account: AccountRef, probe: Callable[[str, str], Any], vault: VaultClient | None = None
+) -> Any:
+    """Short-lived credentials of a database account, handed to ``probe(login, password)``, then revoked.
+
+    For a pam-admin's connection test: the dynamic user exists only while ``probe`` runs
+    (its lease is revoked after, whatever ``probe`` did; if Vault cannot be told, the
+    lease ends by itself within the role's default TTL). Returns what ``probe`` returned.
+    """
+    vault = vault or get_client()
+    _check_kind(account, DATABASE)
+    role = _vault_name(account.role_name, "role name")
+    try:
+        creds = vault.database_credentials(role)
+    except VaultNotFound:
+        raise CredentialError(
+            f"No database role {role} in Vault for {account.slug}: set the account up in Vault first"
+        ) from None
+    try:
+        return probe(creds.username, creds.password)
+    finally:
+        _revoke_quietly(vault, creds.lease_id, account)
 
 
 # --- Rotation of static passwords ----------------------------------------------------------
