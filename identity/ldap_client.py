@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import socket
+import ssl
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -469,16 +470,27 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
         )
     if isinstance(exc, ldap.SERVER_DOWN):
         info = _info(exc)
-        tls_words = any(word in info.lower() for word in ("tls", "ssl", "certificate"))
-        if tls_words or (uri.lower().startswith("ldaps://") and _tcp_reachable(uri, config.timeout)):
-            # libldap says only "Can't contact LDAP server" when an LDAPS handshake fails.
-            ca = f"LDAP_CA_FILE {config.ca_file}" if config.ca_file else "the system's CA certificates"
-            return DirectoryError(
-                f"TLS with {uri} failed ({info}): the server answers, but its certificate is not signed "
-                f"by a CA in {ca} or its name does not match the URI's host.",
-                kind="tls",
-            )
-        return DirectoryError(f"Cannot reach the directory server {uri}: {info}.", kind="down")
+        if during in _HANDSHAKE:
+            if uri.lower().startswith("ldaps://"):
+                # libldap says "Can't contact LDAP server" (GnuTLS adds "The TLS connection was
+                # non-properly terminated" for a peer that just closes) for a certificate it
+                # refuses and for a server that is not there alike: ask the server.
+                tls_problem = _speaks_tls(uri, config.timeout)
+            else:
+                tls_problem = any(word in info.lower() for word in ("tls", "ssl", "certificate"))
+            if tls_problem:
+                ca = f"LDAP_CA_FILE {config.ca_file}" if config.ca_file else "the system's CA certificates"
+                return DirectoryError(
+                    f"TLS with {uri} failed ({info}): the server answers, but its certificate is not "
+                    f"signed by a CA in {ca} or its name does not match the URI's host.",
+                    kind="tls",
+                )
+            return DirectoryError(f"Cannot reach the directory server {uri}: {info}.", kind="down")
+        # The connection was up (TLS done, bound): the server went away in the middle.
+        return DirectoryError(
+            f"Cannot reach the directory server {uri} any more: it went away while {during} ({info}).",
+            kind="down",
+        )
     if isinstance(exc, ldap.NO_SUCH_OBJECT):
         return DirectoryError(
             f"{uri}: the search base does not exist while {during} ({_info(exc)}).", kind="missing"
@@ -498,13 +510,26 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
     return DirectoryError(f"{uri}: directory error while {during}: {_info(exc)}.", kind="search")
 
 
-def _tcp_reachable(uri: str, timeout: int) -> bool:
-    """Whether something accepts TCP connections at the URI's host and port."""
+# What open_connection is doing when libldap makes the TLS handshake (at the first operation).
+_HANDSHAKE = ("connecting", "binding as the sync account")
+
+
+def _speaks_tls(uri: str, timeout: int) -> bool:
+    """Whether the server at the URI's host and port completes a TLS handshake.
+
+    Only to tell why libldap could not connect: a server that answers TLS has a certificate
+    we do not trust; one that accepts TCP and then closes (a load balancer or proxy whose
+    domain controllers are down, a server dying) is down. Nothing is sent over it.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a probe of the handshake, not a connection we use
     try:
         parts = urlsplit(uri)
-        default = 636 if parts.scheme.lower() == "ldaps" else 389
-        with socket.create_connection(
-            (parts.hostname or "localhost", parts.port or default), timeout=timeout
+        host = parts.hostname or "localhost"
+        with (
+            socket.create_connection((host, parts.port or 636), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
         ):
             return True
     except (OSError, ValueError):

@@ -108,6 +108,25 @@ def test_starttls_with_another_ca_is_a_tls_error(directory, tmp_path):
     assert caught.value.kind == "tls"
 
 
+@slapd_only
+def test_an_ldaps_address_that_accepts_and_closes_is_down_not_a_certificate_problem(directory):
+    """A load balancer in front of domain controllers that are all down accepts the connection
+    and closes it: libldap says "Can't contact LDAP server" either way, and only a server that
+    completes a TLS handshake has a certificate to blame."""
+    from tests.fixtures.netfault import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", free_port()).start()  # nothing behind it
+    try:
+        uri = f"ldaps://127.0.0.1:{proxy.port}"
+        with pytest.raises(DirectoryError) as caught:
+            DirectoryClient(config_for(directory, uris=(uri,))).connect()
+    finally:
+        proxy.down()
+    assert caught.value.kind == "down"
+    assert f"Cannot reach the directory server {uri}" in str(caught.value)
+    assert "certificate" not in str(caught.value)
+
+
 def test_a_missing_search_base_is_named(directory):
     config = config_for(directory, user_base=f"ou=nowhere,{directory.server.suffix}")
     with pytest.raises(DirectoryError, match="the search base does not exist"):
