@@ -27,6 +27,7 @@ import ssl
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 MATCHING_RULE_IN_CHAIN = "1.2.840.113556.1.4.1941"
 # userAccountControl bit ACCOUNTDISABLE.
 AD_ACCOUNT_DISABLED = 0x2
+# accountExpires: 100 ns steps since 1601-01-01 UTC; 0 and the largest Int64 mean "never".
+AD_NEVER_EXPIRES = (0, 0x7FFFFFFFFFFFFFFF)
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 PAGE_SIZE = 500
 
 
@@ -69,6 +73,8 @@ class AttrMap:
     disabled: str
     member_of: str
     modified: str
+    # When the account expires (AD accountExpires; no LDAP_ATTR_ setting): expired is disabled.
+    expires: str = ""
 
     def fetched(self) -> list[str]:
         """The attributes a user search asks for (never userPassword)."""
@@ -82,6 +88,7 @@ class AttrMap:
             self.disabled,
             self.member_of,
             self.modified,
+            self.expires,
         ]
         return list(dict.fromkeys(n for n in names if n))
 
@@ -111,6 +118,8 @@ PRESETS: dict[str, AttrMap] = {
         member_of="memberOf",
         # modifyTimestamp is constructed in AD and cannot be filtered on.
         modified="whenChanged",
+        # A contractor's or vendor's account often ends by its expiry date, not by disabling.
+        expires="accountExpires",
     ),
 }
 DEFAULT_USER_FILTER = {
@@ -254,6 +263,23 @@ def generalized_time_key(value: str) -> str:
     return match.group(1) + "." + (match.group(2) or "0").ljust(6, "0")[:6]
 
 
+def generalized_time_datetime(value: str) -> datetime | None:
+    """An LDAP GeneralizedTime ("20240102030405Z", AD "20240102030405.0Z") as an aware
+    datetime (to the second), or None when it is not one."""
+    match = _GENERALIZED_TIME.match(value.strip())
+    if not match:
+        return None
+    try:
+        moment = datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    zone = match.group(3) or "Z"
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        moment -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5]))
+    return moment
+
+
 @dataclass(frozen=True, slots=True)
 class DirectoryEntry:
     """One user as the directory holds it, in pamsite's terms.
@@ -364,6 +390,27 @@ def _username(attrs: dict, name: str) -> tuple[str, str]:
     return username, ""
 
 
+def filetime(moment: datetime) -> int:
+    """A time in AD's Int64 form (accountExpires, pwdLastSet): 100 ns steps since 1601 UTC."""
+    delta = moment - _FILETIME_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+def is_expired(config: LdapConfig, attrs: dict, *, now: datetime | None = None) -> bool:
+    """Whether the account's expiry time (AD accountExpires) has passed; ``attrs`` keyed by
+    lower-case name. AD refuses the password of an expired account from that moment on."""
+    value = _first(attrs, config.attrs.expires)
+    if value is None:
+        return False
+    try:
+        ticks = int(value)
+    except ValueError:
+        return False
+    if ticks in AD_NEVER_EXPIRES or ticks < 0:
+        return False
+    return ticks <= filetime(now or datetime.now(UTC))
+
+
 def is_disabled(config: LdapConfig, attrs: dict) -> bool:
     """Whether the directory disables the account; ``attrs`` keyed by lower-case name."""
     name = config.attrs.disabled
@@ -371,14 +418,44 @@ def is_disabled(config: LdapConfig, attrs: dict) -> bool:
     if not values:
         return False
     if name.lower() == "useraccountcontrol":
-        try:
-            return bool(int(values[0]) & AD_ACCOUNT_DISABLED)
-        except ValueError:
-            return False
+        return bool(_account_control(values) & AD_ACCOUNT_DISABLED)
     if config.disabled_value:
         wanted = config.disabled_value.lower()
         return any(_text(v).lower() == wanted for v in values)
     return True
+
+
+def _account_control(values: list[bytes]) -> int:
+    """userAccountControl as a number; ValueError-free (``_account_control_problem`` says why
+    it cannot be used)."""
+    try:
+        return int(values[0]) if len(values) == 1 else 0
+    except ValueError:
+        return 0
+
+
+def _account_control_problem(config: LdapConfig, attrs: dict) -> str:
+    """Why pamsite cannot tell from userAccountControl whether the account is disabled ("" if it can).
+
+    Every AD user has exactly one, a number: none at all means the sync account may not read
+    it (a deny on the attribute), and taking such a user as enabled would keep a leaver in.
+    """
+    name = config.attrs.disabled
+    if name.lower() != "useraccountcontrol":
+        return ""
+    values = _all(attrs, name)
+    if not values:
+        return (
+            f"it has no {name}: the sync account (LDAP_BIND_DN) may not read it, so pamsite cannot "
+            "tell whether the account is disabled; give the sync account read access to it"
+        )
+    try:
+        if len(values) == 1:
+            int(values[0])
+            return ""
+    except ValueError:
+        pass
+    return f"its {name} is not one number, so pamsite cannot tell whether the account is disabled"
 
 
 # A DN that has none of these is already in canonical spelling (skips re-writing 100,000 DNs).
@@ -414,6 +491,7 @@ def entry_from_attrs(config: LdapConfig, dn: str, attrs: dict) -> DirectoryEntry
         unusable = f"its stable id ({a.stable_id}) has {len(stable_id)} characters (at most {STABLE_ID_MAX})"
     if len(dn) > DN_MAX or _CONTROLS.search(dn):
         unusable = f"its DN is {len(dn)} characters long or holds control characters (at most {DN_MAX})"
+    unusable = unusable or _account_control_problem(config, attrs)
     email = _field(attrs, a.email, 254, notes)
     if email:
         try:
@@ -429,7 +507,7 @@ def entry_from_attrs(config: LdapConfig, dn: str, attrs: dict) -> DirectoryEntry
         email=email,
         first_name=_field(attrs, a.first_name, 150, notes),
         last_name=_field(attrs, a.last_name, 150, notes),
-        disabled=is_disabled(config, attrs),
+        disabled=is_disabled(config, attrs) or is_expired(config, attrs),
         member_of=frozenset(member_of),
         modified=_text(_first(attrs, a.modified))[:40],
         unusable=unusable,
@@ -446,7 +524,7 @@ def _info(exc: ldap.LDAPError) -> str:
     info = detail.get("info", "")
     if info and info != "(unknown error code)":
         text += f": {info}"
-    return text
+    return text.rstrip(". ")  # the messages around it end their own sentences
 
 
 def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str) -> DirectoryError:
@@ -456,6 +534,14 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
             f"{uri} refused the sync account's credentials (LDAP_BIND_DN {config.bind_dn!r} and "
             "LDAP_BIND_PASSWORD): bad credentials, or the account is locked.",
             kind="credentials",
+        )
+    if isinstance(exc, ldap.STRONG_AUTH_REQUIRED | ldap.CONFIDENTIALITY_REQUIRED):
+        # Active Directory takes a password (a simple bind) only over an encrypted connection.
+        return DirectoryError(
+            f"{uri} requires TLS before it takes a password ({_info(exc)}): use an ldaps:// URI in "
+            "LDAP_SERVER_URI or set LDAP_START_TLS=true, with LDAP_CA_FILE naming the CA that signed "
+            "the server's certificate.",
+            kind="tls",
         )
     if isinstance(exc, ldap.TIMEOUT):
         return DirectoryError(
@@ -658,7 +744,16 @@ class DirectoryClient:
         """Every user under LDAP_USER_BASE matching LDAP_USER_FILTER (modified since, if given)."""
         extra = []
         if modified_since:
-            extra.append(f"({self.config.attrs.modified}>={escape_filter(modified_since)})")
+            changed = f"({self.config.attrs.modified}>={escape_filter(modified_since)})"
+            expires = self.config.attrs.expires
+            if expires:
+                # An expiry date passing changes nothing in the entry (whenChanged neither): the
+                # accounts that expired since the mark are read as well.
+                since = generalized_time_datetime(modified_since)
+                low = max(filetime(since), 1) if since else 1
+                now = filetime(datetime.now(UTC))
+                changed = f"(|{changed}(&({expires}>={low})({expires}<={now})))"
+            extra.append(changed)
         for dn, attrs in self.paged_search(
             self.config.user_base,
             self._user_filter(*extra),

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from identity.ldap_client import (
     DirectoryError,
     LdapConfig,
     entry_from_attrs,
+    filetime,
+    generalized_time_datetime,
     get_config,
     guid_to_str,
     normalise_dn,
@@ -160,6 +163,33 @@ def test_active_directory_entries():
     enabled = entry_from_attrs(config, "CN=x,DC=h", {**attrs, "userAccountControl": [b"512"]})
     assert not enabled.disabled
     assert config.nested_groups and config.attrs.modified == "whenChanged"
+
+
+def test_active_directory_account_expiry_and_unreadable_account_control():
+    """accountExpires in the past is disabled (0 and the largest Int64 mean never); an entry
+    whose userAccountControl is missing or not a number cannot be judged: unusable."""
+    config = LdapConfig(uris=("ldaps://dc1",), preset="ad", attrs=PRESETS["ad"])
+    attrs = {
+        "sAMAccountName": [b"vera"],
+        "objectGUID": [uuid.uuid4().bytes_le],
+        "userAccountControl": [b"512"],
+    }
+
+    def entry(**changed):
+        return entry_from_attrs(config, "CN=Vera,DC=h", {**attrs, **changed})
+
+    assert filetime(datetime(1970, 1, 1, tzinfo=UTC)) == 116_444_736_000_000_000  # as AD counts
+    past, future = filetime(datetime(2020, 1, 1, tzinfo=UTC)), filetime(datetime(2100, 1, 1, tzinfo=UTC))
+    assert entry(accountExpires=[str(past).encode()]).disabled
+    for never in (str(future).encode(), b"0", b"9223372036854775807", b"-1", b"soon"):
+        assert not entry(accountExpires=[never]).disabled, never
+    assert "accountExpires" in config.attrs.fetched()
+    assert not entry().unusable
+    assert "may not read it" in entry(userAccountControl=[]).unusable
+    assert "not one number" in entry(userAccountControl=[b"x"]).unusable
+    assert generalized_time_datetime("20240102030405.0Z") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert generalized_time_datetime("20240102030405+0100") == datetime(2024, 1, 2, 2, 4, 5, tzinfo=UTC)
+    assert generalized_time_datetime("yesterday") is None
 
 
 def _settings_check(env: dict[str, str], tmp_path, code: str = "") -> subprocess.CompletedProcess:
