@@ -300,13 +300,18 @@ def test_the_sync_account_may_bind_by_its_user_principal_name(ad, settings):
 
 def test_users_found_from_the_domain_root_past_its_referrals(client, ad, samba, settings):
     """A base at the domain root: AD also answers with references to its other partitions
-    (CN=Configuration...), which are no users."""
+    (CN=Configuration...), which are no users; the filter picks the members of a group."""
     password = ad_password()
     alice = ad.add_user("alice", cn="Alice Archer", password=password)
-    staff = ad.add_group("pamsite-users", alice)
+    ad.add_user("bob", cn="Bob Baker")  # not in the group: not a pamsite user
+    staff = ad.add_group("pamsite-users", ad.add_group("radiology", alice))
     assert samba.references(samba.suffix, "(sAMAccountName=alice)")
     settings.LDAP_USER_BASE = samba.suffix
-    settings.LDAP_USER_FILTER = f"(&(objectCategory=person)(objectClass=user)(memberOf={staff}))"
+    # The README's example: users of a group, directly or through nested groups, anywhere in
+    # the domain (not its Administrator, krbtgt, the sync account...).
+    settings.LDAP_USER_FILTER = (
+        f"(&(objectCategory=person)(objectClass=user)(memberOf:1.2.840.113556.1.4.1941:={staff}))"
+    )
     settings.AUTHENTICATION_BACKENDS = LDAP_BACKENDS
     reset_config()
     result = directory_sync(full=True, dry_run=False)
