@@ -577,6 +577,15 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
             f"Cannot reach the directory server {uri} any more: it went away while {during} ({info}).",
             kind="down",
         )
+    if isinstance(exc, ldap.REFERRAL):
+        # Active Directory's answer for a DN of another domain of the forest (a group of the
+        # radiology domain, say): it is not in this directory, as far as this server goes.
+        return DirectoryError(
+            f"{uri}: what {during} asked for is in another domain or partition; the server refers "
+            f"elsewhere ({_info(exc)}). Use a Global Catalog (ldaps://...:3269) or a domain "
+            "controller of that domain.",
+            kind="missing",
+        )
     if isinstance(exc, ldap.NO_SUCH_OBJECT):
         return DirectoryError(
             f"{uri}: the search base does not exist while {during} ({_info(exc)}).", kind="missing"

@@ -18,6 +18,7 @@ from identity.directory import DISABLED, LEFT, directory_sync, group_mapping_add
 from identity.models import DirectorySyncRun, LdapGroupMapping, User
 from tests.conftest import make_user
 from tests.fixtures.directory import slapd_only
+from tests.fixtures.slapd import LDAPDELETE, LDAPMODIFY
 
 pytestmark = pytest.mark.django_db
 
@@ -197,6 +198,28 @@ def test_a_mapped_group_missing_from_the_directory_takes_no_role_away(hospital, 
     assert roles(User.objects.get(username="bob")) == {"approver"}
     assert any("Mapped group not found" in p and "helpdesk" in p for p in result.problems)
     assert result.run.problems == result.problems
+
+
+@slapd_only  # slapd makes the referral; Samba, with one domain, has none to give
+def test_a_mapped_group_in_another_domain_is_not_found_and_takes_no_role_away(hospital, directory, settings):
+    """Active Directory answers a search for a DN of another domain of its forest with a
+    referral: the group is not in this directory (reported, no role taken), and the run goes on."""
+    directory_sync(full=True, dry_run=False)
+    other = f"ou=radiology-domain,{directory.base}"
+    ldif = (
+        f"dn: {other}\nobjectClass: referral\nobjectClass: extensibleObject\nou: radiology-domain\n"
+        "ref: ldap://radiology.hospital.example/ou=radiology-domain,dc=radiology,dc=example\n"
+    )
+    directory.server._tool(LDAPMODIFY, ["-a", "-M"], ldif)  # -M: the referral itself
+    try:
+        elsewhere = f"cn=pacs-admins,{other}"
+        settings.LDAP_GROUP_ROLE_MAP = [(elsewhere, "requester"), (hospital["helpdesk"], "approver")]
+        result = directory_sync(full=True, dry_run=False)
+        assert result.ok, result.error
+        assert roles(User.objects.get(username="alice")) == {"requester"}  # not taken away
+        assert any("Mapped group not found" in p and "pacs-admins" in p for p in result.problems)
+    finally:
+        directory.server._tool(LDAPDELETE, ["-M", other])
 
 
 def _ssh_grant(user, approver):
