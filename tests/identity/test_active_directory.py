@@ -34,6 +34,7 @@ from tests.fixtures.pacs import grant_for
 from tests.fixtures.samba import UF_ACCOUNTDISABLE, UF_DONT_EXPIRE_PASSWD, UF_NORMAL_ACCOUNT, ad_password
 from tests.fixtures.slapd import LDAP_BACKENDS
 from tests.fixtures.waiting import wait_for
+from tests.secrets_registry import remember_secret
 from tests.totp import totp_code
 
 pytestmark = pytest.mark.django_db
@@ -325,9 +326,9 @@ def test_users_found_from_the_domain_root_past_its_referrals(client, ad, samba, 
 
 @pytest.fixture
 def lena(ad, settings):
-    """Lena, a directory user with an AD password, in pacs-admins (requester), synced, with
-    an authenticator."""
-    password = ad_password()
+    """Lena, a directory user with an AD password (not only ASCII: a German hospital's), in
+    pacs-admins (requester), synced, with an authenticator."""
+    password = remember_secret(f"Grüße-{ad_password()}-Ärztin", "AD user password")
     dn = ad.add_user("lena", cn="Lena Leaver", mail="lena@hospital.example", password=password)
     settings.LDAP_GROUP_ROLE_MAP = [(ad.add_group("pacs-admins", dn), "requester")]
     settings.AUTHENTICATION_BACKENDS = LDAP_BACKENDS
