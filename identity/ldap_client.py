@@ -426,8 +426,8 @@ def is_disabled(config: LdapConfig, attrs: dict) -> bool:
 
 
 def _account_control(values: list[bytes]) -> int:
-    """userAccountControl as a number; ValueError-free (``_account_control_problem`` says why
-    it cannot be used)."""
+    """userAccountControl as a number, 0 when it is not one (``_account_control_problem`` then
+    makes the entry unusable)."""
     try:
         return int(values[0]) if len(values) == 1 else 0
     except ValueError:
