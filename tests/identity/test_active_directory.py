@@ -196,7 +196,7 @@ def test_an_account_that_expires_is_a_leaver_at_the_next_incremental_run(client,
     then refuses the account's password; the incremental runs still find it."""
     settings.AUTHENTICATION_BACKENDS = LDAP_BACKENDS
     password = ad_password()
-    soon = datetime.now(UTC) + timedelta(seconds=4)
+    soon = datetime.now(UTC) + timedelta(seconds=6)  # the first run must see it still valid
     dn = ad.add_user("vera", cn="Vera Vendor", password=password, accountExpires=str(filetime(soon)))
     ad.add_user("ulla", cn="Ulla Unlimited", accountExpires="9223372036854775807")  # never
     ad.add_user("nico", cn="Nico Never", accountExpires="0")  # never, too
