@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 APT_BUILD := libldap2-dev libsasl2-dev
 # The real servers the tests start: slapd, sshd, Chromium; oathtool checks our TOTP codes.
 APT_TEST := slapd ldap-utils openssh-server chromium oathtool
+# Samba AD DC, the real Active Directory (installed without recommends, its services left off:
+# scripts/apt-ensure-samba).
+APT_AD := samba-ad-dc samba-ad-provision
 
 .PHONY: run test lint format check-deploy pytest bench deps apt-build apt-test clean
 
@@ -31,6 +34,7 @@ apt-build:
 
 apt-test:
 	@scripts/apt-ensure $(APT_TEST)
+	@scripts/apt-ensure-samba $(APT_AD)
 
 lint: deps
 	$(VENV)/bin/ruff format --check .

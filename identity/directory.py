@@ -26,8 +26,9 @@ anything changes, so a directory that cannot be reached changes nothing either.
 
 Incremental runs ask only for users modified since the last successful run's
 high-water mark (the directory's own modifyTimestamp / whenChanged, so clocks do not
-matter); group memberships are read in full on every run, because adding someone to a
-group does not change the user's timestamp.
+matter), and for Active Directory also for the accounts that expired since (accountExpires
+passing changes nothing in the entry); group memberships are read in full on every run,
+because adding someone to a group does not change the user's timestamp.
 """
 
 from __future__ import annotations

@@ -23,9 +23,11 @@ import contextlib
 import logging
 import re
 import socket
+import ssl
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -43,6 +45,9 @@ logger = logging.getLogger(__name__)
 MATCHING_RULE_IN_CHAIN = "1.2.840.113556.1.4.1941"
 # userAccountControl bit ACCOUNTDISABLE.
 AD_ACCOUNT_DISABLED = 0x2
+# accountExpires: 100 ns steps since 1601-01-01 UTC; 0 and the largest Int64 mean "never".
+AD_NEVER_EXPIRES = (0, 0x7FFFFFFFFFFFFFFF)
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 PAGE_SIZE = 500
 
 
@@ -68,6 +73,8 @@ class AttrMap:
     disabled: str
     member_of: str
     modified: str
+    # When the account expires (AD accountExpires; no LDAP_ATTR_ setting): expired is disabled.
+    expires: str = ""
 
     def fetched(self) -> list[str]:
         """The attributes a user search asks for (never userPassword)."""
@@ -81,6 +88,7 @@ class AttrMap:
             self.disabled,
             self.member_of,
             self.modified,
+            self.expires,
         ]
         return list(dict.fromkeys(n for n in names if n))
 
@@ -110,6 +118,8 @@ PRESETS: dict[str, AttrMap] = {
         member_of="memberOf",
         # modifyTimestamp is constructed in AD and cannot be filtered on.
         modified="whenChanged",
+        # A contractor's or vendor's account often ends by its expiry date, not by disabling.
+        expires="accountExpires",
     ),
 }
 DEFAULT_USER_FILTER = {
@@ -253,6 +263,23 @@ def generalized_time_key(value: str) -> str:
     return match.group(1) + "." + (match.group(2) or "0").ljust(6, "0")[:6]
 
 
+def generalized_time_datetime(value: str) -> datetime | None:
+    """An LDAP GeneralizedTime ("20240102030405Z", AD "20240102030405.0Z") as an aware
+    datetime (to the second), or None when it is not one."""
+    match = _GENERALIZED_TIME.match(value.strip())
+    if not match:
+        return None
+    try:
+        moment = datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    zone = match.group(3) or "Z"
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        moment -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5]))
+    return moment
+
+
 @dataclass(frozen=True, slots=True)
 class DirectoryEntry:
     """One user as the directory holds it, in pamsite's terms.
@@ -363,6 +390,27 @@ def _username(attrs: dict, name: str) -> tuple[str, str]:
     return username, ""
 
 
+def filetime(moment: datetime) -> int:
+    """A time in AD's Int64 form (accountExpires, pwdLastSet): 100 ns steps since 1601 UTC."""
+    delta = moment - _FILETIME_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+def is_expired(config: LdapConfig, attrs: dict, *, now: datetime | None = None) -> bool:
+    """Whether the account's expiry time (AD accountExpires) has passed; ``attrs`` keyed by
+    lower-case name. AD refuses the password of an expired account from that moment on."""
+    value = _first(attrs, config.attrs.expires)
+    if value is None:
+        return False
+    try:
+        ticks = int(value)
+    except ValueError:
+        return False
+    if ticks in AD_NEVER_EXPIRES or ticks < 0:
+        return False
+    return ticks <= filetime(now or datetime.now(UTC))
+
+
 def is_disabled(config: LdapConfig, attrs: dict) -> bool:
     """Whether the directory disables the account; ``attrs`` keyed by lower-case name."""
     name = config.attrs.disabled
@@ -370,14 +418,44 @@ def is_disabled(config: LdapConfig, attrs: dict) -> bool:
     if not values:
         return False
     if name.lower() == "useraccountcontrol":
-        try:
-            return bool(int(values[0]) & AD_ACCOUNT_DISABLED)
-        except ValueError:
-            return False
+        return bool(_account_control(values) & AD_ACCOUNT_DISABLED)
     if config.disabled_value:
         wanted = config.disabled_value.lower()
         return any(_text(v).lower() == wanted for v in values)
     return True
+
+
+def _account_control(values: list[bytes]) -> int:
+    """userAccountControl as a number, 0 when it is not one (``_account_control_problem`` then
+    makes the entry unusable)."""
+    try:
+        return int(values[0]) if len(values) == 1 else 0
+    except ValueError:
+        return 0
+
+
+def _account_control_problem(config: LdapConfig, attrs: dict) -> str:
+    """Why pamsite cannot tell from userAccountControl whether the account is disabled ("" if it can).
+
+    Every AD user has exactly one, a number: none at all means the sync account may not read
+    it (a deny on the attribute), and taking such a user as enabled would keep a leaver in.
+    """
+    name = config.attrs.disabled
+    if name.lower() != "useraccountcontrol":
+        return ""
+    values = _all(attrs, name)
+    if not values:
+        return (
+            f"it has no {name}: the sync account (LDAP_BIND_DN) may not read it, so pamsite cannot "
+            "tell whether the account is disabled; give the sync account read access to it"
+        )
+    try:
+        if len(values) == 1:
+            int(values[0])
+            return ""
+    except ValueError:
+        pass
+    return f"its {name} is not one number, so pamsite cannot tell whether the account is disabled"
 
 
 # A DN that has none of these is already in canonical spelling (skips re-writing 100,000 DNs).
@@ -413,6 +491,7 @@ def entry_from_attrs(config: LdapConfig, dn: str, attrs: dict) -> DirectoryEntry
         unusable = f"its stable id ({a.stable_id}) has {len(stable_id)} characters (at most {STABLE_ID_MAX})"
     if len(dn) > DN_MAX or _CONTROLS.search(dn):
         unusable = f"its DN is {len(dn)} characters long or holds control characters (at most {DN_MAX})"
+    unusable = unusable or _account_control_problem(config, attrs)
     email = _field(attrs, a.email, 254, notes)
     if email:
         try:
@@ -428,7 +507,7 @@ def entry_from_attrs(config: LdapConfig, dn: str, attrs: dict) -> DirectoryEntry
         email=email,
         first_name=_field(attrs, a.first_name, 150, notes),
         last_name=_field(attrs, a.last_name, 150, notes),
-        disabled=is_disabled(config, attrs),
+        disabled=is_disabled(config, attrs) or is_expired(config, attrs),
         member_of=frozenset(member_of),
         modified=_text(_first(attrs, a.modified))[:40],
         unusable=unusable,
@@ -445,7 +524,7 @@ def _info(exc: ldap.LDAPError) -> str:
     info = detail.get("info", "")
     if info and info != "(unknown error code)":
         text += f": {info}"
-    return text
+    return text.rstrip(". ")  # the messages around it end their own sentences
 
 
 def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str) -> DirectoryError:
@@ -455,6 +534,14 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
             f"{uri} refused the sync account's credentials (LDAP_BIND_DN {config.bind_dn!r} and "
             "LDAP_BIND_PASSWORD): bad credentials, or the account is locked.",
             kind="credentials",
+        )
+    if isinstance(exc, ldap.STRONG_AUTH_REQUIRED | ldap.CONFIDENTIALITY_REQUIRED):
+        # Active Directory takes a password (a simple bind) only over an encrypted connection.
+        return DirectoryError(
+            f"{uri} requires TLS before it takes a password ({_info(exc)}): use an ldaps:// URI in "
+            "LDAP_SERVER_URI or set LDAP_START_TLS=true, with LDAP_CA_FILE naming the CA that signed "
+            "the server's certificate.",
+            kind="tls",
         )
     if isinstance(exc, ldap.TIMEOUT):
         return DirectoryError(
@@ -469,16 +556,36 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
         )
     if isinstance(exc, ldap.SERVER_DOWN):
         info = _info(exc)
-        tls_words = any(word in info.lower() for word in ("tls", "ssl", "certificate"))
-        if tls_words or (uri.lower().startswith("ldaps://") and _tcp_reachable(uri, config.timeout)):
-            # libldap says only "Can't contact LDAP server" when an LDAPS handshake fails.
-            ca = f"LDAP_CA_FILE {config.ca_file}" if config.ca_file else "the system's CA certificates"
-            return DirectoryError(
-                f"TLS with {uri} failed ({info}): the server answers, but its certificate is not signed "
-                f"by a CA in {ca} or its name does not match the URI's host.",
-                kind="tls",
-            )
-        return DirectoryError(f"Cannot reach the directory server {uri}: {info}.", kind="down")
+        if during in _HANDSHAKE:
+            if uri.lower().startswith("ldaps://"):
+                # libldap says "Can't contact LDAP server" (GnuTLS adds "The TLS connection was
+                # non-properly terminated" for a peer that just closes) for a certificate it
+                # refuses and for a server that is not there alike: ask the server.
+                tls_problem = _speaks_tls(uri, config.timeout)
+            else:
+                tls_problem = any(word in info.lower() for word in ("tls", "ssl", "certificate"))
+            if tls_problem:
+                ca = f"LDAP_CA_FILE {config.ca_file}" if config.ca_file else "the system's CA certificates"
+                return DirectoryError(
+                    f"TLS with {uri} failed ({info}): the server answers, but its certificate is not "
+                    f"signed by a CA in {ca} or its name does not match the URI's host.",
+                    kind="tls",
+                )
+            return DirectoryError(f"Cannot reach the directory server {uri}: {info}.", kind="down")
+        # The connection was up (TLS done, bound): the server went away in the middle.
+        return DirectoryError(
+            f"Cannot reach the directory server {uri} any more: it went away while {during} ({info}).",
+            kind="down",
+        )
+    if isinstance(exc, ldap.REFERRAL):
+        # Active Directory's answer for a DN of another domain of the forest (a group of the
+        # radiology domain, say): it is not in this directory, as far as this server goes.
+        return DirectoryError(
+            f"{uri}: what {during} asked for is in another domain or partition; the server refers "
+            f"elsewhere ({_info(exc)}). Use a Global Catalog (ldaps://...:3269) or a domain "
+            "controller of that domain.",
+            kind="missing",
+        )
     if isinstance(exc, ldap.NO_SUCH_OBJECT):
         return DirectoryError(
             f"{uri}: the search base does not exist while {during} ({_info(exc)}).", kind="missing"
@@ -498,13 +605,26 @@ def _translate(exc: ldap.LDAPError, *, uri: str, config: LdapConfig, during: str
     return DirectoryError(f"{uri}: directory error while {during}: {_info(exc)}.", kind="search")
 
 
-def _tcp_reachable(uri: str, timeout: int) -> bool:
-    """Whether something accepts TCP connections at the URI's host and port."""
+# What open_connection is doing when libldap makes the TLS handshake (at the first operation).
+_HANDSHAKE = ("connecting", "binding as the sync account")
+
+
+def _speaks_tls(uri: str, timeout: int) -> bool:
+    """Whether the server at the URI's host and port completes a TLS handshake.
+
+    Only to tell why libldap could not connect: a server that answers TLS has a certificate
+    we do not trust; one that accepts TCP and then closes (a load balancer or proxy whose
+    domain controllers are down, a server dying) is down. Nothing is sent over it.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a probe of the handshake, not a connection we use
     try:
         parts = urlsplit(uri)
-        default = 636 if parts.scheme.lower() == "ldaps" else 389
-        with socket.create_connection(
-            (parts.hostname or "localhost", parts.port or default), timeout=timeout
+        host = parts.hostname or "localhost"
+        with (
+            socket.create_connection((host, parts.port or 636), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
         ):
             return True
     except (OSError, ValueError):
@@ -633,7 +753,16 @@ class DirectoryClient:
         """Every user under LDAP_USER_BASE matching LDAP_USER_FILTER (modified since, if given)."""
         extra = []
         if modified_since:
-            extra.append(f"({self.config.attrs.modified}>={escape_filter(modified_since)})")
+            changed = f"({self.config.attrs.modified}>={escape_filter(modified_since)})"
+            expires = self.config.attrs.expires
+            if expires:
+                # An expiry date passing changes nothing in the entry (whenChanged neither): the
+                # accounts that expired since the mark are read as well.
+                since = generalized_time_datetime(modified_since)
+                low = max(filetime(since), 1) if since else 1
+                now = filetime(datetime.now(UTC))
+                changed = f"(|{changed}(&({expires}>={low})({expires}<={now})))"
+            extra.append(changed)
         for dn, attrs in self.paged_search(
             self.config.user_base,
             self._user_filter(*extra),

@@ -20,6 +20,8 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.gateway_process",
     "tests.fixtures.slapd",
+    "tests.fixtures.samba",
+    "tests.fixtures.directory",
 ]
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests

@@ -6,12 +6,13 @@ is expected, missing), it never raises, and an entry it does not mark unusable m
 user that passes the user model's own validation (username rule, lengths) with no control
 character anywhere: never a cut or broken username or id.
 
-Then the real sync against the real slapd (tests/fixtures/slapd.py): one run with a
-100 kB display name, a DN of over 1,000 characters, binary and non-UTF-8 values, a NUL and other
-control characters, an address that is not one, two usernames on one entry, a username
-pamsite cannot have, a missing and a binary stable id, next to ordinary users. The run
-succeeds; the ordinary users are created; each bad entry is left alone or trimmed with a
-line in the run's problems that names it and says why; nothing broken is stored.
+Then the real sync against the real slapd and the real Active Directory (Samba AD DC), with
+the bad values each takes: a DN of over 1,000 characters, control characters, an address
+that is not one, a username pamsite cannot have (both); a 100 kB display name, two usernames
+on one entry, binary values, a missing and a binary stable id (slapd); a NUL in a name and a
+200-character sAMAccountName (AD, which refuses the others). One run, next to ordinary
+users: it succeeds; the ordinary users are created; each bad entry is left alone or trimmed
+with a line in the run's problems that names it and says why; nothing broken is stored.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from identity.directory import directory_sync
 from identity.ldap_client import PRESETS, DirectoryEntry, LdapConfig, entry_from_attrs
 from identity.models import User
 from tests.badinput.helpers import BADINPUT, CHARS
+from tests.fixtures.directory import slapd_only
 
 pytestmark = pytest.mark.django_db
 
@@ -171,35 +173,58 @@ def test_a_binary_stable_id_is_kept_as_hex_so_two_never_collide():
     assert (one.stable_id, two.stable_id) == ("hex:ff0001", "hex:ff0002")
 
 
-# --- The real sync against slapd ------------------------------------------------------------------
+# --- The real sync against slapd and Active Directory ------------------------------------------
 
 
 @pytest.fixture
-def odd_directory(ldap_settings, ldap_tree, slapd):
-    """Ordinary users next to every kind of bad value, in the test's own tree."""
-    t = ldap_tree
-    ldap_settings.LDAP_ATTR_DISPLAY_NAME = "displayName"
-    # slapd (back-mdb) keeps each RDN under ~250 bytes, not the DN: nested OUs make a long DN.
+def odd_directory(directory, settings):
+    """Ordinary users next to every kind of bad value the server takes, in the test's own tree.
+
+    Returns the ordinary users' DNs, the bad entries' DNs by kind, and for each kind what the
+    run must say: ("trimmed", words) or ("left alone", words).
+    """
+    from identity.ldap_client import reset_config
+
+    t = directory
+    slapd = directory.kind == "slapd"
+    settings.LDAP_ATTR_DISPLAY_NAME = "displayName"
+    reset_config()
+    # Each RDN is short (slapd's back-mdb: ~250 bytes; AD: an OU name of 64 at most), the DN long.
     deep = t.people
-    for letter in "OPQRS":
-        deep = slapd.add(
-            f"ou={letter * 200},{deep}", {"objectClass": "organizationalUnit", "ou": letter * 200}
-        )
+    for letter in "OPQRS" if slapd else "OPQRSTUVWXYZABCDEF":
+        deep = t.add_ou(letter * (200 if slapd else 64), deep)
     ok = {
         "alice": t.add_user("alice", cn="Alice Archer", mail="alice@hospital.example"),
         "bob": t.add_user("bob", cn="Bob Baker"),
     }
     bad = {
-        "huge-name": t.add_user("hugo", cn="Hugo", displayName="H" * 100_000),
         "control": t.add_user("eve", cn="Eve", displayName="Eve\x07\x1b[31m Evil", sn="Ev\x7fil"),
         "not-an-address": t.add_user("nora", cn="Nora", mail="nora at hospital"),
-        "two-uids": t.add_user("carl", cn="Carl"),
         "space": t.add_user("al ice", cn="Al Ice"),
-        "colon": t.add_user("bob:admin", cn="Bob Admin"),
         "long-dn": t.add_user("dora", cn="Dora", ou=deep),
     }
-    slapd.modify(bad["two-uids"], ("add", "uid", "carl2"))
-    return ok, bad
+    expected = {
+        "control": ("trimmed", "control characters"),
+        "not-an-address": ("trimmed", "is not an e-mail address"),
+        "space": ("left alone", "cannot have"),
+        "long-dn": ("left alone", "DN is"),
+    }
+    if slapd:
+        bad["huge-name"] = t.add_user("hugo", cn="Hugo", displayName="H" * 100_000)
+        bad["two-uids"] = t.add_user("carl", cn="Carl")
+        t.server.modify(bad["two-uids"], ("add", "uid", "carl2"))
+        bad["colon"] = t.add_user("bob:admin", cn="Bob Admin")
+        expected["huge-name"] = ("trimmed", "displayName is 100000 characters long")
+        expected["two-uids"] = ("left alone", "uid has 2 values")
+        expected["colon"] = ("left alone", "cannot have")
+    else:
+        # AD refuses a display name over 256 characters, a second sAMAccountName and a ":" in
+        # one, but keeps a NUL in a name and a sAMAccountName far over Windows' 20 characters.
+        bad["nul"] = t.add_user("nul", cn="Nul", displayName="Nu\x00ll")
+        bad["long-username"] = t.add_user("l" * 200, cn="Longname")
+        expected["nul"] = ("trimmed", "control characters")
+        expected["long-username"] = ("left alone", "200 characters long")
+    return ok, bad, expected
 
 
 def problems_about(result, dn: str) -> list[str]:
@@ -207,59 +232,65 @@ def problems_about(result, dn: str) -> list[str]:
     return [p for p in result.problems if p.startswith(head)]
 
 
-def test_the_sync_trims_or_skips_bad_values_says_why_and_creates_the_others(odd_directory, slapd):
-    _ok, bad = odd_directory
+def test_the_sync_trims_or_skips_bad_values_says_why_and_creates_the_others(odd_directory, directory):
+    _ok, bad, expected = odd_directory
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
     assert result.run.state == "succeeded"
     users = {u.username: u for u in User.objects.filter(source=User.Source.LDAP)}
     assert {"alice", "bob"} <= set(users)
-    # Trimmed, and said so.
-    assert len(users["hugo"].display_name) == 200
-    assert any("displayName is 100000 characters long" in p for p in problems_about(result, bad["huge-name"]))
-    assert users["eve"].display_name == "Eve\ufffd\ufffd[31m Evil" and users["eve"].last_name == "Ev\ufffdil"
-    assert any("control characters" in p for p in problems_about(result, bad["control"]))
-    assert users["nora"].email == ""
-    assert any("is not an e-mail address" in p for p in problems_about(result, bad["not-an-address"]))
-    # Left alone, and said why.
-    for key, says in [
-        ("two-uids", "uid has 2 values"),
-        ("space", "cannot have"),
-        ("colon", "cannot have"),
-        ("long-dn", "DN is"),
-    ]:
+    for key, (what, says) in expected.items():
         lines = problems_about(result, bad[key])
-        assert any(says in p and p.endswith("left alone.") for p in lines), (key, result.problems)
-    assert not {"carl", "carl2", "al ice", "bob:admin", "dora"} & set(users)
+        if what == "trimmed":
+            assert any(says in p for p in lines), (key, result.problems)
+        else:
+            assert any(says in p and p.endswith("left alone.") for p in lines), (key, result.problems)
+    # Trimmed, and kept.
+    assert users["eve"].display_name == "Eve\ufffd\ufffd[31m Evil" and users["eve"].last_name == "Ev\ufffdil"
+    assert users["nora"].email == ""
+    if directory.kind == "slapd":
+        assert len(users["hugo"].display_name) == 200
+    else:
+        assert users["nul"].display_name == "Nu\ufffdll"
+    # Left alone: never created.
+    left_alone = [key for key, (what, _) in expected.items() if what == "left alone"]
+    assert len(users) == 2 + len(expected) - len(left_alone)
+    assert not {"carl", "carl2", "al ice", "bob:admin", "dora", "l" * 150} & set(users)
     # Nothing broken was stored.
     for user in users.values():
         user.full_clean(validate_unique=False)
-    assert result.run.skipped == 4
+    assert result.run.skipped == len(left_alone)
     event = AuditEvent.objects.filter(action="identity.directory.synced").latest("sequence")
-    assert event.details["problems"] == len(result.problems) and event.details["skipped"] == 4
+    assert event.details["problems"] == len(result.problems) and event.details["skipped"] == len(left_alone)
     assert result.run.problems == result.problems
 
 
-def test_a_known_user_whose_entry_turns_bad_is_left_as_is_not_deactivated(ldap_settings, ldap_tree, slapd):
-    dn = ldap_tree.add_user("frank", cn="Frank")
+def test_a_known_user_whose_entry_turns_bad_is_left_as_is_not_deactivated(directory):
+    dn = directory.add_user("frank", cn="Frank")
     assert directory_sync(full=True, dry_run=False).ok
-    slapd.modify(dn, ("add", "uid", "frank2"))
+    if directory.kind == "slapd":
+        directory.server.modify(dn, ("add", "uid", "frank2"))
+        says = "uid has 2 values"
+    else:  # sAMAccountName is single-valued: a name pamsite cannot take instead
+        directory.set(dn, username="fr ank")
+        says = "cannot have"
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
     frank = User.objects.get(username="frank")
     assert frank.is_active
-    assert any("uid has 2 values" in p for p in problems_about(result, dn))
+    assert any(says in p for p in problems_about(result, dn))
 
 
-def test_binary_values_and_a_missing_stable_id_never_stop_the_run(ldap_settings, ldap_tree, slapd):
+@slapd_only
+def test_binary_values_and_a_missing_stable_id_never_stop_the_run(directory, settings):
     """Attributes of binary syntax mapped to user fields (a misconfigured attribute map, or
     AD's binary attributes): a binary stable id becomes hex, a missing one skips the entry."""
-    ldap_settings.LDAP_ATTR_STABLE_ID = "userPKCS12"
-    ldap_settings.LDAP_ATTR_DISPLAY_NAME = "jpegPhoto"
+    settings.LDAP_ATTR_STABLE_ID = "userPKCS12"
+    settings.LDAP_ATTR_DISPLAY_NAME = "jpegPhoto"
     from identity.ldap_client import reset_config
 
     reset_config()
-    t = ldap_tree
+    t = directory
     t.add_user("gina", cn="Gina", userPKCS12=b"\xff\x00\x01binary", jpegPhoto=b"\xff\xd8\xff\xe0\x00JFIF\xc3")
     t.add_user("hank", cn="Hank", userPKCS12=b"\x00\x02")  # and no jpegPhoto: no display name
     no_id = t.add_user("ivan", cn="Ivan")

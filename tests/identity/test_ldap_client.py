@@ -1,4 +1,5 @@
-"""The LDAP client (identity/ldap_client.py) against a real slapd, and the LDAP_* settings."""
+"""The LDAP client (identity/ldap_client.py) against a real slapd and a real Active Directory
+(Samba AD DC), and the LDAP_* settings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,38 +20,34 @@ from identity.ldap_client import (
     DirectoryError,
     LdapConfig,
     entry_from_attrs,
+    filetime,
+    generalized_time_datetime,
     get_config,
     guid_to_str,
     normalise_dn,
 )
+from tests.fixtures.directory import slapd_only
 from tests.fixtures.openbao import _make_tls_files, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def config_for(ldap_settings, **changes) -> LdapConfig:
+def config_for(directory, **changes) -> LdapConfig:
+    """The configuration the settings point at (``directory``'s tree), with changes."""
     return replace(get_config(), **changes)
 
 
-def test_the_sync_account_reads_users_in_pages(ldap_settings, ldap_tree):
-    ldap_tree.server.add_many(
-        [
-            (
-                ldap_tree.user_dn(f"User {i:03}"),
-                {"objectClass": "inetOrgPerson", "cn": f"User {i:03}", "sn": "U", "uid": f"user{i:03}"},
-            )
-            for i in range(120)
-        ]
-    )
+def test_the_sync_account_reads_users_in_pages(directory):
+    directory.add_users([f"user{i:03}" for i in range(120)])
     # Pages of 50: three round trips, every entry once.
-    with DirectoryClient(config_for(ldap_settings, page_size=50)) as client:
+    with DirectoryClient(config_for(directory, page_size=50)) as client:
         entries = list(client.iter_users())
     assert len(entries) == 120 and len({e.stable_id for e in entries}) == 120
     assert {e.username for e in entries} == {f"user{i:03}" for i in range(120)}
 
 
-def test_bad_credentials_are_a_clear_error_without_the_password(ldap_settings):
-    config = config_for(ldap_settings, bind_password="definitely-not-it-123")
+def test_bad_credentials_are_a_clear_error_without_the_password(directory):
+    config = config_for(directory, bind_password="definitely-not-it-123")
     with pytest.raises(DirectoryError) as caught:
         DirectoryClient(config).connect()
     assert caught.value.kind == "credentials"
@@ -57,61 +55,83 @@ def test_bad_credentials_are_a_clear_error_without_the_password(ldap_settings):
     assert "definitely-not-it-123" not in str(caught.value) and "definitely" not in repr(config)
 
 
-def test_a_server_that_is_down_is_named(ldap_settings):
+@slapd_only
+def test_a_server_that_is_down_is_named(directory):
     uri = f"ldap://127.0.0.1:{free_port()}"
     with pytest.raises(DirectoryError, match=f"Cannot reach the directory server {uri}") as caught:
-        DirectoryClient(config_for(ldap_settings, uris=(uri,))).connect()
+        DirectoryClient(config_for(directory, uris=(uri,))).connect()
     assert caught.value.kind == "down"
 
 
-def test_a_hung_server_times_out_and_the_next_one_is_used(ldap_settings, slapd):
+@slapd_only
+def test_a_hung_server_times_out_and_the_next_one_is_used(directory, slapd):
     import socket
 
     with socket.socket() as hung:
         hung.bind(("127.0.0.1", 0))
         hung.listen(4)
         hung_uri = f"ldap://127.0.0.1:{hung.getsockname()[1]}"
-        alone = config_for(ldap_settings, uris=(hung_uri,), timeout=1)
+        alone = config_for(directory, uris=(hung_uri,), timeout=1)
         started = time.monotonic()
         with pytest.raises(DirectoryError, match=r"did not answer within 1 s \(LDAP_TIMEOUT\)"):
             DirectoryClient(alone).connect()
         assert time.monotonic() - started < 2.5
-        both = config_for(
-            ldap_settings, uris=(f"ldap://127.0.0.1:{free_port()}", hung_uri, slapd.uri), timeout=1
-        )
+        both = config_for(directory, uris=(f"ldap://127.0.0.1:{free_port()}", hung_uri, slapd.uri), timeout=1)
         with DirectoryClient(both) as client:
             assert client.uri == slapd.uri
 
 
-def test_starttls_with_the_ca_file(ldap_settings, ldap_tree, slapd):
-    ldap_tree.add_user("alice")
-    config = config_for(ldap_settings, start_tls=True, ca_file=str(slapd.cacert))
+def test_starttls_with_the_ca_file(directory):
+    directory.add_user("alice")
+    server = directory.server
+    config = config_for(directory, uris=(server.uri,), start_tls=True, ca_file=str(server.cacert))
     with DirectoryClient(config) as client:
         assert [e.username for e in client.iter_users()] == ["alice"]
 
 
-def test_ldaps_with_the_ca_file(ldap_settings, ldap_tree, slapd):
-    ldap_tree.add_user("alice")
-    config = config_for(ldap_settings, uris=(slapd.ldaps_uri,), ca_file=str(slapd.cacert))
+def test_ldaps_with_the_ca_file(directory):
+    directory.add_user("alice")
+    server = directory.server
+    config = config_for(directory, uris=(server.ldaps_uri,), ca_file=str(server.cacert))
     with DirectoryClient(config) as client:
         assert [e.username for e in client.iter_users()] == ["alice"]
 
 
-def test_starttls_with_another_ca_is_a_tls_error(ldap_settings, slapd, tmp_path):
-    _make_tls_files(tmp_path)  # a CA that did not sign slapd's certificate
-    config = config_for(ldap_settings, start_tls=True, ca_file=str(tmp_path / "ca.pem"))
-    with pytest.raises(DirectoryError, match=f"TLS with {slapd.uri} failed") as caught:
+def test_starttls_with_another_ca_is_a_tls_error(directory, tmp_path):
+    server = directory.server
+    _make_tls_files(tmp_path)  # a CA that did not sign the server's certificate
+    config = config_for(directory, uris=(server.uri,), start_tls=True, ca_file=str(tmp_path / "ca.pem"))
+    with pytest.raises(DirectoryError, match=f"TLS with {server.uri} failed") as caught:
         DirectoryClient(config).connect()
     assert caught.value.kind == "tls"
     assert str(tmp_path / "ca.pem") in str(caught.value)
-    ldaps = config_for(ldap_settings, uris=(slapd.ldaps_uri,), ca_file=str(tmp_path / "ca.pem"))
-    with pytest.raises(DirectoryError, match=f"TLS with {slapd.ldaps_uri} failed") as caught:
+    ldaps = config_for(directory, uris=(server.ldaps_uri,), ca_file=str(tmp_path / "ca.pem"))
+    with pytest.raises(DirectoryError, match=f"TLS with {server.ldaps_uri} failed") as caught:
         DirectoryClient(ldaps).connect()
     assert caught.value.kind == "tls"
 
 
-def test_a_missing_search_base_is_named(ldap_settings, slapd):
-    config = config_for(ldap_settings, user_base=f"ou=nowhere,{slapd.suffix}")
+@slapd_only
+def test_an_ldaps_address_that_accepts_and_closes_is_down_not_a_certificate_problem(directory):
+    """A load balancer in front of domain controllers that are all down accepts the connection
+    and closes it: libldap says "Can't contact LDAP server" either way, and only a server that
+    completes a TLS handshake has a certificate to blame."""
+    from tests.fixtures.netfault import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", free_port()).start()  # nothing behind it
+    try:
+        uri = f"ldaps://127.0.0.1:{proxy.port}"
+        with pytest.raises(DirectoryError) as caught:
+            DirectoryClient(config_for(directory, uris=(uri,))).connect()
+    finally:
+        proxy.down()
+    assert caught.value.kind == "down"
+    assert f"Cannot reach the directory server {uri}" in str(caught.value)
+    assert "certificate" not in str(caught.value)
+
+
+def test_a_missing_search_base_is_named(directory):
+    config = config_for(directory, user_base=f"ou=nowhere,{directory.server.suffix}")
     with pytest.raises(DirectoryError, match="the search base does not exist"):
         list(DirectoryClient(config).iter_users())
 
@@ -143,6 +163,33 @@ def test_active_directory_entries():
     enabled = entry_from_attrs(config, "CN=x,DC=h", {**attrs, "userAccountControl": [b"512"]})
     assert not enabled.disabled
     assert config.nested_groups and config.attrs.modified == "whenChanged"
+
+
+def test_active_directory_account_expiry_and_unreadable_account_control():
+    """accountExpires in the past is disabled (0 and the largest Int64 mean never); an entry
+    whose userAccountControl is missing or not a number cannot be judged: unusable."""
+    config = LdapConfig(uris=("ldaps://dc1",), preset="ad", attrs=PRESETS["ad"])
+    attrs = {
+        "sAMAccountName": [b"vera"],
+        "objectGUID": [uuid.uuid4().bytes_le],
+        "userAccountControl": [b"512"],
+    }
+
+    def entry(**changed):
+        return entry_from_attrs(config, "CN=Vera,DC=h", {**attrs, **changed})
+
+    assert filetime(datetime(1970, 1, 1, tzinfo=UTC)) == 116_444_736_000_000_000  # as AD counts
+    past, future = filetime(datetime(2020, 1, 1, tzinfo=UTC)), filetime(datetime(2100, 1, 1, tzinfo=UTC))
+    assert entry(accountExpires=[str(past).encode()]).disabled
+    for never in (str(future).encode(), b"0", b"9223372036854775807", b"-1", b"soon"):
+        assert not entry(accountExpires=[never]).disabled, never
+    assert "accountExpires" in config.attrs.fetched()
+    assert not entry().unusable
+    assert "may not read it" in entry(userAccountControl=[]).unusable
+    assert "not one number" in entry(userAccountControl=[b"x"]).unusable
+    assert generalized_time_datetime("20240102030405.0Z") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert generalized_time_datetime("20240102030405+0100") == datetime(2024, 1, 2, 2, 4, 5, tzinfo=UTC)
+    assert generalized_time_datetime("yesterday") is None
 
 
 def _settings_check(env: dict[str, str], tmp_path, code: str = "") -> subprocess.CompletedProcess:
@@ -225,15 +272,14 @@ def test_the_bind_password_may_come_from_a_file(tmp_path):
     assert result.stdout.strip() == "True", result.stderr
 
 
-def test_active_directory_asks_for_nested_members_in_one_search(ldap_settings):
+@slapd_only
+def test_active_directory_asks_for_nested_members_in_one_search(directory):
     """AD resolves nested groups with LDAP_MATCHING_RULE_IN_CHAIN; the group DN is escaped into it."""
-    config = config_for(
-        ldap_settings, preset="ad", user_filter="(&(objectCategory=person)(objectClass=user))"
-    )
+    config = config_for(directory, preset="ad", user_filter="(&(objectCategory=person)(objectClass=user))")
     client = DirectoryClient(config)
     assert client.members_filter("CN=PACS (West)\\, Admins*,OU=Groups,DC=h") == (
         "(&(&(objectCategory=person)(objectClass=user))"
         "(memberOf:1.2.840.113556.1.4.1941:=CN=PACS \\28West\\29\\5c, Admins\\2a,OU=Groups,DC=h))"
     )
-    openldap = DirectoryClient(config_for(ldap_settings))
+    openldap = DirectoryClient(config_for(directory))
     assert openldap.members_filter("cn=a,dc=h") == "(&(objectClass=inetOrgPerson)(memberOf=cn=a,dc=h))"

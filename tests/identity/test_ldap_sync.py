@@ -1,8 +1,10 @@
-"""The directory sync against a real slapd: joiners, movers, leavers, renames, the safety limit."""
+"""The directory sync against a real slapd and a real Active Directory (Samba AD DC): joiners,
+movers, leavers, renames, the safety limit."""
 
 from __future__ import annotations
 
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -15,10 +17,10 @@ from audit.models import AuditEvent
 from identity.directory import DISABLED, LEFT, directory_sync, group_mapping_add
 from identity.models import DirectorySyncRun, LdapGroupMapping, User
 from tests.conftest import make_user
+from tests.fixtures.directory import slapd_only
+from tests.fixtures.slapd import LDAPDELETE, LDAPMODIFY
 
 pytestmark = pytest.mark.django_db
-
-LOCKED = "000001010000Z"  # ppolicy: locked by an administrator
 
 
 def actions(prefix: str = "identity.directory.") -> list[str]:
@@ -34,24 +36,24 @@ def roles(user: User) -> set[str]:
 
 
 @pytest.fixture
-def hospital(ldap_settings, ldap_tree):
+def hospital(directory, settings):
     """Three directory users; pacs-admins give requester, helpdesk approver (both mapped)."""
-    t = ldap_tree
+    t = directory
     alice = t.add_user("alice", cn="Alice Archer", mail="alice@hospital.example", given_name="Alice")
     bob = t.add_user("bob", cn="Bob Baker", mail="bob@hospital.example")
     dave = t.add_user("dave", cn="Dave Dunn")
     admins = t.add_group("pacs-admins", alice, dave)
     helpdesk = t.add_group("helpdesk", bob)
-    ldap_settings.LDAP_GROUP_ROLE_MAP = [(admins, "requester"), (helpdesk, "approver")]
+    settings.LDAP_GROUP_ROLE_MAP = [(admins, "requester"), (helpdesk, "approver")]
     return {"alice": alice, "bob": bob, "dave": dave, "pacs-admins": admins, "helpdesk": helpdesk}
 
 
-def test_joiners_are_created_with_their_stable_id_roles_and_no_local_password(hospital, ldap_tree, slapd):
+def test_joiners_are_created_with_their_stable_id_roles_and_no_local_password(hospital, directory):
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
     alice = User.objects.get(username="alice")
     assert alice.source == User.Source.LDAP
-    assert alice.external_id == slapd.entry_uuid(hospital["alice"])
+    assert alice.external_id == directory.stable_id(hospital["alice"])
     assert alice.directory_dn == hospital["alice"]
     assert (alice.email, alice.display_name, alice.first_name) == (
         "alice@hospital.example",
@@ -82,17 +84,17 @@ def test_a_second_run_with_no_change_changes_nothing(hospital):
     assert AuditEvent.objects.count() == before + 2
 
 
-def test_an_incremental_run_reads_only_users_changed_since_the_last_run(hospital, ldap_tree, slapd):
+def test_an_incremental_run_reads_only_users_changed_since_the_last_run(hospital, directory):
     import time
 
     directory_sync(full=True, dry_run=False)
     # The directory's timestamps have whole seconds, and the run asks for ">= the newest it
     # saw": entries of that second are read again (harmless), later ones once.
     time.sleep(1.1)
-    slapd.modify(hospital["bob"], ("replace", "mail", "robert@hospital.example"))
+    directory.set(hospital["bob"], mail="robert@hospital.example")
     first = directory_sync(full=False, dry_run=False)
     time.sleep(1.1)
-    slapd.modify(hospital["dave"], ("replace", "mail", "dave@hospital.example"))
+    directory.set(hospital["dave"], mail="dave@hospital.example")
     second = directory_sync(full=False, dry_run=False)
     assert first.ok and second.ok and not first.run.full and not second.run.full
     assert [c.line() for c in first.changes] == [
@@ -103,11 +105,11 @@ def test_an_incremental_run_reads_only_users_changed_since_the_last_run(hospital
     assert second.run.high_water_mark > first.run.high_water_mark
 
 
-def test_a_mover_gets_the_roles_of_the_new_groups_in_an_incremental_run(hospital, ldap_tree):
+def test_a_mover_gets_the_roles_of_the_new_groups_in_an_incremental_run(hospital, directory):
     directory_sync(full=True, dry_run=False)
     # Group changes do not touch the user's modifyTimestamp: memberships are read every run.
-    ldap_tree.remove_member(hospital["pacs-admins"], hospital["dave"])
-    ldap_tree.add_member(hospital["helpdesk"], hospital["dave"])
+    directory.remove_member(hospital["pacs-admins"], hospital["dave"])
+    directory.add_member(hospital["helpdesk"], hospital["dave"])
     result = directory_sync(full=False, dry_run=False)
     assert result.ok
     dave = User.objects.get(username="dave")
@@ -135,13 +137,12 @@ def test_only_role_groups_are_managed_and_local_users_are_never_touched(hospital
     ).exists()
 
 
-def test_a_rename_and_an_ou_move_update_the_same_user(hospital, ldap_tree, slapd):
+def test_a_rename_and_an_ou_move_update_the_same_user(hospital, directory):
     directory_sync(full=True, dry_run=False)
     alice = User.objects.get(username="alice")
-    slapd.add(f"ou=radiology,{ldap_tree.people}", {"objectClass": "organizationalUnit", "ou": "radiology"})
-    slapd.rename(hospital["alice"], "cn=Alice Smith", new_superior=f"ou=radiology,{ldap_tree.people}")
-    new_dn = f"cn=Alice Smith,ou=radiology,{ldap_tree.people}"
-    slapd.modify(new_dn, ("replace", "uid", "asmith"), ("replace", "sn", "Smith"))
+    radiology = directory.add_ou("radiology")
+    new_dn = directory.rename(hospital["alice"], "Alice Smith", new_superior=radiology)
+    directory.set(new_dn, username="asmith", sn="Smith")
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
     renamed = User.objects.get(pk=alice.pk)
@@ -155,18 +156,18 @@ def test_a_rename_and_an_ou_move_update_the_same_user(hospital, ldap_tree, slapd
     assert updated.details["dn"] == {"from": hospital["alice"], "to": new_dn}
 
 
-def test_names_with_commas_plus_signs_and_accents(ldap_settings, ldap_tree, slapd):
-    t = ldap_tree
+def test_names_with_commas_plus_signs_and_accents(directory, settings):
+    t = directory
     user = t.add_user(
         "jmuller", cn="Müller, Jürgen+Ä", sn="Müller", given_name="Jürgen", mail="juergen@krankenhaus.example"
     )
     other = t.add_user("zoe", cn="Zoë O'Brien-Ñúñez")
     group = t.add_group("PACS, Admins + Ärzte", user, other)
     # The mapping is written in another spelling of the same DN (hex escapes, upper case).
-    spelled = group.replace("PACS\\, Admins \\+ Ärzte", "pacs\\2C ADMINS \\2B ärzte").replace(
-        "ou=groups", "OU=Groups"
-    )
-    ldap_settings.LDAP_GROUP_ROLE_MAP = [(spelled, "auditor")]
+    spelled = group.replace("PACS\\, Admins \\+ Ärzte", "pacs\\2C ADMINS \\2B ärzte")
+    spelled = re.sub("ou=groups", "OU=Groups", spelled, flags=re.IGNORECASE)
+    assert spelled != group
+    settings.LDAP_GROUP_ROLE_MAP = [(spelled, "auditor")]
     result = directory_sync(full=True, dry_run=False)
     assert result.ok and not result.problems, result.problems
     jm = User.objects.get(username="jmuller")
@@ -179,7 +180,7 @@ def test_names_with_commas_plus_signs_and_accents(ldap_settings, ldap_tree, slap
     assert roles(jm) == {"auditor"} and roles(User.objects.get(username="zoe")) == {"auditor"}
 
 
-def test_a_username_held_by_a_local_user_is_not_taken(hospital, ldap_tree):
+def test_a_username_held_by_a_local_user_is_not_taken(hospital):
     local = make_user("bob", "approver")
     result = directory_sync(full=True, dry_run=False)
     assert result.ok
@@ -189,14 +190,36 @@ def test_a_username_held_by_a_local_user_is_not_taken(hospital, ldap_tree):
     assert result.run.skipped == 1
 
 
-def test_a_mapped_group_missing_from_the_directory_takes_no_role_away(hospital, ldap_tree, slapd):
+def test_a_mapped_group_missing_from_the_directory_takes_no_role_away(hospital, directory):
     directory_sync(full=True, dry_run=False)
-    slapd.rename(hospital["helpdesk"], "cn=service-desk")
+    directory.rename(hospital["helpdesk"], "service-desk")
     result = directory_sync(full=True, dry_run=False)
     assert result.ok
     assert roles(User.objects.get(username="bob")) == {"approver"}
     assert any("Mapped group not found" in p and "helpdesk" in p for p in result.problems)
     assert result.run.problems == result.problems
+
+
+@slapd_only  # slapd makes the referral; Samba, with one domain, has none to give
+def test_a_mapped_group_in_another_domain_is_not_found_and_takes_no_role_away(hospital, directory, settings):
+    """Active Directory answers a search for a DN of another domain of its forest with a
+    referral: the group is not in this directory (reported, no role taken), and the run goes on."""
+    directory_sync(full=True, dry_run=False)
+    other = f"ou=radiology-domain,{directory.base}"
+    ldif = (
+        f"dn: {other}\nobjectClass: referral\nobjectClass: extensibleObject\nou: radiology-domain\n"
+        "ref: ldap://radiology.hospital.example/ou=radiology-domain,dc=radiology,dc=example\n"
+    )
+    directory.server._tool(LDAPMODIFY, ["-a", "-M"], ldif)  # -M: the referral itself
+    try:
+        elsewhere = f"cn=pacs-admins,{other}"
+        settings.LDAP_GROUP_ROLE_MAP = [(elsewhere, "requester"), (hospital["helpdesk"], "approver")]
+        result = directory_sync(full=True, dry_run=False)
+        assert result.ok, result.error
+        assert roles(User.objects.get(username="alice")) == {"requester"}  # not taken away
+        assert any("Mapped group not found" in p and "pacs-admins" in p for p in result.problems)
+    finally:
+        directory.server._tool(LDAPDELETE, ["-M", other])
 
 
 def _ssh_grant(user, approver):
@@ -230,7 +253,7 @@ def _live_session(user, grant, account="pacs01-root"):
 
 
 @pytest.mark.parametrize("how", ["removed", "disabled"])
-def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, ldap_tree, slapd, approle_settings):
+def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory, approle_settings):
     from access.models import AccessPolicy, AccessRequest, Grant
 
     directory_sync(full=True, dry_run=False)
@@ -252,11 +275,11 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, ldap_tree,
     )
 
     if how == "removed":
-        slapd.delete(hospital["alice"])
+        directory.delete(hospital["alice"])
         result = directory_sync(full=True, dry_run=False)
         reason = LEFT
     else:
-        slapd.modify(hospital["alice"], ("add", "pwdAccountLockedTime", LOCKED))
+        directory.disable(hospital["alice"])
         result = directory_sync(full=False, dry_run=False)
         reason = DISABLED
     assert result.ok, result.error
@@ -285,13 +308,13 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, ldap_tree,
     assert result.run.deactivated == 1
 
 
-def test_a_user_who_comes_back_is_reactivated_but_not_one_a_pam_admin_deactivated(hospital, ldap_tree, slapd):
+def test_a_user_who_comes_back_is_reactivated_but_not_one_a_pam_admin_deactivated(hospital, directory):
     directory_sync(full=True, dry_run=False)
-    slapd.modify(hospital["alice"], ("add", "pwdAccountLockedTime", LOCKED))
+    directory.disable(hospital["alice"])
     directory_sync(full=True, dry_run=False)
     assert not User.objects.get(username="alice").is_active
     User.objects.filter(username="bob").update(is_active=False)  # a pam-admin blocked bob
-    slapd.modify(hospital["alice"], ("delete", "pwdAccountLockedTime", []))
+    directory.enable(hospital["alice"])
     result = directory_sync(full=True, dry_run=False)
     assert result.ok
     alice = User.objects.get(username="alice")
@@ -300,11 +323,12 @@ def test_a_user_who_comes_back_is_reactivated_but_not_one_a_pam_admin_deactivate
     assert "identity.directory.reactivated" in actions()
 
 
-def test_a_disabled_value_can_be_configured(hospital, ldap_tree, slapd, ldap_settings):
+@slapd_only
+def test_a_disabled_value_can_be_configured(hospital, slapd, settings):
     from identity.ldap_client import reset_config
 
-    ldap_settings.LDAP_ATTR_DISABLED = "employeeType"
-    ldap_settings.LDAP_DISABLED_VALUE = "Disabled"
+    settings.LDAP_ATTR_DISABLED = "employeeType"
+    settings.LDAP_DISABLED_VALUE = "Disabled"
     reset_config()
     slapd.modify(hospital["alice"], ("add", "employeeType", "disabled"))
     slapd.modify(hospital["bob"], ("add", "employeeType", "contractor"))
@@ -313,19 +337,19 @@ def test_a_disabled_value_can_be_configured(hospital, ldap_tree, slapd, ldap_set
     assert User.objects.get(username="bob").is_active
 
 
-def _leave(slapd, hospital, *names):
+def _leave(directory, hospital, *names):
     for name in names:
-        slapd.delete(hospital[name])
+        directory.delete(hospital[name])
 
 
 def test_the_safety_limit_changes_nothing_fails_and_mails_the_pam_admins(
-    hospital, ldap_tree, slapd, ldap_settings, mailoutbox
+    hospital, directory, settings, mailoutbox
 ):
     make_user("pat", "pam-admin", email="pat@hospital.example")
     directory_sync(full=True, dry_run=False)
-    ldap_settings.LDAP_SYNC_MAX_DEACTIVATE = 1
-    ldap_tree.add_user("erin", cn="Erin Early")  # a joiner in the same run is not created either
-    _leave(slapd, hospital, "alice", "bob")
+    settings.LDAP_SYNC_MAX_DEACTIVATE = 1
+    directory.add_user("erin", cn="Erin Early")  # a joiner in the same run is not created either
+    _leave(directory, hospital, "alice", "bob")
     before = AuditEvent.objects.count()
     err = io.StringIO()
     with pytest.raises(
@@ -354,21 +378,22 @@ def test_the_safety_limit_changes_nothing_fails_and_mails_the_pam_admins(
     )
 
 
-def test_the_percentage_limit(hospital, slapd, ldap_settings):
+def test_the_percentage_limit(hospital, directory, settings):
     directory_sync(full=True, dry_run=False)
-    ldap_settings.LDAP_SYNC_MAX_DEACTIVATE_PERCENT = 30
-    _leave(slapd, hospital, "dave")  # 1 of 3 = 33 %
+    settings.LDAP_SYNC_MAX_DEACTIVATE_PERCENT = 30
+    _leave(directory, hospital, "dave")  # 1 of 3 = 33 %
     result = directory_sync(full=True, dry_run=False)
     assert result.refused and "1 of 3 active directory users (33%)" in result.error
     assert User.objects.filter(source="ldap", is_active=True).count() == 3
 
 
-def test_a_directory_that_cannot_be_reached_changes_nothing(hospital, ldap_settings):
+@slapd_only
+def test_a_directory_that_cannot_be_reached_changes_nothing(hospital, settings):
     from identity.ldap_client import reset_config
     from tests.fixtures.openbao import free_port
 
     directory_sync(full=True, dry_run=False)
-    ldap_settings.LDAP_SERVER_URI = [f"ldap://127.0.0.1:{free_port()}"]
+    settings.LDAP_SERVER_URI = [f"ldap://127.0.0.1:{free_port()}"]
     reset_config()
     with pytest.raises(
         CommandError, match=r"full sync failed: Cannot reach the directory server ldap://127\.0\.0\.1"
@@ -380,10 +405,10 @@ def test_a_directory_that_cannot_be_reached_changes_nothing(hospital, ldap_setti
     assert AuditEvent.objects.filter(action="identity.directory.sync_failed").count() == 1
 
 
-def test_a_dry_run_prints_the_changes_and_makes_none(hospital, slapd, ldap_tree):
+def test_a_dry_run_prints_the_changes_and_makes_none(hospital, directory):
     directory_sync(full=True, dry_run=False)
-    _leave(slapd, hospital, "dave")
-    ldap_tree.add_user("erin", cn="Erin Early")
+    _leave(directory, hospital, "dave")
+    directory.add_user("erin", cn="Erin Early")
     out = io.StringIO()
     call_command("sync_ldap", "--full", "--dry-run", stdout=out)
     text = out.getvalue()
@@ -396,6 +421,7 @@ def test_a_dry_run_prints_the_changes_and_makes_none(hospital, slapd, ldap_tree)
     assert DirectorySyncRun.objects.filter(dry_run=True).get().high_water_mark == ""
 
 
+@slapd_only
 def test_only_one_sync_runs_at_a_time(hospital):
     from identity.directory import DirectorySyncBusy
 
@@ -410,7 +436,7 @@ def test_only_one_sync_runs_at_a_time(hospital):
     assert DirectorySyncRun.objects.filter(error__startswith="Interrupted").count() == 1
 
 
-def test_the_pam_admins_mapping_replaces_the_setting_once_it_has_rows(hospital, ldap_settings):
+def test_the_pam_admins_mapping_replaces_the_setting_once_it_has_rows(hospital, settings):
     pat = make_user("pat", "pam-admin")
     directory_sync(full=True, dry_run=False)
     assert roles(User.objects.get(username="bob")) == {"approver"}
@@ -421,7 +447,7 @@ def test_the_pam_admins_mapping_replaces_the_setting_once_it_has_rows(hospital, 
         "approver",
         "auditor",
     }
-    ldap_settings.LDAP_GROUP_ROLE_MAP = []  # no longer read
+    settings.LDAP_GROUP_ROLE_MAP = []  # no longer read
     directory_sync(full=True, dry_run=False)
     assert roles(User.objects.get(username="bob")) == {"approver", "auditor"}
     assert actions("identity.directory.mapping_added").count("identity.directory.mapping_added") == 3
@@ -439,9 +465,10 @@ def test_synced_users_never_keep_a_usable_local_password(hospital):
     assert result.run.updated == 1
 
 
+@slapd_only
 @pytest.mark.django_db(transaction=True)
 def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
-    hospital, slapd, pg_target, approle_settings
+    hospital, directory, pg_target, approle_settings
 ):
     """End to end with OpenBao and PostgreSQL: the dynamic role exists while the grant is live
     and is dropped once the sync revoked it (the release runs after the sync's commit)."""
@@ -465,7 +492,7 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     assert grant.login in pg_target.roles()
     session = _live_session(alice, grant, account=account.slug)
 
-    slapd.delete(hospital["alice"])
+    directory.delete(hospital["alice"])
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
     # The release runs right after the sync's commit (no broker) or at the worker's next sweep
@@ -480,7 +507,8 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     assert not User.objects.get(pk=alice.pk).is_active
 
 
-def test_the_periodic_task_is_incremental_with_a_full_run_each_day(hospital, ldap_settings):
+@slapd_only
+def test_the_periodic_task_is_incremental_with_a_full_run_each_day(hospital, settings):
     from identity.tasks import directory_sync_due, directory_sync_task
 
     assert directory_sync_due()
@@ -494,10 +522,11 @@ def test_the_periodic_task_is_incremental_with_a_full_run_each_day(hospital, lda
     DirectorySyncRun.objects.filter(full=True).update(started_at=timezone.now() - timedelta(hours=25))
     assert directory_sync_task()["full"]
     assert set(DirectorySyncRun.objects.values_list("trigger", flat=True)) == {"schedule"}
-    ldap_settings.LDAP_SERVER_URI = []
+    settings.LDAP_SERVER_URI = []
     assert not directory_sync_due() and "skipped" in directory_sync_task()
 
 
+@slapd_only
 def test_the_embedded_worker_runs_the_sync_when_due(hospital):
     from access.management.commands.access_sweep import Command
 
@@ -509,6 +538,7 @@ def test_the_embedded_worker_runs_the_sync_when_due(hospital):
     assert DirectorySyncRun.objects.count() == 1
 
 
+@slapd_only
 def test_an_unexpected_error_fails_the_run_and_the_next_one_runs(hospital, monkeypatch):
     from identity import directory
 
