@@ -78,11 +78,13 @@ def start_embedded_vault(env: dict[str, str]) -> None:
             children.append(("openbao", server.process))
     if older_in_memory_run and server.initialised_now:
         say(
-            "note: var/ comes from an older `make run` whose OpenBao kept everything in memory, so "
-            "that Vault is gone: a new one was made in var/openbao/ and keeps its data from now on. "
-            'Recordings signed before show "cannot check: signing key not found" (the key went with '
-            'it); set up each ssh-ca, static and database account again (Targets, "Vault setup"); '
-            "a static account's last password was only in that Vault: reset it on the target first."
+            "note: var/ holds pamsite's data from a Vault that is not in var/openbao/ (an older "
+            "`make run` kept Vault in memory only, or var/openbao/ was removed): that Vault is gone, "
+            "and a new one, kept on disk from now on, was made in var/openbao/. Recordings it signed "
+            'verify with the public keys pamsite kept, or show "cannot check: signing key not found" '
+            "(sealed before pamsite kept keys); set up each ssh-ca, static and database account "
+            'again (Targets, "Vault setup"): a static account\'s last password was only in that '
+            "Vault, so reset it on the target first."
         )
     say(f"OpenBao ready on {server.addr} (raft storage in {server.raft_dir}: kept across restarts)")
     env["VAULT_ADDR"] = server.addr
