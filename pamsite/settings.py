@@ -197,10 +197,22 @@ AXES_SENSITIVE_PARAMETERS = ["password", "code", "csrfmiddlewaretoken"]
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 
 # --- Vault / OpenBao ----------------------------------------------------------------
-VAULT_ADDR = env_str("VAULT_ADDR", "http://127.0.0.1:8200")
-# Only for the embedded dev server: production authenticates with AppRole.
-VAULT_DEV_ROOT_TOKEN = "pamsite-dev-root"  # noqa: S105  # nosec B105
-VAULT_TOKEN = env_secret("VAULT_TOKEN", "" if PRODUCTION else VAULT_DEV_ROOT_TOKEN)
+# `make run`'s embedded OpenBao (vault/embedded.py) listens on this port, with its data,
+# unseal key and root token under VAR_DIR/openbao/.
+VAULT_EMBEDDED_PORT = env_int("PAMSITE_VAULT_PORT", 8200, minimum=1, maximum=65534)
+VAULT_ADDR = env_str("VAULT_ADDR", f"http://127.0.0.1:{VAULT_EMBEDDED_PORT}")
+
+
+# Dev default only (the embedded OpenBao's root token, for manage.py by hand): production
+# authenticates with AppRole.
+def _embedded_root_token() -> str:
+    try:
+        return (VAR_DIR / "openbao" / "root-token").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""  # no embedded OpenBao (yet), or not this user's
+
+
+VAULT_TOKEN = env_secret("VAULT_TOKEN", "" if PRODUCTION else _embedded_root_token())
 VAULT_ROLE_ID = env_secret("VAULT_ROLE_ID", "")
 VAULT_SECRET_ID = env_secret("VAULT_SECRET_ID", "")
 VAULT_CACERT = env_str("VAULT_CACERT", "")

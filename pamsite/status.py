@@ -12,6 +12,8 @@ from django.views.decorators.http import require_GET
 from audit.selectors import audit_forwarding_status
 from identity.roles import Role, require_role
 from vault.client import VaultClient, VaultError, VaultHealth, get_client
+from vault.models import TransitPublicKey
+from vault.signatures import public_key_fingerprint
 
 _BADGES = {"unsealed": "ok", "standby": "warn", "sealed": "bad", "uninitialized": "bad", "unreachable": "bad"}
 _AUTH_LABELS = {"approle": "AppRole", "none": "none configured"}  # else the method itself ("token")
@@ -20,8 +22,9 @@ _AUTH_LABELS = {"approle": "AppRole", "none": "none configured"}  # else the met
 @require_GET
 @never_cache
 def system_status(request: HttpRequest) -> HttpResponse:
-    """Vault's health and mounts, how pamsite authenticates to it, the database engine, and
-    how far the audit trail has been forwarded to each AUDIT_FORWARD destination.
+    """Vault's health, storage and mounts, how pamsite authenticates to it, the recordings'
+    signing keys pamsite keeps, the database engine, and how far the audit trail has been
+    forwarded to each AUDIT_FORWARD destination.
 
     For pam-admins. Shows names and states only: never a token, role_id or secret_id.
     """
@@ -44,7 +47,8 @@ def system_status(request: HttpRequest) -> HttpResponse:
 
 
 def _vault_details(vault: VaultClient, health: VaultHealth) -> dict:
-    """The mounts pamsite expects and what Vault has there (asked only when it is usable)."""
+    """The mounts pamsite expects and what Vault has there (asked only when it is usable), where
+    Vault keeps its data, and the recordings' signing keys pamsite keeps."""
     expected = [
         (settings.VAULT_KV_MOUNT, "kv-v2", "static account passwords"),
         (settings.VAULT_DATABASE_MOUNT, "database", "dynamic database accounts"),
@@ -67,7 +71,55 @@ def _vault_details(vault: VaultClient, health: VaultHealth) -> dict:
             ssh_ca = vault.ssh_ca_public_key()
         except VaultError as exc:
             error = str(exc)
-    return {"mounts": mounts, "vault_error": error, "ssh_ca_public_key": ssh_ca}
+    return {
+        "mounts": mounts,
+        # Only mounts Vault was asked about and that are absent or of another engine: "not
+        # checked" (Vault sealed or unreachable) is no reason to run the bootstrap.
+        "mounts_missing": [m["path"] for m in mounts if m["checked"] and m["found"] != m["engine"]],
+        "vault_error": error,
+        "ssh_ca_public_key": ssh_ca,
+        "storage": _storage(vault, health),
+        "signing_keys": _signing_keys(vault, health),
+    }
+
+
+def _storage(vault: VaultClient, health: VaultHealth) -> dict:
+    """Where Vault keeps its data, from the unauthenticated sys/seal-status (any AppRole may ask)."""
+    if health.state == "unreachable":
+        return {"type": "", "in_memory": False}
+    try:
+        status = vault.seal_status()
+    except VaultError:
+        return {"type": "", "in_memory": False}
+    return {"type": status.storage_type, "in_memory": status.in_memory}
+
+
+def _signing_keys(vault: VaultClient, health: VaultHealth) -> dict:
+    """The kept public keys of the recordings' signing key, and whether Vault's current one is among them."""
+    kept = list(TransitPublicKey.objects.order_by("mount", "name", "version", "vault_created_at"))
+    rows = [
+        {
+            "key": row,
+            "fingerprint": public_key_fingerprint(row.public_key),
+            "current": row.mount == vault.config.transit_mount and row.name == vault.config.transit_key,
+        }
+        for row in kept
+    ]
+    replaced, not_kept = [], []
+    if health.ok:
+        try:
+            in_vault = vault.transit_public_keys()
+        except VaultError:
+            in_vault = []  # the mounts table says what is missing; this is only a comparison
+        mount, name = vault.config.transit_mount, vault.config.transit_key
+        mine = [r for r in kept if (r.mount, r.name) == (mount, name)]
+        for version in in_vault:
+            same = [r for r in mine if r.version == version.version]
+            if any(r.public_key == version.public_key for r in same):
+                continue
+            # Another key under the same version number: this Vault is not the one that signed before.
+            (replaced if same else not_kept).append(version.version)
+    return {"kept": rows, "replaced": replaced, "not_kept": not_kept}
 
 
 def _database_status() -> dict:

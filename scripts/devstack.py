@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """`make run`: the embedded dev stack in one terminal.
 
-Starts OpenBao's dev server (unless VAULT_ADDR points at another Vault), migrates,
+Starts OpenBao with its data on disk under var/openbao/ (vault/embedded.py: initialised
+at the first run, unsealed at each start; on 127.0.0.1:PAMSITE_VAULT_PORT, 8200 by
+default), unless VAULT_ADDR points at another Vault; migrates,
 bootstraps Vault, creates a first pam-admin if none exists, starts the web app
 (ASGI, daphne) on 127.0.0.1:8000, the worker and the SSH gateway on 127.0.0.1:2222,
 and prints how to sign in. Ctrl-C stops every
@@ -16,16 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # pamsite's own modules (vault.embedded, pamsite.env)
 BIN = Path(sys.executable).parent
 VAR = Path(os.environ.get("PAMSITE_VAR_DIR", ROOT / "var"))
 LOGS = VAR / "log"
 WEB_HOST, WEB_PORT = "127.0.0.1", int(os.environ.get("PAMSITE_WEB_PORT", "8000"))
-VAULT_DEV_ADDR = "127.0.0.1:8200"
-VAULT_DEV_TOKEN = "pamsite-dev-root"  # noqa: S105  # the dev server's root token: settings' dev default
 
 children: list[tuple[str, subprocess.Popen]] = []
 
@@ -55,18 +55,42 @@ def manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
 
-def wait_for_vault(addr: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(
-        f"OpenBao did not become ready at {addr} within {timeout:.0f} s: see {LOGS / 'openbao.log'}"
-    )
+def start_embedded_vault(env: dict[str, str]) -> None:
+    """OpenBao on var/openbao/ (raft storage): initialised at the first run, unsealed at each one."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from pamsite.env import env_int
+    from vault.embedded import EmbeddedOpenBao, EmbeddedVaultError
+
+    try:
+        port = env_int("PAMSITE_VAULT_PORT", 8200, minimum=1, maximum=65534)
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"[make run] {exc}") from None
+    server = EmbeddedOpenBao(VAR / "openbao", port=port, log_path=LOGS / "openbao.log", echo=say)
+    older_in_memory_run = not server.has_data() and (VAR / "vault-approle").exists()
+    say(f"starting OpenBao on {server.addr} (data in {server.raft_dir}, log {server.log})")
+    try:
+        server.start()
+    except EmbeddedVaultError as exc:
+        raise SystemExit(f"[make run] {exc}") from None
+    finally:
+        if server.process is not None:
+            children.append(("openbao", server.process))
+    if older_in_memory_run and server.initialised_now:
+        say(
+            "note: var/ holds pamsite's data from a Vault that is not in var/openbao/ (an older "
+            "`make run` kept Vault in memory only, or var/openbao/ was removed): that Vault is gone, "
+            "and a new one, kept on disk from now on, was made in var/openbao/. Recordings it signed "
+            'verify with the public keys pamsite kept, or show "cannot check: signing key not found" '
+            "(sealed before pamsite kept keys); set up each ssh-ca, static and database account "
+            'again (Targets, "Vault setup"): a static account\'s last password was only in that '
+            "Vault, so reset it on the target first."
+        )
+    say(f"OpenBao ready on {server.addr} (raft storage in {server.raft_dir}: kept across restarts)")
+    env["VAULT_ADDR"] = server.addr
+    # The bootstrap authenticates with the root token kept at initialisation (never printed).
+    env.pop("VAULT_TOKEN", None)
+    env["VAULT_TOKEN_FILE"] = str(server.root_token_path)
 
 
 def _interrupt(signum, frame) -> None:
@@ -81,15 +105,18 @@ def stop_all(*_args) -> None:
     # A second Ctrl-C (or the terminal's SIGTERM) must not cut the clean-up short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for _name, proc in reversed(children):
-        if proc.poll() is None:
-            proc.terminate()
-    for name, proc in reversed(children):
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        say(f"stopped {name}")
+    # OpenBao last: the gateway seals its recordings (a Vault signature) as it stops.
+    last = [c for c in children if c[0] == "openbao"]
+    for group in ([c for c in children if c[0] != "openbao"], last):
+        for _name, proc in reversed(group):
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in reversed(group):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            say(f"stopped {name}")
     children.clear()
 
 
@@ -106,32 +133,15 @@ def main() -> int:
         if "VAULT_ADDR" in os.environ:
             say(f"using the Vault at {env['VAULT_ADDR']} (VAULT_ADDR is set)")
         else:
-            if port_busy("127.0.0.1", 8200):
-                raise SystemExit(
-                    "Port 8200 is already in use: stop the other Vault/OpenBao, or set VAULT_ADDR "
-                    "and VAULT_TOKEN to use it."
-                )
-            env["VAULT_ADDR"] = f"http://{VAULT_DEV_ADDR}"
-            start(
-                "openbao",
-                [
-                    str(BIN / "bao"),
-                    "server",
-                    "-dev",
-                    f"-dev-root-token-id={VAULT_DEV_TOKEN}",
-                    f"-dev-listen-address={VAULT_DEV_ADDR}",
-                ],
-                env,
-            )
-            wait_for_vault(env["VAULT_ADDR"])
-            say("OpenBao dev server ready (in memory: its secrets are gone when it stops)")
+            start_embedded_vault(env)
 
         manage("migrate", "--noinput", env=env)
         approle_dir = VAR / "vault-approle"
         manage("vault_bootstrap", "--write-approle", str(approle_dir), env=env)
         # The web app and later the gateway and worker use the narrow AppRole, not the root token.
         app_env = dict(env)
-        app_env.pop("VAULT_TOKEN", None)
+        app_env.pop("VAULT_TOKEN_FILE", None)
+        app_env["VAULT_TOKEN"] = ""  # not even the dev default (the embedded root token)
         app_env["VAULT_ROLE_ID_FILE"] = str(approle_dir / "role_id")
         app_env["VAULT_SECRET_ID_FILE"] = str(approle_dir / "secret_id")
         manage("ensure_first_admin", env=env)

@@ -44,9 +44,12 @@ only (a power cut may lose what the kernel had not written back yet).
 Sealing: ``close()`` (or ``finalize_interrupted()`` for files a dead gateway left) computes the
 sha256 of the file(s) and has Vault's transit key sign the canonical manifest line
 (``signed_manifest``), which names the recording, session, kind, paths, size, sha256(s) and
-the interrupted flag, so a signature cannot be moved to another row or file.
-``verify_recording()`` checks both. File names come from ids and dates only, never from
-anything a user typed; no secret is ever put in a Recording row.
+the interrupted flag, so a signature cannot be moved to another row or file; the public key
+of the signing key's version is kept in pamsite's database (``vault.signatures``).
+``verify_recording()`` checks both, the signature here against the kept public key: it
+needs no Vault, and a Vault that lost its key makes "cannot check", never "tampered".
+File names come from ids and dates only, never from anything a user typed; no secret is
+ever put in a Recording row.
 
 Errors: a recording that cannot be created (missing or read-only folder, disk nearly full)
 raises ``RecordingError`` at open, so the gateway refuses the session; a write that fails
@@ -79,6 +82,7 @@ import re
 import shutil
 import threading
 import time
+import typing
 import weakref
 from pathlib import Path
 
@@ -88,7 +92,9 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from sessions.models import Recording, Session
-from vault.client import VaultError, get_client
+from vault import signatures
+from vault.client import VaultError, VaultSealed, VaultUnavailable, get_client
+from vault.signatures import KeyRing, transit_key_keep_for
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +118,22 @@ _live_lock = threading.Lock()
 
 class RecordingError(Exception):
     """A recording could not be created, written or sealed; the message says what and where."""
+
+
+KEY_NOT_FOUND_REASON = "signing key not found"
+
+
+class SignatureUncheckable(RecordingError):
+    """A recording's signature could not be checked (not a verdict: never intact, never tampered).
+
+    ``reason`` is short, for a label: "signing key not found", "Vault unreachable", "Vault
+    sealed" or "Vault refused the check"; the message says which recording and why.
+    """
+
+    def __init__(self, message: str, *, reason: str, vault_error: VaultError | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.vault_error = vault_error
 
 
 class SealDeferred(RecordingError):
@@ -198,25 +220,27 @@ def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
             f"Cannot read back the recording {recording.path}: {exc.strerror or exc}"
         ) from None
     recording.interrupted = interrupted
+    manifest = signed_manifest(recording)
     try:
-        recording.signature = get_client().transit_sign(signed_manifest(recording))
+        vault = get_client()
+        signature = vault.transit_sign(manifest)
     except VaultError as exc:
-        # The row stays unfinalised, with the sha256 its writer saw, for seal_leftovers() (or
-        # finalize_interrupted() at the next gateway start) to sign once Vault is back.
-        with contextlib.suppress(DatabaseError):
-            recording.save(update_fields=["sha256", "size", "index_sha256", "interrupted"])
-        raise SealDeferred(
-            f"Recording {recording.path} was written but could not be signed yet ({exc}); "
-            "sessions_maintain signs it once Vault is back"
-        ) from None
-    recording.finalized_at = timezone.now()
+        _defer(recording, f"was written but could not be signed yet ({exc})")
     fields = ["sha256", "size", "index_sha256", "interrupted", "signature", "finalized_at"]
     # Many sessions ending at once (a gateway stopping) can find the database busy or the
     # connection gone: retried on a fresh connection before giving up.
     for attempt in range(SEAL_SAVE_TRIES):
         try:
+            # The public key of the version that signed is kept before the recording counts
+            # as sealed: every sealed recording can then be checked without Vault, and one
+            # whose kept key does not verify it is tampered, not signed by a key never seen.
+            transit_key_keep_for(data=manifest, signature=signature, vault=vault)
+            recording.signature = signature
+            recording.finalized_at = timezone.now()
             recording.save(update_fields=fields)
             return
+        except VaultError as exc:
+            _defer(recording, f"was signed, but the signing key's public key could not be kept ({exc})")
         except DatabaseError as exc:
             if attempt + 1 == SEAL_SAVE_TRIES:
                 raise SealDeferred(
@@ -226,6 +250,14 @@ def _seal(recording: Recording, *, root: Path, interrupted: bool) -> None:
             if not connection.in_atomic_block:
                 connection.close()
             time.sleep(0.5 * (attempt + 1))
+
+
+def _defer(recording: Recording, why: str) -> typing.NoReturn:
+    """Leave the row unfinalised, with the sha256 its writer saw, for seal_leftovers() (or
+    finalize_interrupted() at the next gateway start) to sign once Vault is back."""
+    with contextlib.suppress(DatabaseError):
+        recording.save(update_fields=["sha256", "size", "index_sha256", "interrupted"])
+    raise SealDeferred(f"Recording {recording.path} {why}; sessions_maintain signs it once Vault is back")
 
 
 class _Writer:
@@ -893,11 +925,17 @@ def seal_leftovers(*, grace_seconds: int = LEFTOVER_GRACE_SECONDS, root: Path | 
     return finalize_interrupted(root=root, session_ids=ids) if ids else 0
 
 
-def verify_recording(recording: Recording, *, root: Path | str | None = None) -> tuple[bool, str]:
-    """(True, why) if the file(s) match the sha256 kept at close and Vault's signature holds.
+def verify_recording(
+    recording: Recording, *, root: Path | str | None = None, keyring: KeyRing | None = None
+) -> tuple[bool, str]:
+    """(True, why) if the file(s) match the sha256 kept at close and the signature over them holds.
 
-    (False, why) for an unfinalised, missing or tampered recording. Raises RecordingError
-    when Vault cannot be asked (that is not a verdict).
+    The signature is checked here, against the public key pamsite keeps for the signing
+    key's version (``vault.signatures``): no Vault needed. (False, why) for an unfinalised,
+    missing or tampered recording. Raises SignatureUncheckable (a RecordingError) when the
+    signature cannot be checked: signed by a key neither pamsite nor Vault has, or a key
+    version pamsite does not keep yet while Vault cannot be asked. Pass one ``keyring`` to
+    check many recordings with one read of the kept keys.
     """
     root = Path(root) if root is not None else recordings_root()
     if recording.finalized_at is None or not recording.signature:
@@ -911,11 +949,30 @@ def verify_recording(recording: Recording, *, root: Path | str | None = None) ->
         return False, f"tampered: {recording.path} does not match the sha256 recorded at close"
     if index_sha256 != recording.index_sha256:
         return False, f"tampered: {recording.index_path} does not match the sha256 recorded at close"
-    try:
-        valid = get_client().transit_verify(signed_manifest(recording), recording.signature)
-    except VaultError as exc:
-        raise RecordingError(f"Cannot check the signature of {recording.path}: {exc}") from None
-    if not valid:
-        return False, f"tampered: the signature of {recording.path} does not cover its sha256 and details"
+    keyring = keyring or KeyRing()
+    check = keyring.check(
+        data=signed_manifest(recording), signature=recording.signature, signed_at=recording.finalized_at
+    )
+    if check.verdict == signatures.INVALID:
+        why = f"the signature of {recording.path} does not cover its sha256 and details"
+        return False, f"tampered: {why}: {check.message}"
+    if check.verdict == signatures.KEY_NOT_FOUND:
+        raise SignatureUncheckable(
+            f"Cannot check the signature of {recording.path}: {check.message}", reason=KEY_NOT_FOUND_REASON
+        )
+    if check.verdict != signatures.VALID:
+        raise SignatureUncheckable(
+            f"Cannot check the signature of {recording.path}: {check.message}",
+            reason=_vault_reason(check.vault_error),
+            vault_error=check.vault_error,
+        )
     note = " (interrupted: the end of the session may be missing)" if recording.interrupted else ""
-    return True, f"intact: {recording.path} matches its sha256 and Vault signature{note}"
+    return True, f"intact: {recording.path} matches its sha256 and signature{note}"
+
+
+def _vault_reason(error: VaultError | None) -> str:
+    if isinstance(error, VaultSealed):
+        return "Vault sealed"
+    if isinstance(error, VaultUnavailable):
+        return "Vault unreachable"
+    return "Vault refused the check"

@@ -13,7 +13,6 @@ The one place for these rules:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from access.models import Grant, Target
 from identity.models import User
 from identity.roles import Role, has_role, require_role
 from sessions.models import LegalHold, Recording, Session
-from sessions.recorder import RecordingError, verify_recording
+from sessions.recorder import SignatureUncheckable, verify_recording
 from sessions.search import SessionSearchFilters, parse_query, text_filter
-from vault.client import VaultSealed, VaultUnavailable
+from vault.signatures import KeyRing
 
 OVERSEERS = (Role.APPROVER, Role.PAM_ADMIN, Role.AUDITOR)
 TERMINATORS = (Role.APPROVER, Role.PAM_ADMIN)
@@ -205,37 +204,6 @@ class IntegrityCheck:
         return {"intact": "ok", "tampered": "bad"}.get(self.state, "warn")
 
 
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while block := f.read(1024 * 1024):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
-
-def _hashes_match(recording: Recording, root: Path) -> tuple[bool, str]:
-    """The sha256 half of verify_recording, for when Vault is already known to be out of reach."""
-    try:
-        sha256, size = _sha256_of(root / recording.path)
-        index = _sha256_of(root / recording.index_path)[0] if recording.index_path else ""
-    except FileNotFoundError as exc:
-        return False, f"missing: {exc.filename} is not in the recordings folder"
-    if (sha256, size, index) != (recording.sha256, recording.size, recording.index_sha256):
-        return False, f"tampered: {recording.path} does not match the sha256 recorded at close"
-    return True, ""
-
-
-def _cannot_check(exc: RecordingError) -> tuple[str, str]:
-    # verify_recording raises RecordingError "from None"; what Vault said is its context.
-    cause = exc.__context__
-    if isinstance(cause, VaultSealed):
-        return "cannot check: Vault sealed", str(exc)
-    if isinstance(cause, VaultUnavailable):
-        return "cannot check: Vault unreachable", str(exc)
-    return "cannot check: Vault refused the check", str(exc)
-
-
 def _verdict(ok: bool, why: str, recording: Recording) -> IntegrityCheck:
     if ok:
         return IntegrityCheck(recording, "intact", "intact", why)
@@ -247,14 +215,19 @@ def _verdict(ok: bool, why: str, recording: Recording) -> IntegrityCheck:
 def recordings_integrity(
     *, recordings: list[Recording], root: Path | str | None = None
 ) -> list[IntegrityCheck]:
-    """Recompute each recording's sha256 and check its Vault signature (``verify_recording``).
+    """Recompute each recording's sha256 and check its signature (``verify_recording``).
 
-    Never says intact without Vault's word: when Vault cannot be asked the verdict is
-    "cannot check" (still TAMPERED when the sha256 already differs). After the first such
-    failure Vault is not asked again for this page, so a Vault that hangs costs one timeout.
+    The signature is checked against the signing key's public key that pamsite keeps, so
+    this works while Vault is down. Never says intact without a valid signature: a recording
+    signed by a key neither pamsite nor Vault has is "cannot check: signing key not found"
+    (never TAMPERED: it was signed, by a Vault that is gone); one whose key version is not
+    kept yet while Vault cannot be asked is "cannot check: Vault unreachable" (or sealed).
+    A sha256 that differs is TAMPERED whatever Vault's state. One key ring for the page:
+    the kept keys are read once, and Vault asked at most once.
     """
     root = Path(root) if root is not None else Path(settings.RECORDINGS_ROOT)
-    checks, vault_failure = [], None
+    keyring = KeyRing()
+    checks = []
     for recording in recordings:
         if recording.deleted_at is not None:
             when = recording.deleted_at.strftime("%Y-%m-%d")
@@ -269,18 +242,10 @@ def recordings_integrity(
                 IntegrityCheck(recording, "unsealed", "not sealed yet: no sha256 or signature to check")
             )
             continue
-        if vault_failure is not None:
-            ok, why = _hashes_match(recording, root)
-            if not ok:
-                checks.append(_verdict(False, why, recording))
-            else:
-                checks.append(IntegrityCheck(recording, "unchecked", vault_failure[0], vault_failure[1]))
-            continue
         try:
-            ok, why = verify_recording(recording, root=root)
-        except RecordingError as exc:
-            vault_failure = _cannot_check(exc)
-            checks.append(IntegrityCheck(recording, "unchecked", vault_failure[0], vault_failure[1]))
+            ok, why = verify_recording(recording, root=root, keyring=keyring)
+        except SignatureUncheckable as exc:
+            checks.append(IntegrityCheck(recording, "unchecked", f"cannot check: {exc.reason}", str(exc)))
             continue
         checks.append(_verdict(ok, why, recording))
     return checks

@@ -91,7 +91,8 @@ def privileged_client() -> VaultClient:
     if not config.token:
         raise VaultError(
             "vault_bootstrap needs a privileged Vault token: set VAULT_TOKEN (or VAULT_TOKEN_FILE) "
-            "to a token with the pamsite-admin policy, or to the root token of the embedded dev server"
+            "to a token with the pamsite-admin policy, or to the root token of the embedded OpenBao "
+            "(VAULT_TOKEN_FILE=var/openbao/root-token)"
         )
     return VaultClient(config)
 

@@ -14,6 +14,7 @@ a log line or a repr.
 from __future__ import annotations
 
 import base64
+import datetime
 import logging
 import math
 import re
@@ -128,6 +129,42 @@ class VaultHealth:
         return self.state in ("unsealed", "standby")
 
 
+@dataclass(frozen=True)
+class SealStatus:
+    """What the unauthenticated sys/seal-status says, storage backend included."""
+
+    initialized: bool
+    sealed: bool
+    storage_type: str = ""
+    version: str = ""
+    cluster_id: str = ""
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether Vault keeps its data in memory only ("inmem", as the dev server does): lost at a stop."""
+        return self.storage_type.startswith("inmem")
+
+
+class InitResult(NamedTuple):
+    """The one unseal key and the root token of a freshly initialised Vault; kept out of the repr."""
+
+    unseal_key: str
+    root_token: str
+
+    def __repr__(self) -> str:
+        return "InitResult(unseal_key='***', root_token='***')"
+
+
+@dataclass(frozen=True)
+class TransitKeyVersion:
+    """One version of a transit signing key as Vault reports it: its public part only."""
+
+    version: int
+    public_key: str  # base64 of the raw key (32 bytes for ed25519)
+    created_at: datetime.datetime
+    key_type: str
+
+
 class DatabaseCredentials(NamedTuple):
     """Dynamic database credentials and their lease; the password stays out of the repr."""
 
@@ -147,6 +184,17 @@ def _check_path(value: str, what: str) -> str:
     if not _SAFE_PATH.match(value) or ".." in value.split("/"):
         raise VaultError(f"Refusing an unsafe Vault {what}: {value[:80]!r}")
     return value
+
+
+def _parse_time(value: str) -> datetime.datetime:
+    """An RFC 3339 time from Vault ("2026-01-02T03:04:05.123456789Z"), to the microsecond, in UTC."""
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", value)
+    if not match:
+        raise VaultError(f"Vault returned a time pamsite cannot read: {value[:40]!r}")
+    whole, fraction, zone = match.groups()
+    micro = f"{(fraction or '0')[:6]:0<6}"
+    parsed = datetime.datetime.fromisoformat(f"{whole}.{micro}{'+00:00' if zone == 'Z' else zone}")
+    return parsed.astimezone(datetime.UTC)
 
 
 def _b64(data: bytes) -> str:
@@ -231,6 +279,47 @@ class VaultClient:
         if status != 200:
             raise self._translate_status(resp, path)
         return resp.text.strip() or None
+
+    def seal_status(self) -> SealStatus:
+        """The unauthenticated sys/seal-status: initialised, sealed, storage type.
+
+        Raises VaultUnavailable when Vault cannot be reached.
+        """
+        try:
+            body = self._hvac.sys.read_seal_status()
+        except Exception as exc:
+            raise self._translate(exc, "sys/seal-status") from None
+        return SealStatus(
+            initialized=bool(body.get("initialized")),
+            sealed=bool(body.get("sealed")),
+            storage_type=str(body.get("storage_type") or ""),
+            version=str(body.get("version") or ""),
+            cluster_id=str(body.get("cluster_id") or ""),
+        )
+
+    @sensitive_variables("resp")
+    def initialize(self, *, shares: int = 1, threshold: int = 1) -> InitResult:
+        """Initialise a new Vault (sys/init, unauthenticated); the caller must keep what it returns."""
+        try:
+            resp = self._hvac.sys.initialize(secret_shares=shares, secret_threshold=threshold)
+        except Exception as exc:
+            raise self._translate(exc, "sys/init") from None
+        return InitResult(resp["keys_base64"][0], resp["root_token"])
+
+    @sensitive_variables("key")
+    def unseal(self, key: str) -> SealStatus:
+        """Submit an unseal key (sys/unseal); the seal status after it."""
+        try:
+            body = self._hvac.sys.submit_unseal_key(key=key)
+        except Exception as exc:
+            raise self._translate(exc, "sys/unseal", (key,)) from None
+        return SealStatus(
+            initialized=bool(body.get("initialized", True)),
+            sealed=bool(body.get("sealed")),
+            storage_type=str(body.get("storage_type") or ""),
+            version=str(body.get("version") or ""),
+            cluster_id=str(body.get("cluster_id") or ""),
+        )
 
     # --- Typed operations ----------------------------------------------------------
 
@@ -317,6 +406,32 @@ class VaultClient:
                 raise
 
         return bool(self._call(path, verify))
+
+    def transit_public_keys(self, *, key: str | None = None) -> list[TransitKeyVersion]:
+        """Every version of the transit key with its public key; VaultNotFound when there is no such key.
+
+        Reads keys/<key>, which holds the public parts and the key's settings only (never a
+        private key): the pamsite-app policy allows read there and nothing else.
+        """
+        key = _check_path(key or self.config.transit_key, "transit key name")
+        path = f"{self.config.transit_mount}/keys/{key}"
+        resp = self.read(path)
+        if resp is None:
+            raise VaultNotFound(f"Nothing found in Vault at {path}: the signing key does not exist")
+        data = resp["data"]
+        versions = []
+        for number, info in (data.get("keys") or {}).items():
+            if not isinstance(info, dict) or not info.get("public_key"):
+                continue  # a symmetric key lists creation times only: nothing to keep
+            versions.append(
+                TransitKeyVersion(
+                    version=int(number),
+                    public_key=str(info["public_key"]),
+                    created_at=_parse_time(str(info.get("creation_time") or "")),
+                    key_type=str(data.get("type") or ""),
+                )
+            )
+        return sorted(versions, key=lambda v: v.version)
 
     def ssh_sign_public_key(
         self, role: str, public_key: str, valid_principals: Iterable[str] | str, ttl: int | str

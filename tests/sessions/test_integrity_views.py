@@ -17,6 +17,7 @@ from tests.fixtures.openbao import free_port
 from tests.sessions.test_search import record_session
 from tests.sessions.test_services import make_grant, make_session
 from vault.client import reset_client
+from vault.models import TransitPublicKey
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +81,24 @@ def test_a_missing_file_is_reported(client, carol, session, root):
     assert b"MISSING: missing: " in response.content
 
 
-def test_vault_down_says_cannot_check_and_never_intact(client, carol, session, root, approle_settings):
+def test_vault_down_the_kept_public_key_still_checks_every_recording(
+    client, carol, session, root, approle_settings
+):
+    path = root / recording(session, "exec").path
+    path.write_bytes(path.read_bytes() + b"appended")
+    approle_settings.VAULT_ADDR = f"http://127.0.0.1:{free_port()}"
+    reset_client()
+    verified_client(client, carol)
+    response = detail(client, session)
+    assert states(response) == {"events": "intact", "terminal": "intact", "exec": "tampered"}
+    assert b"cannot check" not in response.content
+
+
+def test_vault_down_and_the_key_not_kept_says_cannot_check_and_never_intact(
+    client, carol, session, root, approle_settings
+):
+    """As with recordings sealed before pamsite kept public keys: only Vault could tell."""
+    TransitPublicKey.objects.all().delete()
     path = root / recording(session, "exec").path
     path.write_bytes(path.read_bytes() + b"appended")
     approle_settings.VAULT_ADDR = f"http://127.0.0.1:{free_port()}"

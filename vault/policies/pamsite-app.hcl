@@ -4,7 +4,7 @@
 # (and destroy the show-once stashes of database grants), configure the database
 # connections, database roles and per-account SSH roles that pam-admins set up in the
 # web UI, get dynamic database credentials, have SSH user certificates signed, sign and
-# verify session recordings, renew and revoke the leases it was given, and look up /
+# verify session recordings (and read the signing key's public keys), renew and revoke the leases it was given, and look up /
 # renew its own token. Nothing else: no sys/mounts, no policy writes, no secret/, no
 # AppRole, no SSH CA, no transit key configuration, no database root rotation.
 #
@@ -67,6 +67,12 @@ path "{transit_mount}/sign/{transit_key}" {
 }
 path "{transit_mount}/verify/{transit_key}" {
   capabilities = ["update"]
+}
+# The signing key's public keys (every version), which pamsite keeps to check recordings
+# while Vault is down or after it lost the key. Read only: this path shows the public
+# parts and the key's settings, never a private key; changing the key needs update.
+path "{transit_mount}/keys/{transit_key}" {
+  capabilities = ["read"]
 }
 
 # Extend or end the database leases of grants.

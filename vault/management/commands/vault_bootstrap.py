@@ -6,16 +6,19 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from vault.bootstrap import POLICIES, render_policy, vault_bootstrap
+from vault.bootstrap import POLICIES, privileged_client, render_policy, vault_bootstrap
 from vault.client import VaultError
+from vault.signatures import public_key_fingerprint, transit_keys_keep
 
 
 class Command(BaseCommand):
     """Enable pamsite's engines, its SSH CA and transit key, its policy and its AppRole.
 
     Safe to run again: it changes only what is missing or different, and never replaces
-    an existing SSH CA. It authenticates with VAULT_TOKEN (a root token on the embedded
-    dev server, else a token with the pamsite-admin policy), never with the AppRole.
+    an existing SSH CA. It also keeps the transit signing key's public keys (every version)
+    in pamsite's database, for checking recordings without Vault. It authenticates with
+    VAULT_TOKEN (the root token of the embedded OpenBao, else a token with the pamsite-admin
+    policy), never with the AppRole.
     """
 
     help = (
@@ -44,9 +47,18 @@ class Command(BaseCommand):
             if print_policy:
                 self.stdout.write(render_policy(print_policy), ending="")
                 return
-            result = vault_bootstrap(approle_dir=write_approle, echo=self.stdout.write)
+            vault = privileged_client()
+            result = vault_bootstrap(vault=vault, approle_dir=write_approle, echo=self.stdout.write)
+            # The recordings' signing key: its public keys kept in pamsite's database, so that
+            # recordings verify without Vault (and after Vault lost the key).
+            kept = transit_keys_keep(vault=vault)
         except VaultError as exc:
             raise CommandError(str(exc)) from None
+        for row in kept:
+            self.stdout.write(
+                f"kept the public key of {row.mount}/{row.name} version {row.version} "
+                f"({public_key_fingerprint(row.public_key)})"
+            )
 
         from audit.services import audit_record  # imported late: audit is a separate app
 
