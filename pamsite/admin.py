@@ -26,20 +26,19 @@ class AuditedModelAdmin:
             )
         super().save_model(request, obj, form, change)
 
-    # Fields whose change a service audits itself (a user's "Active" box: the deactivation
-    # service), left out of the config.changed row so that each change is audited once.
-    audited_by_service: tuple[str, ...] = ()
-
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         from audit.services import audit_record
 
         obj = form.instance
-        fields = sorted(f for f in form.changed_data if f not in self.audited_by_service)
+        # Fields whose change a service audits itself (a user's "Active" box: the deactivation
+        # service), named by the model admin: left out here, so each change is audited once.
+        by_service = set(getattr(self, "audited_by_service", ()))
+        fields = sorted(f for f in form.changed_data if f not in by_service)
         for formset in formsets:
             if formset.has_changed():
                 fields.append(formset.prefix)
-        if change and not fields and set(form.changed_data) & set(self.audited_by_service):
+        if change and not fields and set(form.changed_data) & by_service:
             return
         details = {"fields": fields}
         if hasattr(obj, "groups"):
