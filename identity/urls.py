@@ -16,6 +16,7 @@ urlpatterns = [
     path("account/ssh-keys/<int:pk>/remove/", views.ssh_key_remove_view, name="ssh_key_remove"),
     path("account/password/", views.password_change_view, name="password_change"),
     path("account/password/new/", views.password_new_view, name="password_new"),
+    path("invitation/password/", views.invitation_password_view, name="invitation_password"),
     path("invitation/<str:token>/", views.invitation_view, name="invitation"),
     path("users/", views.user_list_view, name="users"),
     path("users/invite/", views.user_invite_view, name="user_invite"),

@@ -315,12 +315,11 @@ def _refusal_for(invitation: Invitation | None, now: datetime) -> InvitationRefu
     return None
 
 
-def invitation_for_token(*, token: str) -> Invitation:
-    """The open invitation a link's token names; InvitationRefused (with what to do) if none."""
+def invitation_for_digest(*, digest: str) -> Invitation:
+    """The open invitation whose token has this SHA-256 (``token_hash``); InvitationRefused
+    (with what to do) if there is none, or it was used, withdrawn or has expired."""
     invitation = (
-        Invitation.objects.select_related("user").filter(token_hash=token_hash(token)).first()
-        if token
-        else None
+        Invitation.objects.select_related("user").filter(token_hash=digest).first() if digest else None
     )
     refusal = _refusal_for(invitation, timezone.now())
     if refusal is not None:
@@ -328,14 +327,20 @@ def invitation_for_token(*, token: str) -> Invitation:
     return invitation
 
 
-def invitation_accept(*, token: str, password: str, request: HttpRequest | None = None) -> User:
-    """The invited user chooses their password with the link: the link is used up, the
+def invitation_for_token(*, token: str) -> Invitation:
+    """The open invitation a link's token names (see ``invitation_for_digest``)."""
+    return invitation_for_digest(digest=token_hash(token) if token else "")
+
+
+def invitation_accept(*, digest: str, password: str, request: HttpRequest | None = None) -> User:
+    """The invited user chooses their password with the link (``digest``: its token's SHA-256,
+    kept in their browser session once the link was opened): the link is used up, the
     password set (Django's validators: ValidationError with their messages), and the user
     returned for the caller to sign in with the password step done (the authenticator comes
     next). Audited ``identity.user.invitation_accepted``.
     """
     with transaction.atomic():
-        found = invitation_for_token(token=token)
+        found = invitation_for_digest(digest=digest)
         invitation = Invitation.objects.select_for_update().select_related("user").get(pk=found.pk)
         refusal = _refusal_for(invitation, timezone.now())
         if refusal is not None:  # used a moment ago, in another tab

@@ -453,26 +453,53 @@ def _invitation_refused(request: HttpRequest, exc: users.InvitationRefused) -> H
     return _quietly(render(request, "identity/invitation_refused.html", context, status=status))
 
 
+INVITATION_SESSION_KEY = "pamsite_invitation"
+
+
+def _signed_in_refusal(request: HttpRequest) -> HttpResponse:
+    context = {"signed_in_as": request.user.username}
+    return _quietly(render(request, "identity/invitation_refused.html", context, status=403))
+
+
+@never_cache
+@require_http_methods(["GET", "HEAD"])
+def invitation_view(request: HttpRequest, token: str) -> HttpResponse:
+    """The invited user's link (no sign-in needed, only a valid token). The link is checked,
+    then kept in the browser's session (as its hash) and the browser sent on to the page that
+    asks for the password, so that the token is in one request's address only (in no Referer,
+    and in no log line written after it). A wrong, used, withdrawn or expired link gets a page
+    that says which, and what to do."""
+    if request.user.is_authenticated:
+        return _signed_in_refusal(request)
+    try:
+        invitation = users.invitation_for_token(token=token)
+    except users.InvitationRefused as exc:
+        return _invitation_refused(request, exc)
+    request.session[INVITATION_SESSION_KEY] = invitation.token_hash
+    return redirect("identity:invitation_password")
+
+
 @sensitive_post_parameters("new_password1", "new_password2")
 @csrf_protect
 @never_cache
 @require_http_methods(["GET", "POST"])
-def invitation_view(request: HttpRequest, token: str) -> HttpResponse:
-    """The invited user's link (no sign-in needed, only a valid token): choose a password,
-    then set up the authenticator. A wrong, used, withdrawn or expired link gets a page that
-    says which, and what to do."""
+def invitation_password_view(request: HttpRequest) -> HttpResponse:
+    """After the link: the invited user chooses a password, then sets up the authenticator."""
     if request.user.is_authenticated:
-        context = {"signed_in_as": request.user.username}
-        return _quietly(render(request, "identity/invitation_refused.html", context, status=403))
+        return _signed_in_refusal(request)
+    digest = request.session.get(INVITATION_SESSION_KEY, "")
+    if not digest:
+        message = "Open the link from your invitation first, in this browser: it brings you here."
+        return render(request, "identity/invitation_refused.html", {"message": message}, status=400)
     try:
-        invitation = users.invitation_for_token(token=token)
+        invitation = users.invitation_for_digest(digest=digest)
     except users.InvitationRefused as exc:
         return _invitation_refused(request, exc)
     form = NewPasswordForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             user = users.invitation_accept(
-                token=token, password=form.cleaned_data["new_password1"], request=request
+                digest=digest, password=form.cleaned_data["new_password1"], request=request
             )
         except users.InvitationRefused as exc:
             return _invitation_refused(request, exc)
@@ -481,6 +508,7 @@ def invitation_view(request: HttpRequest, token: str) -> HttpResponse:
         else:
             # The link stood for the password step; the authenticator comes next, as for everyone.
             auth_login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session.pop(INVITATION_SESSION_KEY, None)
             messages.success(request, "Your password is set. Now set up your authenticator app.")
             return redirect(users.next_step_after_password(user))
     context = {

@@ -9,8 +9,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
 # Pages anyone may open: the first step of login, logout, the load balancer's probe, and an
-# invitation link (which shows itself only for a valid token: identity.views.invitation_view).
-PUBLIC_VIEWS = frozenset({"identity:login", "identity:logout", "healthz", "identity:invitation"})
+# invitation link with the page it leads to (which answer only a valid token:
+# identity.views.invitation_view, invitation_password_view).
+PUBLIC_VIEWS = frozenset(
+    {"identity:login", "identity:logout", "healthz", "identity:invitation", "identity:invitation_password"}
+)
 # Pages for a user who gave the right password but no code yet.
 MFA_PENDING_VIEWS = frozenset({"identity:verify", "identity:enrol"})
 # The one page (with logout) of a user who signed in with a one-time password and has not

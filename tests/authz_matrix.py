@@ -100,12 +100,15 @@ identity:password_change                           POST login otp   400   400   
 #     tests/identity/test_invitations.py); anyone else is sent on. The invitation link is public
 #     but answers only a valid token (here one for ivan), and only to someone not signed in
 #     (a signed-in user is told to sign out first: 403; the deactivated user's session no
-#     longer counts). Its empty form is refused: 400.
+#     longer counts): it keeps the link in the session and sends the browser on to the password
+#     page, which without an opened link says to open it first (400).
 #                                                       anon  pwd   req   appr  audit admin deact other glass
 identity:password_new                              GET  login otp   redir redir redir redir login redir redir
 identity:password_new                              POST login otp   redir redir redir redir login redir redir
-identity:invitation                                GET  ok    403   403   403   403   403   ok    403   403
-identity:invitation                                POST 400   403   403   403   403   403   400   403   403
+identity:invitation                                GET  redir 403   403   403   403   403   redir 403   403
+identity:invitation                                POST 405   405   405   405   405   405   405   405   405
+identity:invitation_password                       GET  400   403   403   403   403   403   400   403   403
+identity:invitation_password                       POST 400   403   403   403   403   403   400   403   403
 
 # --- Users and the directory: pam-admins (identity.selectors.user_search_for, get_user_for_admin,
 #     get_user_for_mfa_reset; identity.directory.directory_overview_for, group_mapping_add/remove).
