@@ -485,9 +485,9 @@ def user_roles_set(
 ) -> tuple[list[str], list[str]]:
     """A pam-admin sets a user's roles (requester, approver, auditor, pam-admin, break-glass);
     returns (added, removed). Audited ``identity.user.roles_changed``. Refused: for a
-    directory user (``roles_managed_by_directory``), taking pam-admin from oneself (another
-    pam-admin does that), and taking it from the last active pam-admin. Live grants are
-    kept (revoke them on the grant's page if needed).
+    directory user (``roles_managed_by_directory``), and taking pam-admin from oneself
+    (another pam-admin does that, so there is always one left). Live grants are kept
+    (revoke them on the grant's page if needed).
     """
     require_role(acting_user, Role.PAM_ADMIN)
     roles = set(roles)
@@ -502,16 +502,9 @@ def user_roles_set(
             "directory, or the group → role mapping."
         )
     current = set(locked.groups.filter(name__in=ROLE_NAMES).values_list("name", flat=True))
-    if Role.PAM_ADMIN in current and Role.PAM_ADMIN not in roles:
-        if locked.pk == acting_user.pk:
-            raise ValidationError("You cannot take the pam-admin role from yourself: another pam-admin must.")
-        others = (
-            User.objects.filter(is_active=True, groups__name=Role.PAM_ADMIN).exclude(pk=locked.pk).exists()
-        )
-        if not others:
-            raise ValidationError(
-                f"{locked.username} is the last active pam-admin: give the role to someone else first."
-            )
+    if Role.PAM_ADMIN in current and Role.PAM_ADMIN not in roles and locked.pk == acting_user.pk:
+        # Another pam-admin must: so the last one can never take it from herself.
+        raise ValidationError("You cannot take the pam-admin role from yourself: another pam-admin must.")
     added, removed = _set_roles(locked, roles)
     if added or removed:
         audit_record(
