@@ -332,6 +332,11 @@ def invitation_for_token(*, token: str) -> Invitation:
     return invitation_for_digest(digest=token_hash(token) if token else "")
 
 
+def invitation_is_for(*, token: str, user: User) -> bool:
+    """True when the link's token is one of this user's invitations (used or not)."""
+    return bool(token) and Invitation.objects.filter(token_hash=token_hash(token), user=user).exists()
+
+
 def invitation_accept(*, digest: str, password: str, request: HttpRequest | None = None) -> User:
     """The invited user chooses their password with the link (``digest``: its token's SHA-256,
     kept in their browser session once the link was opened): the link is used up, the

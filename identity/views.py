@@ -470,6 +470,10 @@ def invitation_view(request: HttpRequest, token: str) -> HttpResponse:
     and in no log line written after it). A wrong, used, withdrawn or expired link gets a page
     that says which, and what to do."""
     if request.user.is_authenticated:
+        if users.invitation_is_for(token=token, user=request.user):
+            # Her own link again (from the e-mail, say) once she is in: nothing to do.
+            messages.info(request, "You have used this invitation already: you are signed in.")
+            return redirect(settings.LOGIN_REDIRECT_URL)
         return _signed_in_refusal(request)
     try:
         invitation = users.invitation_for_token(token=token)

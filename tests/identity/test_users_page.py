@@ -40,7 +40,7 @@ def test_the_list_shows_roles_source_authenticator_backup_codes_sign_in_and_stat
     assert rows["alice"].mfa_enrolled and rows["alice"].backup_codes_left == 3
     assert not rows["newbie"].mfa_enrolled
     text = response.content.decode()
-    assert "3 backup codes left" in text and "not enrolled" in text
+    assert "3 backup codes" in text and "not enrolled" in text
     assert "by pat: left the hospital" in text and "directory" in text
 
 
