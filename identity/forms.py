@@ -174,17 +174,23 @@ class ReasonForm(forms.Form):
     )
 
 
+# Longer is not safer, and each check (the validators, the hash) reads all of it.
+PASSWORD_MAX_LENGTH = 1024
+
+
 class NewPasswordForm(forms.Form):
     """Two copies of a new password; Django's validators run in the service."""
 
     new_password1 = forms.CharField(
         label="New password",
         strip=False,
+        max_length=PASSWORD_MAX_LENGTH,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
     new_password2 = forms.CharField(
         label="New password again",
         strip=False,
+        max_length=PASSWORD_MAX_LENGTH,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
 
@@ -202,6 +208,7 @@ class PasswordChangeForm(NewPasswordForm):
     password = forms.CharField(
         label="Current password",
         strip=False,
+        max_length=PASSWORD_MAX_LENGTH,
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
     field_order = ["password", "new_password1", "new_password2"]
