@@ -119,6 +119,14 @@ def _issue(*, user: User, acting_user: User, method: str, is_reset: bool) -> Iss
 
 def _send_link(issued: IssuedInvitation, *, user: User, acting_user: User) -> str:
     """E-mail the link after the commit (a rollback sends nothing); returns the address."""
+    if settings.EMAIL_BACKEND == "django.core.mail.backends.console.EmailBackend":
+        # The console backend writes each e-mail, the link in it, to the process's log.
+        raise ValidationError(
+            {
+                "email_link": "pamsite has no mail server set up (EMAIL_BACKEND is the console, which "
+                "writes e-mails to the log): copy the link and give it to them yourself."
+            }
+        )
     if not user.email:
         raise ValidationError(
             {

@@ -185,6 +185,14 @@ def test_the_link_can_be_e_mailed(pat, settings):
     assert AuditEvent.objects.get(action="identity.user.invited").details["emailed"] is True
 
 
+def test_the_link_is_not_e_mailed_into_a_log(pat, settings):
+    """The dev stack's console backend writes e-mails to the log: the link is not sent there."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    with pytest.raises(Exception, match="no mail server"):
+        invite(pat, email_link=True)
+    assert not User.objects.filter(username="ivan").exists()
+
+
 def test_the_link_is_e_mailed_once_committed(pat, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         issued = invite(pat, email_link=True)
