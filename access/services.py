@@ -895,6 +895,7 @@ def policy_set_active(
     policy.refresh_from_db()
     return True
 
+
 # --- Deactivating and reactivating people ---------------------------------------------------
 #
 # Every way a person loses pamsite — the Users page, the Configuration pages' "Active" box, the
