@@ -16,15 +16,6 @@ from identity.models import Invitation, SSHPublicKey, User
 from identity.roles import BREAK_GLASS_GROUP, Role, require_role
 
 
-def users_for(*, acting_user: User) -> QuerySet[User]:
-    """All users, with whether each has enrolled TOTP; pam-admins only."""
-    require_role(acting_user, Role.PAM_ADMIN)
-    enrolled = TOTPDevice.objects.filter(user=OuterRef("pk"), confirmed=True)
-    return (
-        User.objects.annotate(mfa_enrolled=Exists(enrolled)).prefetch_related("groups").order_by("username")
-    )
-
-
 def get_user_for_mfa_reset(*, acting_user: User, pk: int) -> User:
     """The user whose authenticator a pam-admin may reset; never the pam-admin's own."""
     require_role(acting_user, Role.PAM_ADMIN)
