@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -893,3 +894,190 @@ def policy_set_active(
     )
     policy.refresh_from_db()
     return True
+
+
+# --- Deactivating and reactivating people ---------------------------------------------------
+#
+# Every way a person loses pamsite — the Users page, the Configuration pages' "Active" box, the
+# directory sync — goes through user_deactivate: it lives here because it ends what this app
+# holds (grants, requests). The gateway does not wait for it: it watches ``user.is_active``
+# itself (sessions/gateway/records.py), so even a raw database change cuts live sessions.
+
+DEACTIVATION_VIA = ("users page", "configuration", "directory sync")
+REASON_MIN, REASON_MAX = 5, 500
+
+
+@dataclass(frozen=True)
+class UserDeactivation:
+    """What a deactivation ended (the numbers the page shows, the lists the audit row keeps)."""
+
+    grants_revoked: list[int]
+    gateway_sessions: list[int]
+    requests_cancelled: list[int]
+    web_sessions_ended: int
+    invitations_revoked: int
+
+    def details(self) -> dict:
+        return {
+            "grants_revoked": self.grants_revoked,
+            "gateway_sessions_terminated": self.gateway_sessions,
+            "requests_cancelled": self.requests_cancelled,
+            "web_sessions_ended": self.web_sessions_ended,
+            "invitations_revoked": self.invitations_revoked,
+        }
+
+
+def _person_reason(reason: str) -> str:
+    reason = " ".join((reason or "").split())
+    if len(reason) < REASON_MIN:
+        raise ValidationError(
+            {"reason": "Give the reason (at least 5 characters): it is kept in the audit trail."}
+        )
+    if len(reason) > REASON_MAX:
+        raise ValidationError(
+            {
+                "reason": f"Keep the reason under {REASON_MAX} characters ({len(reason)} now); "
+                "nothing was changed."
+            }
+        )
+    return reason
+
+
+def user_deactivate(
+    *,
+    user: User,
+    acting_user: User | None,
+    reason: str,
+    request: HttpRequest | None = None,
+    via: str = "users page",
+) -> UserDeactivation | None:
+    """Deactivate a person (never delete) and end everything they hold, in one transaction.
+
+    ``acting_user`` is the pam-admin (``via`` "users page" or "configuration"), or None for
+    the directory sync (``via`` "directory sync", ``reason`` its own words: "left the
+    directory"). Their live grants are revoked (``grant_revoke``: credentials released after
+    the commit), their pending and approved requests cancelled, their open invitations
+    revoked and their web sessions ended. Their live gateway sessions are not touched here:
+    every gateway process sees ``is_active`` go false within a second and cuts them, telling
+    the user why ("Your pamsite account was deactivated: by pat: <reason>"). One audit row
+    for the deactivation: ``identity.user.deactivated`` (or ``identity.directory.deactivated``
+    for the sync), with the acting user. A pam-admin never deactivates herself. Returns what
+    was ended, or None if the user was already inactive.
+    """
+    from identity.services import end_user_sessions
+    from identity.users import invitations_revoke
+    from sessions.models import Session
+
+    if via not in DEACTIVATION_VIA:
+        raise ValueError(f"unknown deactivation path {via!r}")
+    if acting_user is None:
+        if via != "directory sync":
+            raise PermissionDenied("Only the directory sync deactivates without a pam-admin.")
+        reason = reason.strip()
+        stored = reason
+    else:
+        if not has_role(acting_user, Role.PAM_ADMIN):
+            raise PermissionDenied("Only pam-admins deactivate users.")
+        if acting_user.pk == user.pk:
+            raise ValidationError("You cannot deactivate yourself: another pam-admin must do it.")
+        reason = _person_reason(reason)
+        stored = f"by {acting_user.username}: {reason}"
+    with transaction.atomic():
+        locked = User.objects.select_for_update().filter(pk=user.pk, is_active=True).first()
+        if locked is None:
+            return None
+        now = timezone.now()
+        locked.is_active = False
+        locked.deactivated_reason = stored
+        locked.deactivated_at = now
+        locked.deactivated_by = acting_user
+        locked.save(update_fields=["is_active", "deactivated_reason", "deactivated_at", "deactivated_by"])
+        revoked = []
+        for grant in Grant.objects.filter(user=locked, state=Grant.State.ACTIVE).order_by("pk"):
+            grant_revoke(grant=grant, acting_user=acting_user, reason=reason, http_request=request)
+            revoked.append(grant.pk)
+        cancelled = []
+        for req in AccessRequest.objects.select_for_update().filter(
+            requester=locked, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
+        ):
+            req.transition_to(AccessRequest.State.CANCELLED)
+            req.decided_at = now
+            req.save(update_fields=["state", "decided_at"])
+            audit_record(
+                action="access.request.cancelled",
+                actor=acting_user,
+                request=request,
+                obj=req,
+                details={"reason": reason[:500]},
+            )
+            cancelled.append(req.pk)
+        live = list(Session.objects.filter(user=locked, ended_at__isnull=True).values_list("pk", flat=True))
+        result = UserDeactivation(
+            grants_revoked=revoked,
+            gateway_sessions=sorted(live),
+            requests_cancelled=cancelled,
+            web_sessions_ended=end_user_sessions(user=locked),
+            invitations_revoked=invitations_revoke(user=locked),
+        )
+        audit_record(
+            action="identity.directory.deactivated"
+            if via == "directory sync"
+            else "identity.user.deactivated",
+            actor=acting_user,
+            request=request,
+            obj=locked,
+            details={"username": locked.username, "reason": reason, "via": via, **result.details()},
+        )
+    user.refresh_from_db()
+    return result
+
+
+def user_reactivation_refusal(*, user: User) -> str:
+    """Why a pam-admin may not reactivate this user, or "" (the rule of user_reactivate)."""
+    from identity.directory import DEACTIVATION_REASONS
+
+    if user.is_active:
+        return f"{user.username} is active already."
+    if user.source == User.Source.LDAP and user.deactivated_reason in DEACTIVATION_REASONS:
+        return (
+            f"{user.username} was deactivated by the directory sync ({user.deactivated_reason}). "
+            "The sync reactivates them by itself when the directory has them again: enable or "
+            "restore their account in the directory."
+        )
+    return ""
+
+
+def user_reactivate(
+    *, user: User, acting_user: User, reason: str, request: HttpRequest | None = None, via: str = "users page"
+) -> None:
+    """A pam-admin gives a deactivated person their account back (audited
+    ``identity.user.reactivated``).
+
+    Nothing they held comes back: revoked grants stay revoked, cancelled requests cancelled;
+    they sign in as before (password, and their authenticator if it was not reset). A
+    directory user the sync deactivated is refused (see ``user_reactivation_refusal``):
+    the next sync would deactivate them again. (The sync's own reactivation of users who
+    come back stays in identity.directory.)
+    """
+    if not has_role(acting_user, Role.PAM_ADMIN):
+        raise PermissionDenied("Only pam-admins reactivate users.")
+    reason = _person_reason(reason)
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        refusal = user_reactivation_refusal(user=locked)
+        if refusal:
+            raise ValidationError(refusal)
+        before = locked.deactivated_reason
+        locked.is_active = True
+        locked.deactivated_reason = ""
+        locked.deactivated_at = None
+        locked.deactivated_by = None
+        locked.save(update_fields=["is_active", "deactivated_reason", "deactivated_at", "deactivated_by"])
+        audit_record(
+            action="identity.user.reactivated",
+            actor=acting_user,
+            request=request,
+            obj=locked,
+            details={"username": locked.username, "reason": reason, "was": before, "via": via},
+        )
+    user.refresh_from_db()

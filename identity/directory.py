@@ -12,11 +12,11 @@ and then changes pamsite:
   missing from the directory is not taken from anyone (a renamed group must not strip a
   whole department at once): the run reports it;
 - leavers (gone from the directory: full runs only) and users disabled in the directory
-  are deactivated, never deleted: their live grants are revoked (``grant_revoke`` with
-  no acting user: the credential is released, the gateway cuts the sessions), their
-  live gateway sessions marked for termination, their open requests cancelled and their
-  web sessions ended. A user the sync deactivated is reactivated if they come back; one a
-  pam-admin deactivated stays so.
+  are deactivated, never deleted, by ``access.services.user_deactivate`` with no acting
+  user (the one deactivation service): their live grants are revoked (the credential is
+  released), their open requests cancelled and their web sessions ended; the gateway sees
+  them inactive and cuts their live sessions. A user the sync deactivated is reactivated
+  if they come back; one a pam-admin deactivated stays so.
 
 Every change is one audit event (``identity.directory.*``), plus one per run. Safety: a
 run that would deactivate more than LDAP_SYNC_MAX_DEACTIVATE users, or more than
@@ -591,18 +591,16 @@ def directory_user_deactivate(
 ) -> Change | None:
     """Deactivate one directory user (never delete) and end their access, in one transaction.
 
-    Their live grants are revoked through ``grant_revoke`` (no acting user: the sync), so
-    the credentials are released after the commit and the gateway closes the grants'
-    sessions; their live gateway sessions are also marked for termination directly (a
-    session whose grant had already ended is cut too); their pending and approved requests
-    are cancelled and their web sessions ended. Other updates of the same user seen in the
-    same run (``updates``: field values, such as a rename; ``changes``: their audit events)
-    are applied first. Returns the "deactivated" change, or None if already inactive.
+    The deactivation itself is ``access.services.user_deactivate`` (the one service every
+    path uses), with no acting user: their live grants are revoked, their pending and
+    approved requests cancelled and their web sessions ended; the gateway sees the user
+    inactive and cuts their live sessions, telling them "Your pamsite account was
+    deactivated: left the directory" (no one is named: no administrator acted). Other
+    updates of the same user seen in the same run (``updates``: field values, such as a
+    rename; ``changes``: their audit events) are applied first. Returns the "deactivated"
+    change, or None if already inactive.
     """
-    from access.models import AccessRequest, Grant
-    from access.services import grant_revoke
-    from identity.services import end_user_sessions
-    from sessions.models import Session
+    from access.services import user_deactivate
 
     with transaction.atomic():
         user = User.objects.select_for_update().filter(pk=user_pk, is_active=True).first()
@@ -613,39 +611,12 @@ def directory_user_deactivate(
             user.refresh_from_db()
         for change in changes:
             _audit_change(change, user.pk, str(user))
-        now = timezone.now()
-        user.is_active = False
-        user.deactivated_reason = reason
-        user.save(update_fields=["is_active", "deactivated_reason"])
-        revoked = []
-        for grant in Grant.objects.filter(user=user, state=Grant.State.ACTIVE).order_by("pk"):
-            grant_revoke(grant=grant, acting_user=None, reason=reason)
-            revoked.append(grant.pk)
-        live = Session.objects.filter(user=user, ended_at__isnull=True, terminate_requested_at__isnull=True)
-        sessions = list(live.values_list("pk", flat=True))
-        live.update(
-            terminate_requested_at=now, terminate_requested_by=None, terminate_reason=f"The user {reason}."
-        )
-        cancelled = []
-        for req in AccessRequest.objects.select_for_update().filter(
-            requester=user, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
-        ):
-            req.transition_to(AccessRequest.State.CANCELLED)
-            req.decided_at = now
-            req.save(update_fields=["state", "decided_at"])
-            audit_record(action="access.request.cancelled", obj=req, details={"reason": reason})
-            cancelled.append(req.pk)
-        web_sessions = end_user_sessions(user=user)
-        details = {
-            "reason": reason,
-            "grants_revoked": revoked,
-            "gateway_sessions_terminated": sessions,
-            "requests_cancelled": cancelled,
-            "web_sessions_ended": web_sessions,
-        }
-        change = Change("deactivated", user.username, details)
-        _audit_change(change, user.pk, str(user))
-    return change
+        result = user_deactivate(user=user, acting_user=None, reason=reason, via="directory sync")
+        if result is None:
+            return None
+        details = result.details()
+        del details["invitations_revoked"]  # directory users are never invited
+        return Change("deactivated", user.username, {"reason": reason, **details})
 
 
 # --- Runs ------------------------------------------------------------------------------------

@@ -94,3 +94,121 @@ class SSHKeyForm(forms.Form):
         ),
         help_text="The contents of your .pub file (for example ~/.ssh/id_ed25519.pub): one line.",
     )
+
+
+# --- The Users page, invitations, passwords ---------------------------------------------------
+
+
+def role_choices():
+    from identity.users import ROLE_CHOICES
+
+    return ROLE_CHOICES
+
+
+class InviteForm(forms.Form):
+    """A pam-admin invites a local user (identity.users.user_invite checks the rest)."""
+
+    METHOD_CHOICES = [
+        ("link", "A one-time link (they open it and choose their password)"),
+        ("password", "A one-time password (they sign in with it and choose a new one)"),
+    ]
+
+    username = forms.CharField(
+        label="Username",
+        max_length=150,
+        help_text="What they type to sign in and to connect to the gateway, e.g. “jsmith”. "
+        "Letters, digits and @ . + - _ only.",
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"}
+        ),
+    )
+    first_name = forms.CharField(label="First name", max_length=150, required=False)
+    last_name = forms.CharField(label="Last name", max_length=150, required=False)
+    email = forms.EmailField(
+        label="E-mail",
+        required=False,
+        help_text="For notifications (approvals, expiring grants), and to send the link to.",
+    )
+    roles = forms.MultipleChoiceField(
+        label="Roles", choices=role_choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    method = forms.ChoiceField(
+        label="How they get in the first time",
+        choices=METHOD_CHOICES,
+        initial="link",
+        widget=forms.RadioSelect,
+    )
+    email_link = forms.BooleanField(
+        label="Also e-mail the link to them",
+        required=False,
+        help_text="The link is shown to you once either way.",
+    )
+
+
+class PasswordResetForm(forms.Form):
+    """A pam-admin resets a local user's password (a new one-time link or password)."""
+
+    method = forms.ChoiceField(
+        label="Give them",
+        choices=InviteForm.METHOD_CHOICES,
+        initial="link",
+        widget=forms.RadioSelect,
+    )
+    email_link = forms.BooleanField(label="Also e-mail the link to them", required=False)
+
+
+class RolesForm(forms.Form):
+    roles = forms.MultipleChoiceField(
+        label="Roles", choices=role_choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+
+class ReasonForm(forms.Form):
+    """The reason for deactivating or reactivating someone (kept in the audit trail)."""
+
+    reason = forms.CharField(
+        label="Reason (kept in the audit trail; the user reads it if they are connected)",
+        min_length=5,
+        max_length=500,
+        widget=forms.TextInput(attrs={"placeholder": "e.g. contract ended, INC-1234"}),
+    )
+
+
+# Longer is not safer, and each check (the validators, the hash) reads all of it.
+PASSWORD_MAX_LENGTH = 1024
+
+
+class NewPasswordForm(forms.Form):
+    """Two copies of a new password; Django's validators run in the service."""
+
+    new_password1 = forms.CharField(
+        label="New password",
+        strip=False,
+        max_length=PASSWORD_MAX_LENGTH,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    new_password2 = forms.CharField(
+        label="New password again",
+        strip=False,
+        max_length=PASSWORD_MAX_LENGTH,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        one, two = cleaned.get("new_password1"), cleaned.get("new_password2")
+        if one and two and one != two:
+            self.add_error("new_password2", "The two passwords are not the same: type the new one twice.")
+        return cleaned
+
+
+class PasswordChangeForm(NewPasswordForm):
+    """My account: the current password, then the new one twice."""
+
+    password = forms.CharField(
+        label="Current password",
+        strip=False,
+        max_length=PASSWORD_MAX_LENGTH,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+    field_order = ["password", "new_password1", "new_password2"]

@@ -28,16 +28,29 @@ class User(AbstractUser):
     external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
     # Where the directory keeps the user now (changes with an OU move); blank for local users.
     directory_dn = models.CharField("directory DN", max_length=1000, blank=True)
-    # Why the directory sync deactivated the user ("left the directory", "disabled in the
-    # directory"); blank if it did not. Only such users are reactivated when they come back:
-    # one a pam-admin deactivated stays deactivated.
-    deactivated_reason = models.CharField(max_length=100, blank=True)
+    # Why the user was deactivated, as the user and the pam-admins read it: the directory
+    # sync's own words ("left the directory", "disabled in the directory"), or "by pat: <the
+    # pam-admin's reason>"; blank for an active user (or one deactivated by a raw database
+    # change). Only users the sync deactivated (its exact words) are reactivated by it when
+    # they come back: a pam-admin's reason always starts with "by ", so it never matches.
+    deactivated_reason = models.CharField(max_length=700, blank=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivated_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Set for an invited (or reset) local user until they choose their own password: every
+    # page but that one sends them there (pamsite.middleware).
+    must_change_password = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["username"]
 
     def __str__(self) -> str:
         return self.display_name or self.get_full_name() or self.username
+
+    @property
+    def is_directory_user(self) -> bool:
+        return self.source == self.Source.LDAP
 
 
 class SSHPublicKey(models.Model):
@@ -156,3 +169,48 @@ class LdapGroupMapping(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group_dn} → {self.role}"
+
+
+class Invitation(models.Model):
+    """A one-time way in for an invited local user (or one whose password a pam-admin reset).
+
+    ``method`` is ``link``: a single-use link whose token is stored only as its SHA-256
+    (``token_hash``), or ``password``: a one-time password (stored only as the user's
+    password hash) that must be changed at the first sign-in. Either expires at
+    ``expires_at`` (INVITATION_LIFETIME_HOURS after it was made). ``used_at`` is set when the
+    user chose a password with it; ``revoked_at`` when a newer invitation, a deactivation or
+    the user's own password replaced it. Neither the token nor the password is kept.
+    """
+
+    class Method(models.TextChoices):
+        LINK = "link", "One-time link"
+        PASSWORD = "password", "One-time password"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
+    method = models.CharField(max_length=10, choices=Method.choices)
+    # sha256 hex of the link's token; null for a one-time password.
+    token_hash = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # The new user's own first invitation, or a password reset of an existing user.
+    is_reset = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["user", "used_at", "revoked_at"], name="identity_invitation_open")]
+
+    def __str__(self) -> str:
+        return f"{self.get_method_display()} for {self.user} (until {self.expires_at:%Y-%m-%d %H:%M})"
+
+    @property
+    def is_open(self) -> bool:
+        """Not used, not revoked (it may still have expired)."""
+        return self.used_at is None and self.revoked_at is None
+
+    def has_expired(self, now=None) -> bool:
+        return (now or timezone.now()) >= self.expires_at

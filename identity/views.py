@@ -1,5 +1,5 @@
-"""Login (password, then TOTP), enrolment, logout, the user's own account and SSH keys, user admin,
-the directory sync's page."""
+"""Login (password, then TOTP), enrolment, logout, the user's own account, password and SSH keys,
+the invitation link, the Users pages (pam-admins), the directory sync's page."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
-from django.core.exceptions import ValidationError
+from django.contrib.auth.password_validation import password_validators_help_texts
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -22,18 +23,33 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from identity import directory, services
+from identity import directory, services, users
 from identity.forms import (
     AdminResetForm,
     BackupCodesForm,
     CodeForm,
     EnrolForm,
+    InviteForm,
     LoginForm,
+    NewPasswordForm,
+    PasswordChangeForm,
+    PasswordResetForm,
+    ReasonForm,
+    RolesForm,
     SelfResetForm,
     SSHKeyForm,
 )
-from identity.models import LdapGroupMapping
-from identity.selectors import get_user_for_mfa_reset, ssh_keys_for, users_for
+from identity.models import LdapGroupMapping, User
+from identity.roles import BREAK_GLASS_GROUP, Role, require_role
+from identity.selectors import (
+    USER_STATES,
+    get_user_for_admin,
+    get_user_for_mfa_reset,
+    ssh_keys_for,
+    user_filters_from,
+    user_overview_for,
+    user_search_for,
+)
 from identity.ssh_keys import PublicKeyError, parse_public_key
 
 
@@ -197,7 +213,13 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 
 def _account_page(
-    request: HttpRequest, *, reset_form=None, codes_form=None, ssh_key_form=None, status: int = 200
+    request: HttpRequest,
+    *,
+    reset_form=None,
+    codes_form=None,
+    ssh_key_form=None,
+    password_form=None,
+    status: int = 200,
 ) -> HttpResponse:
     context = {
         "backup_codes_left": services.mfa_backup_codes_left(user=request.user),
@@ -205,6 +227,8 @@ def _account_page(
         "codes_form": codes_form or BackupCodesForm(),
         "ssh_keys": ssh_keys_for(user=request.user),
         "ssh_key_form": ssh_key_form or SSHKeyForm(),
+        "password_form": password_form or PasswordChangeForm(),
+        "password_help": password_validators_help_texts(),
         "gateway_host": getattr(settings, "GATEWAY_PUBLIC_HOST", "localhost"),
         "gateway_port": getattr(settings, "GATEWAY_PUBLIC_PORT", 2222),
     }
@@ -213,7 +237,7 @@ def _account_page(
 
 @never_cache
 def account_view(request: HttpRequest) -> HttpResponse:
-    """The user's own account: second factor status, backup codes, reset, SSH keys."""
+    """The user's own account: password, second factor status, backup codes, reset, SSH keys."""
     return _account_page(request)
 
 
@@ -316,32 +340,6 @@ def backup_codes_view(request: HttpRequest) -> HttpResponse:
     return _account_page(request, codes_form=form, status=400)
 
 
-@never_cache
-def user_list_view(request: HttpRequest) -> HttpResponse:
-    """pam-admins: every user, their roles and whether they have enrolled TOTP."""
-    page = Paginator(users_for(acting_user=request.user), 50).get_page(request.GET.get("page"))
-    return render(request, "identity/user_list.html", {"page": page})
-
-
-@never_cache
-@require_http_methods(["GET", "POST"])
-def admin_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """pam-admins: remove another user's authenticator (lost or replaced phone)."""
-    target = get_user_for_mfa_reset(acting_user=request.user, pk=pk)
-    form = AdminResetForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        ended = services.mfa_admin_reset(
-            request=request, acting_user=request.user, user=target, reason=form.cleaned_data["reason"]
-        )
-        messages.success(
-            request,
-            f"{target.username}'s authenticator was removed and {ended} web session(s) ended. "
-            "They will set up a new one at their next sign-in.",
-        )
-        return redirect("identity:users")
-    return render(request, "identity/admin_reset.html", {"target": target, "form": form})
-
-
 class GroupMappingForm(forms.Form):
     group_dn = forms.CharField(
         label="Directory group (DN)",
@@ -406,3 +404,401 @@ def directory_mapping_remove_view(request: HttpRequest, pk: int) -> HttpResponse
     else:
         messages.success(request, "Mapping removed: the next sync takes the role from the group's members.")
     return redirect("identity:directory")
+
+
+# --- My account: the password ----------------------------------------------------------------
+
+
+@sensitive_post_parameters("password", "new_password1", "new_password2")
+@never_cache
+@require_POST
+def password_change_view(request: HttpRequest) -> HttpResponse:
+    """A local user changes her own password (current one, new one twice); her other web
+    sessions end. Directory users are told their password is the directory's."""
+    form = PasswordChangeForm(request.POST)
+    if form.is_valid():
+        try:
+            ended = users.password_change(
+                request=request,
+                user=request.user,
+                current_password=form.cleaned_data["password"],
+                new_password=form.cleaned_data["new_password1"],
+            )
+        except users.PasswordChangeRefused as exc:
+            AxesProxyHandler.update_request(request)
+            if getattr(request, "axes_locked_out", False) or _locked(request):
+                return lockout_response(request)
+            form.add_error("password", str(exc))
+        except ValidationError as exc:
+            form.add_error("new_password1", exc)
+        else:
+            ended_text = f" {ended} other web session(s) were signed out." if ended else ""
+            messages.success(request, "Your password was changed." + ended_text)
+            return HttpResponseRedirect(_account_anchor("password"))
+    return _account_page(request, password_form=form, status=400)
+
+
+# --- The invitation link and the first password ----------------------------------------------
+
+
+def _quietly(response: HttpResponse) -> HttpResponse:
+    """Keep the request's path out of Django's log of 4xx answers: it holds the link's token."""
+    response._has_been_logged = True
+    return response
+
+
+def _invitation_refused(request: HttpRequest, exc: users.InvitationRefused) -> HttpResponse:
+    status = 404 if exc.reason == "unknown" else 410
+    context = {"message": str(exc), "reason": exc.reason}
+    return _quietly(render(request, "identity/invitation_refused.html", context, status=status))
+
+
+INVITATION_SESSION_KEY = "pamsite_invitation"
+
+
+def _signed_in_refusal(request: HttpRequest) -> HttpResponse:
+    context = {"signed_in_as": request.user.username}
+    return _quietly(render(request, "identity/invitation_refused.html", context, status=403))
+
+
+@never_cache
+@require_http_methods(["GET", "HEAD"])
+def invitation_view(request: HttpRequest, token: str) -> HttpResponse:
+    """The invited user's link (no sign-in needed, only a valid token). The link is checked,
+    then kept in the browser's session (as its hash) and the browser sent on to the page that
+    asks for the password, so that the token is in one request's address only (in no Referer,
+    and in no log line written after it). A wrong, used, withdrawn or expired link gets a page
+    that says which, and what to do."""
+    if request.user.is_authenticated:
+        if users.invitation_is_for(token=token, user=request.user):
+            # Her own link again (from the e-mail, say) once she is in: nothing to do.
+            messages.info(request, "You have used this invitation already: you are signed in.")
+            return redirect(settings.LOGIN_REDIRECT_URL)
+        return _signed_in_refusal(request)
+    try:
+        invitation = users.invitation_for_token(token=token)
+    except users.InvitationRefused as exc:
+        return _invitation_refused(request, exc)
+    request.session[INVITATION_SESSION_KEY] = invitation.token_hash
+    return redirect("identity:invitation_password")
+
+
+@sensitive_post_parameters("new_password1", "new_password2")
+@csrf_protect
+@never_cache
+@require_http_methods(["GET", "POST"])
+def invitation_password_view(request: HttpRequest) -> HttpResponse:
+    """After the link: the invited user chooses a password, then sets up the authenticator."""
+    if request.user.is_authenticated:
+        return _signed_in_refusal(request)
+    digest = request.session.get(INVITATION_SESSION_KEY, "")
+    if not digest:
+        message = "Open the link from your invitation first, in this browser: it brings you here."
+        return render(request, "identity/invitation_refused.html", {"message": message}, status=400)
+    try:
+        invitation = users.invitation_for_digest(digest=digest)
+    except users.InvitationRefused as exc:
+        return _invitation_refused(request, exc)
+    form = NewPasswordForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = users.invitation_accept(
+                digest=digest, password=form.cleaned_data["new_password1"], request=request
+            )
+        except users.InvitationRefused as exc:
+            return _invitation_refused(request, exc)
+        except ValidationError as exc:
+            form.add_error("new_password1", exc)
+        else:
+            # The link stood for the password step; the authenticator comes next, as for everyone.
+            auth_login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session.pop(INVITATION_SESSION_KEY, None)
+            messages.success(request, "Your password is set. Now set up your authenticator app.")
+            return redirect(users.next_step_after_password(user))
+    context = {
+        "invitation": invitation,
+        "invited": invitation.user,
+        "form": form,
+        "password_help": password_validators_help_texts(),
+    }
+    return render(request, "identity/invitation.html", context, status=400 if form.errors else 200)
+
+
+@sensitive_post_parameters("new_password1", "new_password2")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def password_new_view(request: HttpRequest) -> HttpResponse:
+    """The first password of a user who signed in with a one-time password (every other page
+    sends them here until it is done: pamsite.middleware); then the authenticator."""
+    user = request.user
+    if not user.must_change_password:
+        # Her password is her own already (the middleware sent anyone not verified to the code).
+        return redirect(_account_anchor("password"))
+    if _is_login_step(request.GET.get("next", "")):
+        # Sent here on the way to the code or enrolment page: that is where she goes next anyway.
+        return redirect("identity:password_new")
+    refusal = users.first_password_refusal(user=user)
+    if refusal:
+        auth_logout(request)
+        return render(request, "identity/invitation_refused.html", {"message": refusal}, status=403)
+    form = NewPasswordForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            users.password_set_first(
+                request=request, user=user, new_password=form.cleaned_data["new_password1"]
+            )
+        except PermissionDenied as exc:
+            auth_logout(request)
+            return render(request, "identity/invitation_refused.html", {"message": str(exc)}, status=403)
+        except ValidationError as exc:
+            form.add_error("new_password1", exc)
+        else:
+            if user.is_verified():
+                messages.success(request, "Your new password is set.")
+                return HttpResponseRedirect(_next_url(request))
+            messages.success(request, "Your password is set. Now the second step.")
+            return redirect(_with_next(users.next_step_after_password(user), request))
+    context = {
+        "form": form,
+        "password_help": password_validators_help_texts(),
+        "next": request.GET.get("next", ""),
+    }
+    return render(request, "identity/password_new.html", context, status=400 if form.errors else 200)
+
+
+def _is_login_step(path: str) -> bool:
+    return any(path.startswith(reverse(name)) for name in ("identity:verify", "identity:enrol"))
+
+
+# --- The Users pages (pam-admins) ------------------------------------------------------------
+
+USERS_PAGE_SIZE = 50
+
+
+def _locked_usernames(usernames: list[str]) -> frozenset[str]:
+    """Which of these usernames are locked out of signing in now. The lockout module
+    (identity.lockout.locked_usernames) is wired in here; until then the column stays hidden."""
+    return frozenset()
+
+
+@never_cache
+def user_list_view(request: HttpRequest) -> HttpResponse:
+    """pam-admins: users with their roles, source, authenticator, last sign-in and state;
+    search by name, username or e-mail, filter by role, state and source, a page at a time."""
+    filters = user_filters_from(request.GET)
+    found = user_search_for(acting_user=request.user, filters=filters)
+    page = Paginator(found, USERS_PAGE_SIZE).get_page(request.GET.get("page"))
+    keep = request.GET.copy()
+    keep.pop("page", None)
+    context = {
+        "page": page,
+        "filters": filters,
+        "query": keep.urlencode(),
+        "role_choices": [
+            *((r.value, r.value) for r in Role),
+            (BREAK_GLASS_GROUP, BREAK_GLASS_GROUP),
+            ("none", "no role"),
+        ],
+        "state_choices": list(USER_STATES.items()),
+        "source_choices": User.Source.choices,
+        "locked": _locked_usernames([u.username for u in page]),
+        "show_locked": False,
+    }
+    return render(request, "identity/user_list.html", context)
+
+
+def _user_page(request: HttpRequest, pk: int, *, status: int = 200, **forms_) -> HttpResponse:
+    from access.services import user_reactivation_refusal
+
+    overview = user_overview_for(acting_user=request.user, pk=pk)
+    target = overview.user
+    mapping = {}
+    for group_dn, role in directory.group_role_map():
+        mapping.setdefault(role, []).append(group_dn)
+    context = {
+        "o": overview,
+        "target": target,
+        "is_self": target.pk == request.user.pk,
+        "roles_form": forms_.get("roles_form") or RolesForm(initial={"roles": overview.roles}),
+        "roles_from_directory": users.roles_managed_by_directory(target),
+        "role_groups": [(role, mapping.get(role, [])) for role in overview.roles],
+        "deactivate_form": forms_.get("deactivate_form") or ReasonForm(prefix="deactivate"),
+        "reactivate_form": forms_.get("reactivate_form") or ReasonForm(prefix="reactivate"),
+        "reactivation_refusal": "" if target.is_active else user_reactivation_refusal(user=target),
+        "reset_form": forms_.get("reset_form") or PasswordResetForm(),
+        "lifetime_hours": settings.INVITATION_LIFETIME_HOURS,
+    }
+    return render(request, "identity/user_detail.html", context, status=status)
+
+
+@never_cache
+@require_http_methods(["GET", "HEAD"])
+def user_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: one user and what can be done: roles, authenticator reset, password reset
+    (local users), deactivate or reactivate."""
+    return _user_page(request, pk)
+
+
+def _back_to(target: User) -> HttpResponseRedirect:
+    return redirect("identity:user", pk=target.pk)
+
+
+@never_cache
+@require_POST
+def user_roles_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: set a local user's roles (audited); a directory user's come from the directory."""
+    target = get_user_for_admin(acting_user=request.user, pk=pk)
+    form = RolesForm(request.POST)
+    if form.is_valid():
+        try:
+            added, removed = users.user_roles_set(
+                acting_user=request.user, user=target, roles=set(form.cleaned_data["roles"]), request=request
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            if added or removed:
+                parts = ([f"given {', '.join(added)}"] if added else []) + (
+                    [f"no longer {', '.join(removed)}"] if removed else []
+                )
+                messages.success(request, f"{target.username}: " + "; ".join(parts) + ".")
+            else:
+                messages.info(request, "No role changed.")
+            return _back_to(target)
+    return _user_page(request, pk, roles_form=form, status=400)
+
+
+@never_cache
+@require_POST
+def user_deactivate_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: deactivate a user, with a reason: grants revoked, requests cancelled, web and
+    gateway sessions ended (access.services.user_deactivate)."""
+    from access.services import user_deactivate
+
+    target = get_user_for_admin(acting_user=request.user, pk=pk)
+    form = ReasonForm(request.POST, prefix="deactivate")
+    if form.is_valid():
+        try:
+            result = user_deactivate(
+                user=target, acting_user=request.user, reason=form.cleaned_data["reason"], request=request
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            if result is None:
+                messages.info(request, f"{target.username} was already deactivated.")
+            else:
+                messages.success(
+                    request,
+                    f"{target.username} is deactivated: {len(result.grants_revoked)} grant(s) revoked, "
+                    f"{len(result.gateway_sessions)} gateway session(s) being cut, "
+                    f"{len(result.requests_cancelled)} request(s) cancelled, "
+                    f"{result.web_sessions_ended} web session(s) ended.",
+                )
+            return _back_to(target)
+    return _user_page(request, pk, deactivate_form=form, status=400)
+
+
+@never_cache
+@require_POST
+def user_reactivate_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: give a deactivated user their account back, with a reason (nothing they held
+    comes back)."""
+    from access.services import user_reactivate
+
+    target = get_user_for_admin(acting_user=request.user, pk=pk)
+    form = ReasonForm(request.POST, prefix="reactivate")
+    if form.is_valid():
+        try:
+            user_reactivate(
+                user=target, acting_user=request.user, reason=form.cleaned_data["reason"], request=request
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(
+                request,
+                f"{target.username} is active again. Earlier grants stay ended: they request access anew.",
+            )
+            return _back_to(target)
+    return _user_page(request, pk, reactivate_form=form, status=400)
+
+
+def _issued_page(request: HttpRequest, issued: users.IssuedInvitation, *, reset: bool) -> HttpResponse:
+    context = {
+        "issued": issued,
+        "invited": issued.invitation.user,
+        "reset": reset,
+        "login_url": settings.PAMSITE_BASE_URL.rstrip("/") + reverse("identity:login"),
+    }
+    return render(request, "identity/invitation_issued.html", context)
+
+
+@never_cache
+@require_POST
+def user_password_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: a new one-time link or password for a local user (shown once); their
+    password stops working and their web sessions end."""
+    target = get_user_for_admin(acting_user=request.user, pk=pk)
+    form = PasswordResetForm(request.POST)
+    if form.is_valid():
+        try:
+            issued = users.user_password_reset(
+                acting_user=request.user,
+                user=target,
+                method=form.cleaned_data["method"],
+                email_link=form.cleaned_data["email_link"],
+                request=request,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            return _issued_page(request, issued, reset=True)
+    return _user_page(request, pk, reset_form=form, status=400)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def user_invite_view(request: HttpRequest) -> HttpResponse:
+    """pam-admins: invite a local user; the one-time link or password is shown once."""
+    require_role(request.user, Role.PAM_ADMIN)
+    form = InviteForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            issued = users.user_invite(
+                acting_user=request.user,
+                username=data["username"],
+                first_name=data["first_name"],
+                last_name=data["last_name"],
+                email=data["email"],
+                roles=set(data["roles"]),
+                method=data["method"],
+                email_link=data["email_link"],
+                request=request,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)  # a dict's messages go to the fields they name
+        else:
+            return _issued_page(request, issued, reset=False)
+    context = {"form": form, "lifetime_hours": settings.INVITATION_LIFETIME_HOURS}
+    return render(request, "identity/user_invite.html", context, status=400 if form.errors else 200)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def admin_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """pam-admins: remove another user's authenticator (lost or replaced phone)."""
+    target = get_user_for_mfa_reset(acting_user=request.user, pk=pk)
+    form = AdminResetForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        ended = services.mfa_admin_reset(
+            request=request, acting_user=request.user, user=target, reason=form.cleaned_data["reason"]
+        )
+        messages.success(
+            request,
+            f"{target.username}'s authenticator was removed and {ended} web session(s) ended. "
+            "They will set up a new one at their next sign-in.",
+        )
+        return redirect("identity:user", pk=target.pk)
+    return render(request, "identity/admin_reset.html", {"target": target, "form": form})

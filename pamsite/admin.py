@@ -31,10 +31,15 @@ class AuditedModelAdmin:
         from audit.services import audit_record
 
         obj = form.instance
-        fields = sorted(form.changed_data)
+        # Fields whose change a service audits itself (a user's "Active" box: the deactivation
+        # service), named by the model admin: left out here, so each change is audited once.
+        by_service = set(getattr(self, "audited_by_service", ()))
+        fields = sorted(f for f in form.changed_data if f not in by_service)
         for formset in formsets:
             if formset.has_changed():
                 fields.append(formset.prefix)
+        if change and not fields and set(form.changed_data) & by_service:
+            return
         details = {"fields": fields}
         if hasattr(obj, "groups"):
             details["groups"] = sorted(obj.groups.values_list("name", flat=True))

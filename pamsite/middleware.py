@@ -8,10 +8,17 @@ from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
-# Pages anyone may open: the first step of login, logout and the load balancer's probe.
-PUBLIC_VIEWS = frozenset({"identity:login", "identity:logout", "healthz"})
+# Pages anyone may open: the first step of login, logout, the load balancer's probe, and an
+# invitation link with the page it leads to (which answer only a valid token:
+# identity.views.invitation_view, invitation_password_view).
+PUBLIC_VIEWS = frozenset(
+    {"identity:login", "identity:logout", "healthz", "identity:invitation", "identity:invitation_password"}
+)
 # Pages for a user who gave the right password but no code yet.
 MFA_PENDING_VIEWS = frozenset({"identity:verify", "identity:enrol"})
+# The one page (with logout) of a user who signed in with a one-time password and has not
+# chosen her own yet (``must_change_password``): before the code step and before enrolment.
+FIRST_SIGN_IN_VIEW = "identity:password_new"
 
 
 class MFARequiredMiddleware:
@@ -38,14 +45,21 @@ class MFARequiredMiddleware:
         if not user.is_active:
             logout(request)
             return _redirect("identity:login", request)
+        if getattr(user, "must_change_password", False):
+            if view_name == FIRST_SIGN_IN_VIEW:
+                return None
+            return _redirect(FIRST_SIGN_IN_VIEW, request)
         if user.is_verified():
             return None
         if view_name in MFA_PENDING_VIEWS:
             return None
-        from identity.services import mfa_has_confirmed_device
+        return _redirect(_second_step(user), request)
 
-        target = "identity:verify" if mfa_has_confirmed_device(user=user) else "identity:enrol"
-        return _redirect(target, request)
+
+def _second_step(user) -> str:
+    from identity.services import mfa_has_confirmed_device
+
+    return "identity:verify" if mfa_has_confirmed_device(user=user) else "identity:enrol"
 
 
 def _redirect(view_name: str, request: HttpRequest) -> HttpResponseRedirect:

@@ -147,6 +147,9 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "identity:login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "identity:login"
+# An invitation (one-time link or password) of a new local user, or of a password reset,
+# works for this long; then a pam-admin makes a new one.
+INVITATION_LIFETIME_HOURS = env_int("INVITATION_LIFETIME_HOURS", 72, minimum=1, maximum=24 * 30)
 
 # Idle sessions expire: every request pushes the expiry forward by this much.
 SESSION_IDLE_TIMEOUT_MINUTES = env_int("SESSION_IDLE_TIMEOUT_MINUTES", 15, minimum=1, maximum=24 * 60)
@@ -193,7 +196,9 @@ TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=5)
 AXES_CLIENT_IP_CALLABLE = "pamsite.net.client_ip"
 AXES_VERBOSE = False
 # Axes keeps the failed request's form fields; never the password, a code or the CSRF token.
-AXES_SENSITIVE_PARAMETERS = ["password", "code", "csrfmiddlewaretoken"]
+AXES_SENSITIVE_PARAMETERS = [
+    "password", "code", "csrfmiddlewaretoken", "new_password1", "new_password2",
+]  # fmt: skip
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 
 # --- Vault / OpenBao ----------------------------------------------------------------

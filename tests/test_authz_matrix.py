@@ -44,6 +44,11 @@ WALKED = {p.key: p for p in walk()}
 PK_OBJECT = {
     "identity:ssh_key_remove": "ssh_key",
     "identity:admin_reset": "alice",
+    "identity:user": "alice",
+    "identity:user_roles": "alice",
+    "identity:user_deactivate": "alice",
+    "identity:user_reactivate": "dora",
+    "identity:user_password_reset": "alice",
     "identity:directory_mapping_remove": "mapping",
     "access:request": "request",
     "access:request_cancel": "request",
@@ -90,6 +95,10 @@ PRIMED = {"replay:watch-status", "replay:cast", "replay:index", "replay:segment"
 # empty form is answered before any decision other than the one under test get no body.
 POST_BODIES: dict[str, Callable[[World], dict]] = {
     "identity:admin_reset": lambda w: {"reason": "phone lost, ticket INC-1"},
+    "identity:user_roles": lambda w: {"roles": ["requester", "approver"]},
+    "identity:user_deactivate": lambda w: {"deactivate-reason": "contract ended, INC-2"},
+    "identity:user_reactivate": lambda w: {"reactivate-reason": "back from leave, INC-3"},
+    "identity:user_password_reset": lambda w: {"method": "link"},
     "identity:directory_mapping_add": lambda w: {
         "group_dn": "cn=vendors,ou=groups,dc=hospital,dc=example",
         "role": "requester",
@@ -147,6 +156,8 @@ class World:
                 values.update(object_id=model.pk, id=model.pk, pk=model.pk)
             grant_type = ContentType.objects.get_for_model(self.grant)
             values.update(content_type_id=grant_type.pk, object_id=values.get("object_id", self.grant.pk))
+        elif "<token>" in pattern.route or "<str:token>" in pattern.route:
+            values["token"] = self.objects["invitation_token"]
         elif "<" in pattern.route:
             values["pk"] = self.objects[PK_OBJECT[key]].pk
         return concrete(pattern.route, values) + (QUERIES[key](self) if key in QUERIES else "")
@@ -267,8 +278,26 @@ def _build_world(root: Path) -> World:
     attempt = AccessAttempt.objects.create(
         **seen, path_info="/login/", get_data="", post_data="", failures_since_start=1
     )
+    # An invited user who has not opened her link yet: the link's token is the URL's.
+    from identity.users import user_invite
+
+    invitation_token = (
+        user_invite(
+            acting_user=users["pam_admin"],
+            username="ivan",
+            first_name="Ivan",
+            last_name="Invited",
+            email="ivan@vendor.example",
+            roles={"requester"},
+            method="link",
+        )
+        .link.rstrip("/")
+        .rsplit("/", 1)[1]
+    )
     objects = {
         "alice": alice,
+        "dora": users["deactivated"],
+        "invitation_token": invitation_token,
         "target": target,
         "account": account,
         "policy": policy,

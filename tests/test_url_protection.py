@@ -53,5 +53,11 @@ def test_password_only_user_is_sent_to_the_code_step(client, db, url):
 
 
 def test_public_views_are_only_the_login_pages():
-    assert {"identity:login", "identity:logout", "healthz"} == PUBLIC_VIEWS
+    assert {
+        "identity:login",
+        "identity:logout",
+        "healthz",
+        "identity:invitation",
+        "identity:invitation_password",
+    } == PUBLIC_VIEWS
     assert {"identity:verify", "identity:enrol"} == MFA_PENDING_VIEWS

@@ -200,8 +200,10 @@ def session_end(
 def sessions_to_cut(*, session_ids: list[int]) -> dict[int, tuple[str, str]]:
     """Of these live sessions, the ones that must end now: {pk: (end reason, message)}.
 
-    A session ends when an approver or pam-admin asked for it, or when its grant is no
-    longer active (checked in, revoked, expired) or its time is up.
+    A session ends when an approver or pam-admin asked for it, when its user or its account
+    was deactivated (by whatever path: the Users page, the Configuration pages, the directory
+    sync, even a change made straight in the database), or when its grant is no longer
+    active (checked in, revoked, expired) or its time is up.
     """
     if not session_ids:
         return {}
@@ -211,15 +213,29 @@ def sessions_to_cut(*, session_ids: list[int]) -> dict[int, tuple[str, str]]:
         Session.objects.filter(pk__in=session_ids, ended_at__isnull=True)
         .filter(
             Q(terminate_requested_at__isnull=False)
+            | Q(user__is_active=False)
+            | Q(grant__account__is_active=False)
             | ~Q(grant__state=Grant.State.ACTIVE)
             | Q(grant__ends_at__lte=now)
         )
-        .select_related("grant__account", "grant__ended_by", "terminate_requested_by")
+        .select_related("user", "grant__account", "grant__ended_by", "terminate_requested_by")
     )
     cuts = {}
     for session in due:
         cuts[session.pk] = end_of(session=session, now=now)
     return cuts
+
+
+def _loaded(descriptor, instance):
+    """The related object if it is already loaded, else None: ``end_of`` also runs on the
+    gateway's event loop with the objects it holds, where a query must not happen."""
+    return getattr(instance, descriptor.field.name) if descriptor.is_cached(instance) else None
+
+
+def deactivated_message(user: User) -> str:
+    """What a deactivated user reads: why, in words ("left the directory", "by pat: <reason>")."""
+    why = user.deactivated_reason.strip()
+    return f"Your pamsite account was deactivated: {why}." if why else "Your pamsite account was deactivated."
 
 
 def end_of(*, session: Session, now=None) -> tuple[str, str]:
@@ -228,9 +244,23 @@ def end_of(*, session: Session, now=None) -> tuple[str, str]:
     grant = session.grant
     slug = session.account
     if session.terminate_requested_at is not None:
-        by = session.terminate_requested_by.username if session.terminate_requested_by else "an administrator"
+        by = session.terminate_requested_by
         why = f" Reason: {session.terminate_reason}" if session.terminate_reason else ""
-        return Session.EndReason.TERMINATED, f"This session was terminated by {by}.{why}"
+        return (
+            Session.EndReason.TERMINATED,
+            f"This session was terminated by {by.username}.{why}"
+            if by
+            else f"This session was terminated.{why}",
+        )
+    user = _loaded(Session.user, session)
+    if user is not None and not user.is_active:
+        return Session.EndReason.REVOKED, deactivated_message(user)
+    account = _loaded(Grant.account, grant)
+    if account is not None and not account.is_active:
+        return (
+            Session.EndReason.REVOKED,
+            f"The account {slug} was deactivated in pamsite: it can no longer be used through the gateway.",
+        )
     if grant.state == Grant.State.REVOKED:
         by = grant.ended_by.username if grant.ended_by else "the directory sync"
         why = f" Reason: {grant.end_reason}" if grant.end_reason else ""

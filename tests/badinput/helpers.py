@@ -164,7 +164,10 @@ def messages_of(response) -> list:
     return list(get_messages(response.wsgi_request))
 
 
-FORM_KEYS = ("form", "ssh_key_form", "reset_form", "codes_form", "decision_form")
+FORM_KEYS = (
+    "form", "ssh_key_form", "reset_form", "codes_form", "decision_form",
+    "password_form", "roles_form", "deactivate_form", "reactivate_form",
+)  # fmt: skip
 
 
 def bound_forms(response) -> list:

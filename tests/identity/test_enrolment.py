@@ -123,7 +123,7 @@ def test_pam_admin_resets_another_users_device_and_ends_their_sessions(client, p
     assert TOTPDevice.objects.filter(user=alice).exists()
 
     response = client.post(url, {"reason": "lost phone, called back on desk number"})
-    assert response["Location"] == reverse("identity:users")
+    assert response["Location"] == reverse("identity:user", args=[alice.pk])  # back to her page
     assert not TOTPDevice.objects.filter(user=alice).exists()
     assert alice_client.get(reverse("dashboard")).status_code == 302
     event = AuditEvent.objects.get(action="mfa.reset")

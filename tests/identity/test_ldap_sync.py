@@ -288,14 +288,21 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
     assert roles(alice) == {"requester"}  # kept for the record; an inactive user holds none
     grant.refresh_from_db()
     assert grant.state == Grant.State.REVOKED and grant.end_reason == reason and grant.ended_by is None
-    session.refresh_from_db()
-    old_session.refresh_from_db()
-    ended.refresh_from_db()
-    for marked in (session, old_session):
-        assert marked.terminate_requested_at is not None
-        assert marked.terminate_requested_by is None
-        assert reason in marked.terminate_reason
-    assert ended.terminate_requested_at is None
+    # Every gateway process sees her deactivated and cuts both live sessions (the one whose
+    # grant had ended too), saying why in words: no administrator acted, and none is named.
+    # (sessions_to_cut itself runs on the gateway's threads: tests/identity/test_deactivation.py.)
+    from sessions.gateway.records import end_of
+    from sessions.models import Session
+
+    live = Session.objects.filter(pk__in=[session.pk, old_session.pk]).select_related(
+        "user", "grant__account"
+    )
+    for row in live:
+        end_reason, message = end_of(session=row)
+        assert end_reason == Session.EndReason.REVOKED
+        assert message == f"Your pamsite account was deactivated: {reason}."
+        assert "administrator" not in message
+        assert row.terminate_requested_at is None  # no termination pretending someone asked
     pending.refresh_from_db()
     assert pending.state == AccessRequest.State.CANCELLED
     event = AuditEvent.objects.get(action="identity.directory.deactivated")
@@ -502,8 +509,11 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     assert grant.state == Grant.State.REVOKED
     assert grant.cleanup == Grant.Cleanup.DONE, grant.cleanup_error
     assert grant.login not in pg_target.roles()
-    session.refresh_from_db()
-    assert session.terminate_requested_at is not None
+    from sessions.gateway.records import sessions_to_cut
+
+    assert sessions_to_cut(session_ids=[session.pk]) == {
+        session.pk: ("revoked", "Your pamsite account was deactivated: left the directory.")
+    }
     assert not User.objects.get(pk=alice.pk).is_active
 
 
