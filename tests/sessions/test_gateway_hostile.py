@@ -452,7 +452,7 @@ def test_floods_of_wrong_passwords_and_keys_are_locked_out_and_others_still_log_
     gateway, settings, alice, bob, ssh_account
 ):
     grant_for(alice, bob, ssh_account)
-    limit = settings.AXES_FAILURE_LIMIT
+    limit = settings.LOGIN_FAILURE_LIMIT
     # One connection, wrong password after wrong password for bob.
     transport = paramiko.Transport(raw(gateway.port, ATTACKER))
     transport.start_client(timeout=10)
