@@ -177,7 +177,7 @@ def _purge(now: datetime) -> None:
     quiet = Q(locked_until__isnull=True) | Q(locked_until__lt=cutoff)
     stale = LoginLock.objects.filter(quiet).exclude(
         Q(scope=USERNAME, value__in=LoginFailure.objects.values("username"))
-        | Q(scope=ADDRESS, value__in=LoginFailure.objects.filter(address__isnull=False).values("address"))
+        | Q(scope=ADDRESS, value__in=LoginFailure.objects.exclude(address="").values("address"))
     )
     stale.delete()
 
@@ -204,7 +204,7 @@ def failure_record(*, request: HttpRequest | None, username: str) -> Lockout | N
         if row is not None and row.locked_until is not None and row.locked_until > now:
             return Lockout.of(row)
 
-    LoginFailure.objects.create(username=name, address=address, channel=_channel(request), at=now)
+    LoginFailure.objects.create(username=name, address=address or "", channel=_channel(request), at=now)
     since = now - _window()
     locked: list[LoginLock] = []
 

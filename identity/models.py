@@ -171,7 +171,9 @@ class LoginFailure(models.Model):
     """
 
     username = models.CharField(max_length=150)
-    address = models.GenericIPAddressField(null=True, blank=True)
+    # As pamsite.net.client_ip gives it ("" if unknown or LOGIN_LOCKOUT_BY_IP is off); text, not
+    # inet, so that it compares with LoginLock.value.
+    address = models.CharField(max_length=45, blank=True, default="")
     channel = models.CharField(max_length=10, default="web")  # "web" or "ssh"
     at = models.DateTimeField(default=timezone.now)
 
