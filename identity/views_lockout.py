@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -48,15 +49,31 @@ def lockouts_view(request: HttpRequest) -> HttpResponse:
     return render(request, "identity/lockouts.html", context)
 
 
+def _back(request: HttpRequest) -> HttpResponse:
+    """Back to the page the Unlock button was on (``next``: a local path only), else this one."""
+    back = request.POST.get("next", "")
+    if back and url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(back)
+    return redirect("identity:lockouts")
+
+
 @never_cache
 @require_POST
 def lockout_release_view(request: HttpRequest) -> HttpResponse:
-    """pam-admins: unlock one username or address now (audited ``auth.lockout.released``)."""
+    """pam-admins: unlock one username or address now (audited ``auth.lockout.released``).
+
+    POST ``scope`` ("username" or "address"), ``value``, optionally ``next`` (a local path to
+    go back to, e.g. the Users page's); then back there with a message.
+    """
     require_role(request.user, Role.PAM_ADMIN)
     form = LockoutReleaseForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Nothing was unlocked: use the Unlock button of a row of this page.")
-        return redirect("identity:lockouts")
+        messages.error(
+            request, "Nothing was unlocked: use the Unlock button of a locked username or address."
+        )
+        return _back(request)
     try:
         row = lockout.lockout_release(
             acting_user=request.user,
@@ -71,4 +88,4 @@ def lockout_release_view(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Unlocked {row.value}: sign-in as {row.value} works again now.")
         else:
             messages.success(request, f"Unlocked the address {row.value}: sign-in from it works again now.")
-    return redirect("identity:lockouts")
+    return _back(request)

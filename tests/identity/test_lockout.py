@@ -426,3 +426,15 @@ def test_failures_counted_at_once_by_many_workers_lock_exactly_at_the_limit(alic
     assert AuditEvent.objects.filter(action="auth.lockout").count() == 1
     assert LoginLock.objects.get(scope="username", value="alice").failures == limit
     assert sum(1 for lock in results if lock is not None) == 10 - limit + 1
+
+
+def test_an_unlock_goes_back_to_a_local_page_only(pat, alice, settings):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        password_step(Client(), "alice", "wrong password")
+    admin = verified_client(Client(), pat)
+    url = reverse("identity:lockout_release")
+    back = reverse("identity:users") + "?page=2"
+    response = admin.post(url, {"scope": "username", "value": "alice", "next": back})
+    assert response["Location"] == back
+    response = admin.post(url, {"scope": "username", "value": "alice", "next": "https://evil.example/"})
+    assert response["Location"] == reverse("identity:lockouts")
