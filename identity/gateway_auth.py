@@ -248,9 +248,9 @@ def gateway_verify_code(*, user: User, code: str, client_ip: str) -> str:
 
     # No user_logged_in signal: it means "this request's session is now logged in",
     # and its receivers act on that (django-otp stores the device in request.session),
-    # while an SSH login has no session. The one receiver's work that applies here, last_login (the users
-    # page's "last sign-in"), is done directly; login_code_step clears the failure
-    # count as it does for the web.
+    # while an SSH login has no session. The one receiver's work that applies here,
+    # last_login (the users page's "last sign-in"), is done directly; login_code_step
+    # clears the failure count as it does for the web.
     def complete(device) -> None:
         User.objects.filter(pk=user.pk).update(last_login=timezone.now())
 
