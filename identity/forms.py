@@ -13,7 +13,7 @@ class LoginForm(AuthenticationForm):
 
     def clean_username(self):
         # AuthenticationForm sets the field's max_length after the field is made, so it is
-        # never checked: a longer name would reach the backends (and django-axes' 255-character
+        # never checked: a longer name would reach the backends (and the lockout's 150-character
         # column on PostgreSQL).
         username = self.cleaned_data["username"]
         limit = self.fields["username"].max_length or 150

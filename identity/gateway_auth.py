@@ -2,14 +2,15 @@
 
 The gateway (``manage.py ssh_gateway``) calls these from its own process, where no
 HttpRequest exists. Each call builds a minimal one (gateway_request) so that
-django-axes counts failures per username and per client address together with the
+identity.lockout counts failures per username and per client address together with the
 web's, and so that the audit rows carry the client's address and "channel": "ssh".
 
-First factor: the user's password (Django's authentication backends, so a locked-out
+First factor: the user's password (Django's authentication backends, so a locked
 username or address is refused before the password is checked and LDAP works once
 its backend is added) or one of her registered public keys. Second factor, always: a
 TOTP or backup code (gateway_verify_code). No password, code or key material goes into
 an audit row, a log line or an exception message; a key appears only as its fingerprint.
+A lock is said with until when (``Lockout.message``); the gateway tells the user.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from __future__ import annotations
 import base64
 import ipaddress
 
-from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
-from django.contrib.auth import authenticate, user_login_failed
+from django.contrib.auth import authenticate
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.services import audit_record
+from identity import lockout
 from identity.models import SSHPublicKey, User
 from identity.services import (
     MFAError,
@@ -48,10 +49,10 @@ _KEY_TYPE_ALIASES = {"rsa-sha2-256": "ssh-rsa", "rsa-sha2-512": "ssh-rsa"}
 def gateway_request(*, client_ip: str, user: User | None = None) -> HttpRequest:
     """A minimal request standing for one SSH login attempt from ``client_ip``.
 
-    What axes and the audit trail read from it: REMOTE_ADDR (the client's address,
+    What the lockout and the audit trail read from it: REMOTE_ADDR (the client's address,
     as pamsite.net.client_ip returns it: no X-Forwarded-For, so TRUSTED_PROXY_COUNT
     does not apply), the user agent "pamsite-ssh-gateway", the path "/ssh/", the
-    method POST (so AXES_NEVER_LOCKOUT_GET, if ever set, cannot exempt it), ``user``
+    method POST, ``user``
     (the user once the first factor is done, else anonymous) and ``login_channel`` =
     "ssh", which identity.services adds to the audit details. It has no session: no
     web session is created or touched by an SSH login.
@@ -78,34 +79,38 @@ def gateway_request(*, client_ip: str, user: User | None = None) -> HttpRequest:
     return request
 
 
-def _is_locked(request: HttpRequest, username: str) -> bool:
-    # The same test AxesStandaloneBackend makes before a password is checked.
-    return not AxesProxyHandler.is_allowed(request, credentials={"username": username})
+def gateway_lockout(*, username: str, client_ip: str) -> lockout.Lockout | None:
+    """The lock refusing logins as this username or from this address now, or None."""
+    return lockout.lockout_for(request=gateway_request(client_ip=client_ip), username=username)
 
 
 def gateway_locked_out(*, username: str, client_ip: str) -> bool:
-    """True while django-axes refuses logins for this username or from this address."""
-    return _is_locked(gateway_request(client_ip=client_ip), username)
+    """True while logins as this username or from this address are refused."""
+    return gateway_lockout(username=username, client_ip=client_ip) is not None
 
 
 def gateway_password_login(*, username: str, password: str, client_ip: str) -> User | None:
     """First factor by password: the active user, or None.
 
-    Goes through django.contrib.auth.authenticate, so axes refuses a locked-out
-    username or address (without checking the password) and counts a failure, as
-    on the web. A failure is audited "auth.login.failure" (step "password"), a
-    success "auth.login.password_ok"; both with channel "ssh". The code step must follow.
+    A locked username or address is refused without the password being checked (audited
+    "auth.login.failure", reason "locked_out", not counted). Otherwise the password goes
+    through django.contrib.auth.authenticate (so the directory's backend works here too),
+    and a failure is audited "auth.login.failure" (step "password") and counted, with the
+    web's; a success is audited "auth.login.password_ok"; all with channel "ssh". The code
+    step must follow. ``gateway_lockout`` says whether this failure locked.
     """
     request = gateway_request(client_ip=client_ip)
+    if lockout.lockout_for(request=request, username=username) is not None:
+        record_login_failure(request=request, username=username, locked_out=True)
+        return None
     user = authenticate(request, username=username, password=password)
     if user is not None and not user.is_active:
-        # ModelBackend refuses inactive users itself; a directory backend might not.
-        user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
-        user = None
+        user = None  # ModelBackend refuses inactive users itself; a directory backend might not.
     if user is None:
-        record_login_failure(
-            request=request, username=username, locked_out=bool(getattr(request, "axes_locked_out", False))
-        )
+        locked = getattr(request, "login_lockout", None) is not None  # locked a moment ago
+        record_login_failure(request=request, username=username, locked_out=locked)
+        if not locked:
+            lockout.failure_record(request=request, username=username)
         return None
     record_password_ok(request=request, user=user)
     return user
@@ -130,7 +135,7 @@ def gateway_key_login(*, username: str, key_type: str, key_blob: bytes, client_i
     request = gateway_request(client_ip=client_ip)
     key_type = _normal_key_type(key_type)
     fingerprint = fingerprint_of(key_blob)
-    if _is_locked(request, username):
+    if lockout.lockout_for(request=request, username=username) is not None:
         _key_failure(request, username, login_failure_reason(username=username, locked_out=True), fingerprint)
         return None
     with transaction.atomic():
@@ -174,15 +179,6 @@ def _key_failure(request: HttpRequest, username: str, reason: str, fingerprint: 
     )
 
 
-def gateway_lockout_message() -> str:
-    """What a locked-out user is told (the gateway disconnects with it)."""
-    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-    return (
-        "Too many wrong passwords or codes were entered for this account or from this address, "
-        f"so sign-in is locked for {minutes} minutes. Try again after that."
-    )
-
-
 def gateway_keys_refused(*, username: str, client_ip: str) -> None:
     """A connection ended having offered only keys that are not ``username``'s: one failure.
 
@@ -193,23 +189,33 @@ def gateway_keys_refused(*, username: str, client_ip: str) -> None:
     (reason "keys_refused"). Nothing is counted while the username or address is locked.
     """
     request = gateway_request(client_ip=client_ip)
-    if _is_locked(request, username):
+    if lockout.lockout_for(request=request, username=username) is not None:
         return
-    user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
     audit_record(
         action="auth.login.failure",
         request=request,
         actor_username=username[:150],
         details={"reason": "keys_refused", "step": "publickey", "channel": CHANNEL},
     )
+    lockout.failure_record(request=request, username=username)
 
 
 def _refusal(request: HttpRequest, user: User) -> MFAError | None:
     """Why no code may be tried now for this user (disabled, locked, not enrolled), or None."""
     if not User.objects.filter(pk=user.pk, is_active=True).exists():
         return MFAError("This account is disabled. Ask a pam-admin if you need access.", reason="inactive")
-    if _is_locked(request, user.username):
-        return MFAError(gateway_lockout_message(), reason="locked_out")
+    lock = lockout.lockout_for(request=request, username=user.username)
+    if lock is not None:
+        return MFAError(lock.message(), reason="locked_out", lockout=lock)
+    if User.objects.filter(pk=user.pk, must_change_password=True).exists():
+        # An invitation's or a reset's one-time password: it is for choosing a new one on the
+        # web, never a way into a target.
+        return MFAError(
+            "You must choose a new password first: sign in to pamsite on the web at "
+            f"{settings.PAMSITE_BASE_URL.rstrip('/')}/ (with the one-time password or link you were "
+            "given), then connect again.",
+            reason="password_change_required",
+        )
     if not mfa_has_confirmed_device(user=user):
         return MFAError(
             "You have not set up an authenticator app yet: sign in to pamsite on the web to set one up, "
@@ -232,7 +238,9 @@ def gateway_verify_code(*, user: User, code: str, client_ip: str) -> str:
     The same check as the web's code step (identity.services.login_code_step): a
     code already used is refused, a wrong one is audited "auth.mfa.failure" and
     counted towards the lockout with wrong passwords, and MFAError is raised with
-    the web's message. A disabled, locked-out or not enrolled user gets MFAError
+    the web's message ("locked_out" with the lock when this one locked). A code tried
+    while the authenticator is throttled is refused as "throttled" (with wait_seconds),
+    audited, never counted. A disabled, locked or not enrolled user gets MFAError
     (reason "inactive", "locked_out", "not_enrolled") without a code being tried or
     counted. Success is audited "auth.login.success" and clears the username's
     failure count, as a full web login does.
@@ -249,11 +257,10 @@ def gateway_verify_code(*, user: User, code: str, client_ip: str) -> str:
         raise refusal
 
     # No user_logged_in signal: it means "this request's session is now logged in",
-    # and its receivers act on that (django-otp stores the device in request.session,
-    # axes keeps an AccessLog keyed by the session), while an SSH login has no
-    # session. The one receiver's work that applies here, last_login (the users
-    # page's "last sign-in"), is done directly; login_code_step clears the failure
-    # count as it does for the web.
+    # and its receivers act on that (django-otp stores the device in request.session),
+    # while an SSH login has no session. The one receiver's work that applies here,
+    # last_login (the users page's "last sign-in"), is done directly; login_code_step
+    # clears the failure count as it does for the web.
     def complete(device) -> None:
         User.objects.filter(pk=user.pk).update(last_login=timezone.now())
 

@@ -214,3 +214,74 @@ class Invitation(models.Model):
 
     def has_expired(self, now=None) -> bool:
         return (now or timezone.now()) >= self.expires_at
+
+
+class LoginFailure(models.Model):
+    """One sign-in failure that counts towards a lockout (identity.lockout).
+
+    A wrong password, a wrong or replayed code, a connection that offered only strangers'
+    keys: on the web or at the gateway. Attempts refused because the username or address
+    was already locked, or because the authenticator was throttled, are never rows here.
+    ``username`` is as typed, lower-cased (the directory matches it so), whether or not
+    such a user exists. Rows of a username are deleted by its next complete sign-in
+    (password and code); rows older than LOGIN_LOCKOUT_MINUTES no longer count and are
+    purged. No password or code is ever kept.
+    """
+
+    username = models.CharField(max_length=150)
+    # As pamsite.net.client_ip gives it ("" if unknown or LOGIN_LOCKOUT_BY_IP is off); text, not
+    # inet, so that it compares with LoginLock.value.
+    address = models.CharField(max_length=45, blank=True, default="")
+    channel = models.CharField(max_length=10, default="web")  # "web" or "ssh"
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "pk"]
+        indexes = [
+            models.Index(fields=["username", "at"], name="identity_loginfail_user"),
+            models.Index(fields=["address", "at"], name="identity_loginfail_addr"),
+            models.Index(fields=["at"], name="identity_loginfail_at"),
+        ]
+
+    def __str__(self) -> str:
+        where = self.address or "an unknown address"
+        return f"failed sign-in as {self.username} from {where} at {self.at:%H:%M:%S}"
+
+
+class LoginLock(models.Model):
+    """The lockout state of one username or one client address (identity.lockout).
+
+    One row per username or address that has had a counted failure: counting a failure
+    locks this row first (SELECT ... FOR UPDATE), so concurrent failures from several web
+    and gateway processes are counted one after the other and lock exactly at the limit.
+    Locked while ``locked_until`` is in the future; ``failures`` (and, for an address,
+    ``usernames``) say what was counted when it locked. Failures before ``counted_since``
+    (the last lock or release) never count again. ``released_by`` is the pam-admin who
+    unlocked it early, if one did.
+    """
+
+    class Scope(models.TextChoices):
+        USERNAME = "username", "Username"
+        ADDRESS = "address", "Client address"
+
+    scope = models.CharField(max_length=10, choices=Scope.choices)
+    value = models.CharField(max_length=150)  # lower-cased username, or the address as text
+    counted_since = models.DateTimeField(null=True, blank=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(default=0)
+    usernames = models.PositiveIntegerField(default=0)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["scope", "value"]
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "value"], name="identity_loginlock_unique"),
+        ]
+        indexes = [models.Index(fields=["locked_until"], name="identity_loginlock_until")]
+
+    def __str__(self) -> str:
+        return f"{self.get_scope_display()} {self.value}"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
-from django.contrib.auth import user_logged_in, user_login_failed
+from django.contrib.auth import logout as auth_logout
+from django.contrib.auth import user_logged_in
 from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -24,6 +24,7 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.services import audit_record
+from identity import lockout
 from identity.models import SSHPublicKey, User
 from identity.selectors import get_ssh_key_for
 from identity.ssh_keys import PublicKeyError, parse_public_key
@@ -34,11 +35,24 @@ SSH_KEYS_PER_USER = 20
 
 
 class MFAError(Exception):
-    """A second-factor step failed; the message is safe to show to the user."""
+    """A second-factor step failed; the message is safe to show to the user.
 
-    def __init__(self, message: str, *, reason: str):
+    ``reason`` says why ("wrong_code", "throttled", "locked_out", ...); ``wait_seconds`` how
+    long a throttled authenticator refuses codes; ``lockout`` the lock a "locked_out" is.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        wait_seconds: int | None = None,
+        lockout: lockout.Lockout | None = None,
+    ):
         super().__init__(message)
         self.reason = reason
+        self.wait_seconds = wait_seconds
+        self.lockout = lockout
 
 
 @dataclass(frozen=True)
@@ -109,10 +123,8 @@ def _channel(request: HttpRequest | None) -> dict[str, str]:
 
 
 def _reset_login_failures(username: str) -> None:
-    """Clear django-axes' failure count for the username: only a full login does this."""
-    from axes.utils import reset as axes_reset
-
-    axes_reset(username=username)
+    """Forgive the username's counted failures: only a full login does this."""
+    lockout.failures_clear(username=username)
 
 
 def _complete_login(request: HttpRequest, user: User, device) -> None:
@@ -134,7 +146,16 @@ def mfa_confirm_enrolment(*, request: HttpRequest, user: User, code: str) -> lis
         )
         if device is None:
             raise MFAError("There is no enrolment in progress: start again.", reason="no_enrolment")
-        if _is_totp_shape(code) and device.verify_token(code):
+        allowed, throttle = device.verify_is_allowed()
+        if not allowed:
+            # Checked first: a throttled device's verify_token says False even for the
+            # right code, which would be answered "not right, check the phone's clock".
+            wait = lockout.wait_seconds((throttle or {}).get("locked_until"))
+            audit_record(
+                action="mfa.enrol.failure", request=request, obj=user, details={"reason": "throttled"}
+            )
+            failure = MFAError(_throttled_message(wait), reason="throttled", wait_seconds=wait)
+        elif _is_totp_shape(code) and device.verify_token(code):
             device.confirmed = True
             device.save(update_fields=["confirmed"])
             TOTPDevice.objects.filter(user=user).exclude(pk=device.pk).delete()
@@ -149,12 +170,16 @@ def mfa_confirm_enrolment(*, request: HttpRequest, user: User, code: str) -> lis
             )
             user_logged_in.send(sender=user.__class__, request=request, user=user)
             return codes
-        audit_record(action="mfa.enrol.failure", request=request, obj=user, details={"reason": "wrong_code"})
-    raise MFAError(
-        "That code is not right. Enter the 6-digit code your authenticator app shows now; "
-        "if it keeps failing, check that the phone sets its clock automatically.",
-        reason="wrong_code",
-    )
+        else:
+            audit_record(
+                action="mfa.enrol.failure", request=request, obj=user, details={"reason": "wrong_code"}
+            )
+            failure = MFAError(
+                "That code is not right. Enter the 6-digit code your authenticator app shows now; "
+                "if it keeps failing, check that the phone sets its clock automatically.",
+                reason="wrong_code",
+            )
+    raise failure
 
 
 def _verify_code(user: User, code: str) -> tuple[object | None, str]:
@@ -188,8 +213,38 @@ _FAILURE_MESSAGES = {
     "replayed": (
         "That code has already been used. Wait for your app to show the next code and enter that one."
     ),
-    "throttled": "Too many wrong codes in a row: wait a few seconds before trying again.",
 }
+
+
+def _throttled_message(wait: int) -> str:
+    unit = "second" if wait == 1 else "seconds"
+    return f"Too many wrong codes in a row: wait {wait} {unit}, then enter the code your app shows."
+
+
+def _throttle_wait(user: User) -> int:
+    """Seconds until the user's throttled authenticator takes codes again (django-otp's delay,
+    which doubles with each wrong code in a row)."""
+    untils = []
+    for model in (TOTPDevice, StaticDevice):
+        for device in model.objects.filter(user=user, confirmed=True):
+            allowed, throttle = device.verify_is_allowed()
+            if not allowed and throttle and throttle.get("locked_until"):
+                untils.append(throttle["locked_until"])
+    return lockout.wait_seconds(max(untils) if untils else None)
+
+
+def _code_failure(request: HttpRequest, user: User, reason: str, *, suffix: str = "") -> MFAError:
+    """The error for a code refused for ``reason``, counted towards the lockout unless it was
+    throttled (django-otp did not even check it). Call it outside the transaction that audited
+    the failure (identity.lockout's lock order). A failure that locks, or meets a lock, is
+    "locked_out" with the lock's message."""
+    if reason == "throttled":
+        wait = _throttle_wait(user)
+        return MFAError(_throttled_message(wait) + suffix, reason=reason, wait_seconds=wait)
+    lock = lockout.failure_record(request=request, username=user.username)
+    if lock is not None:
+        return MFAError(lock.message(), reason="locked_out", lockout=lock)
+    return MFAError(_FAILURE_MESSAGES[reason] + suffix, reason=reason)
 
 
 def login_code_step(
@@ -200,7 +255,9 @@ def login_code_step(
     A right code runs ``complete(device)`` (what the channel does on login), clears
     the username's failure count and audits the success, in one transaction. A wrong
     one is audited, counted towards the lockout (with wrong passwords), and MFAError
-    is raised with a message for the user.
+    is raised with a message for the user: reason "locked_out" (and the lock) when this
+    failure locked the username or address. A code refused because the authenticator is
+    throttled is audited ("throttled") but never counted: MFAError says how long to wait.
     """
     with transaction.atomic():
         device, reason = _verify_code(user, code)
@@ -220,9 +277,8 @@ def login_code_step(
             actor=user,
             details={"reason": reason, **_channel(request)},
         )
-    # Outside the transaction: axes records the failure in its own, and may lock the account.
-    user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
-    raise MFAError(_FAILURE_MESSAGES[reason], reason=reason)
+    # Outside the transaction: the lockout counts in its own (identity.lockout's lock order).
+    raise _code_failure(request, user, reason)
 
 
 def mfa_verify(*, request: HttpRequest, user: User, code: str) -> VerifyResult:
@@ -243,7 +299,8 @@ def mfa_check_fresh_code(*, request: HttpRequest, user: User, purpose: str, code
     """Require a fresh TOTP code from an already signed-in user before a sensitive step.
 
     Backup codes are not accepted here. A failure is audited, counted towards the
-    lockout, and raises MFAError.
+    lockout (unless throttled), and raises MFAError; one that locks the username signs
+    this session out, as a sign-in would be refused from then on.
     """
     normalised = _normalise(code)
     with transaction.atomic():
@@ -256,8 +313,14 @@ def mfa_check_fresh_code(*, request: HttpRequest, user: User, purpose: str, code
         audit_record(
             action="auth.mfa.failure", request=request, details={"reason": reason, "purpose": purpose}
         )
-    user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
-    raise MFAError(_FAILURE_MESSAGES[reason], reason=reason)
+    raise _signed_out_if_locked(request, _code_failure(request, user, reason))
+
+
+def _signed_out_if_locked(request: HttpRequest, error: MFAError) -> MFAError:
+    """A signed-in user who locked her own username stays signed in no longer."""
+    if error.reason == "locked_out" and hasattr(request, "session"):
+        auth_logout(request)
+    return error
 
 
 def end_user_sessions(*, user: User, keep_session_key: str | None = None) -> int:
@@ -286,7 +349,9 @@ def mfa_self_reset(*, request: HttpRequest, user: User, password: str, code: str
         audit_record(
             action="mfa.reset.failure", request=request, obj=user, details={"reason": "bad_password"}
         )
-        user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
+        lock = lockout.failure_record(request=request, username=user.username)
+        if lock is not None:
+            raise _signed_out_if_locked(request, MFAError(lock.message(), reason="locked_out", lockout=lock))
         raise MFAError("Your password is not right; nothing was changed.", reason="bad_password")
     with transaction.atomic():
         device, reason = _verify_code(user, code)
@@ -297,8 +362,7 @@ def mfa_self_reset(*, request: HttpRequest, user: User, password: str, code: str
             end_user_sessions(user=user, keep_session_key=request.session.session_key)
             audit_record(action="mfa.reset", request=request, obj=user, details={"by": "self"})
             return
-    user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
-    raise MFAError(_FAILURE_MESSAGES[reason] + " Nothing was changed.", reason=reason)
+    raise _signed_out_if_locked(request, _code_failure(request, user, reason, suffix=" Nothing was changed."))
 
 
 @transaction.atomic
@@ -324,16 +388,22 @@ def mfa_regenerate_backup_codes(*, request: HttpRequest, user: User, code: str) 
     code = _normalise(code)
     with transaction.atomic():
         device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=True).first()
-        if device is not None and _is_totp_shape(code) and device.verify_token(code):
+        allowed, throttle = device.verify_is_allowed() if device is not None else (True, None)
+        if not allowed:
+            wait = lockout.wait_seconds((throttle or {}).get("locked_until"))
+            failure = MFAError(_throttled_message(wait), reason="throttled", wait_seconds=wait)
+        elif device is not None and _is_totp_shape(code) and device.verify_token(code):
             codes = _new_backup_codes(user)
             audit_record(
                 action="mfa.backup_codes.issued", request=request, obj=user, details={"count": len(codes)}
             )
             return codes
+        else:
+            failure = MFAError(_FAILURE_MESSAGES["wrong_code"], reason="wrong_code")
         audit_record(
-            action="mfa.backup_codes.failure", request=request, obj=user, details={"reason": "wrong_code"}
+            action="mfa.backup_codes.failure", request=request, obj=user, details={"reason": failure.reason}
         )
-    raise MFAError(_FAILURE_MESSAGES["wrong_code"], reason="wrong_code")
+    raise failure
 
 
 def login_failure_reason(*, username: str, locked_out: bool) -> str:
@@ -367,15 +437,6 @@ def record_password_ok(*, request: HttpRequest, user: User) -> None:
 
 def record_logout(*, request: HttpRequest, user: User) -> None:
     audit_record(action="auth.logout", request=request, actor=user)
-
-
-def record_lockout(*, request: HttpRequest | None, username: str | None, at: datetime | None = None) -> None:
-    audit_record(
-        action="auth.lockout",
-        request=request,
-        actor_username=(username or "")[:150],
-        details={"reason": "too many failures", **_channel(request)},
-    )
 
 
 def _public_key_error(message: str, *, code: str) -> ValidationError:

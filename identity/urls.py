@@ -1,6 +1,6 @@
 from django.urls import path
 
-from identity import views
+from identity import views, views_lockout
 
 app_name = "identity"
 
@@ -26,6 +26,8 @@ urlpatterns = [
     path("users/<int:pk>/reactivate/", views.user_reactivate_view, name="user_reactivate"),
     path("users/<int:pk>/reset-password/", views.user_password_reset_view, name="user_password_reset"),
     path("users/<int:pk>/reset-mfa/", views.admin_reset_view, name="admin_reset"),
+    path("users/lockouts/", views_lockout.lockouts_view, name="lockouts"),
+    path("users/lockouts/unlock/", views_lockout.lockout_release_view, name="lockout_release"),
     path("users/directory/", views.directory_view, name="directory"),
     path("users/directory/mappings/", views.directory_mapping_add_view, name="directory_mapping_add"),
     path(

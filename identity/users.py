@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth import update_session_auth_hash, user_login_failed
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
@@ -28,6 +28,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import audit_record
+from identity import lockout
 from identity.models import Invitation, User
 from identity.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity.services import end_user_sessions, mfa_has_confirmed_device
@@ -435,7 +436,14 @@ def password_set_first(*, request: HttpRequest, user: User, new_password: str) -
 
 
 class PasswordChangeRefused(Exception):
-    """The current password was wrong (counted towards the lockout); nothing changed."""
+    """The current password was wrong (counted towards the lockout); nothing changed.
+
+    ``lockout`` is the lock that failure brought about (or None): the page then says it.
+    """
+
+    def __init__(self, message: str, *, lockout=None):
+        super().__init__(message)
+        self.lockout = lockout
 
 
 def password_change(*, request: HttpRequest, user: User, current_password: str, new_password: str) -> int:
@@ -458,10 +466,11 @@ def password_change(*, request: HttpRequest, user: User, current_password: str, 
             obj=user,
             details={"reason": "bad_password"},
         )
-        user_login_failed.send(sender=__name__, credentials={"username": user.username}, request=request)
+        lock = lockout.failure_record(request=request, username=user.username)
         raise PasswordChangeRefused(
             "Your current password is not right; nothing was changed. (Wrong passwords count towards "
-            "the sign-in lockout.)"
+            "the sign-in lockout.)",
+            lockout=lock,
         )
     validate_password(new_password, user)
     if current_password == new_password:

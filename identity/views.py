@@ -4,14 +4,13 @@ the invitation link, the Users pages (pam-admins), the directory sync's page."""
 from __future__ import annotations
 
 import segno
-from axes.handlers.proxy import AxesProxyHandler
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.password_validation import password_validators_help_texts
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -23,7 +22,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from identity import directory, services, users
+from identity import directory, lockout, services, users
 from identity.forms import (
     AdminResetForm,
     BackupCodesForm,
@@ -73,12 +72,12 @@ def _with_next(view_name: str, request: HttpRequest) -> str:
     return url
 
 
-def lockout_response(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
-    """Shown instead of the login page while the account or address is locked (django-axes)."""
+def lockout_response(request: HttpRequest, lock: lockout.Lockout) -> HttpResponse:
+    """Shown instead of the sign-in pages while the username or the address is locked: which,
+    and until when. A half-signed-in session ends."""
     if request.user.is_authenticated:
         auth_logout(request)
-    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-    return render(request, "identity/locked.html", {"minutes": minutes}, status=429)
+    return render(request, "identity/locked.html", {"lock": lock}, status=429)
 
 
 @sensitive_post_parameters("password")
@@ -93,17 +92,25 @@ def login_view(request: HttpRequest) -> HttpResponse:
         return redirect(_with_next("identity:verify", request))
     form = LoginForm(request, data=request.POST or None)
     if request.method == "POST":
+        username = _typed_username(request)
+        lock = lockout.lockout_for(request=request, username=username)
+        if lock is not None:
+            services.record_login_failure(request=request, username=username, locked_out=True)
+            return lockout_response(request, lock)
         if form.is_valid():
             user = form.get_user()
             auth_login(request, user)  # new session key: no fixation
             services.record_password_ok(request=request, user=user)
             target = "identity:verify" if services.mfa_has_confirmed_device(user=user) else "identity:enrol"
             return redirect(_with_next(target, request))
-        services.record_login_failure(
-            request=request,
-            username=_typed_username(request),
-            locked_out=bool(getattr(request, "axes_locked_out", False)),
-        )
+        # Locked a moment ago by another process (the backend refused): not counted again.
+        lock = getattr(request, "login_lockout", None)
+        services.record_login_failure(request=request, username=username, locked_out=lock is not None)
+        if lock is None and form.has_error(NON_FIELD_ERRORS, "invalid_login"):
+            # The password was checked and refused (a form missing a field checks nothing).
+            lock = lockout.failure_record(request=request, username=username)
+        if lock is not None:
+            return lockout_response(request, lock)
     return render(request, "identity/login.html", {"form": form, "next": request.GET.get("next", "")})
 
 
@@ -113,8 +120,8 @@ def _typed_username(request: HttpRequest) -> str:
     return request.POST.get("username", "")[:150].replace("\x00", "\ufffd")
 
 
-def _locked(request: HttpRequest) -> bool:
-    return AxesProxyHandler.is_locked(request, credentials={"username": request.user.username})
+def _lock_of(request: HttpRequest) -> lockout.Lockout | None:
+    return lockout.lockout_for(request=request, username=request.user.username)
 
 
 @sensitive_post_parameters("code")
@@ -127,16 +134,16 @@ def verify_view(request: HttpRequest) -> HttpResponse:
         return HttpResponseRedirect(_next_url(request))
     if not services.mfa_has_confirmed_device(user=user):
         return redirect(_with_next("identity:enrol", request))
-    AxesProxyHandler.update_request(request)
-    if _locked(request):
-        return lockout_response(request)
+    lock = _lock_of(request)
+    if lock is not None:
+        return lockout_response(request, lock)
     form = CodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             result = services.mfa_verify(request=request, user=user, code=form.cleaned_data["code"])
         except services.MFAError as exc:
-            if getattr(request, "axes_locked_out", False) or _locked(request):
-                return lockout_response(request)
+            if exc.lockout is not None:
+                return lockout_response(request, exc.lockout)
             form.add_error("code", str(exc))
         else:
             if result.backup_codes_left is not None:
@@ -172,6 +179,10 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
         if user.is_verified():
             return redirect("identity:account")
         return redirect(_with_next("identity:verify", request))
+    lock = _lock_of(request)
+    if lock is not None:
+        # Enrolment completes a sign-in: a lock that started after the password step holds here too.
+        return lockout_response(request, lock)
     device = services.mfa_start_enrolment(user=user)
     form = EnrolForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -307,9 +318,8 @@ def self_reset_view(request: HttpRequest) -> HttpResponse:
                 code=form.cleaned_data["code"],
             )
         except services.MFAError as exc:
-            AxesProxyHandler.update_request(request)
-            if getattr(request, "axes_locked_out", False) or _locked(request):
-                return lockout_response(request)
+            if exc.lockout is not None:
+                return lockout_response(request, exc.lockout)
             form.add_error(None, str(exc))
         else:
             messages.success(request, "Your authenticator was removed. Set up the new one now.")
@@ -425,9 +435,9 @@ def password_change_view(request: HttpRequest) -> HttpResponse:
                 new_password=form.cleaned_data["new_password1"],
             )
         except users.PasswordChangeRefused as exc:
-            AxesProxyHandler.update_request(request)
-            if getattr(request, "axes_locked_out", False) or _locked(request):
-                return lockout_response(request)
+            lock = exc.lockout or _lock_of(request)
+            if lock is not None:
+                return lockout_response(request, lock)
             form.add_error("password", str(exc))
         except ValidationError as exc:
             form.add_error("new_password1", exc)
@@ -575,12 +585,6 @@ def _is_login_step(path: str) -> bool:
 USERS_PAGE_SIZE = 50
 
 
-def _locked_usernames(usernames: list[str]) -> frozenset[str]:
-    """Which of these usernames are locked out of signing in now. The lockout module
-    (identity.lockout.locked_usernames) is wired in here; until then the column stays hidden."""
-    return frozenset()
-
-
 @never_cache
 def user_list_view(request: HttpRequest) -> HttpResponse:
     """pam-admins: users with their roles, source, authenticator, last sign-in and state;
@@ -601,8 +605,7 @@ def user_list_view(request: HttpRequest) -> HttpResponse:
         ],
         "state_choices": list(USER_STATES.items()),
         "source_choices": User.Source.choices,
-        "locked": _locked_usernames([u.username for u in page]),
-        "show_locked": False,
+        "locked": lockout.locked_usernames(u.username for u in page),
     }
     return render(request, "identity/user_list.html", context)
 
@@ -627,6 +630,7 @@ def _user_page(request: HttpRequest, pk: int, *, status: int = 200, **forms_) ->
         "reactivation_refusal": "" if target.is_active else user_reactivation_refusal(user=target),
         "reset_form": forms_.get("reset_form") or PasswordResetForm(),
         "lifetime_hours": settings.INVITATION_LIFETIME_HOURS,
+        "locked_until": lockout.locked_usernames([target.username]).get(target.username),
     }
     return render(request, "identity/user_detail.html", context, status=status)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -54,7 +53,6 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
-    "axes",
     "csp",
     "identity",
     "audit",
@@ -75,8 +73,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
-    # Last: turns a lockout raised during authentication into the lockout page.
-    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "pamsite.urls"
@@ -123,7 +119,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Cache (login throttling, rate limits); Redis when REDIS_URL is set -----------
+# --- Cache; Redis when REDIS_URL is set (lockouts live in the database) ------------
 REDIS_URL = env_secret("REDIS_URL", "")
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -133,8 +129,8 @@ else:
 # --- Authentication ---------------------------------------------------------------
 AUTH_USER_MODEL = "identity.User"
 AUTHENTICATION_BACKENDS = [
-    # Refuses a locked-out username before any password is checked.
-    "axes.backends.AxesStandaloneBackend",
+    # Refuses a locked username or address before any password is checked.
+    "identity.lockout.LockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
     "identity.backends.RolePermissionBackend",
 ]
@@ -178,28 +174,27 @@ OTP_TOTP_THROTTLE_FACTOR = 1
 OTP_STATIC_THROTTLE_FACTOR = 1
 MFA_BACKUP_CODES = 10
 
-# --- Lockouts (django-axes): password and TOTP failures count together -------------
-AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100)
-AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1, maximum=24 * 60))
-# A username is locked after too many failures; so is a client address (password
-# spraying across many usernames). LOGIN_LOCKOUT_BY_IP=false where a whole site shares one NAT address.
-AXES_LOCKOUT_PARAMETERS = (
-    ["username", "ip_address"] if env_bool("LOGIN_LOCKOUT_BY_IP", True) else ["username"]
-)
-# Only a complete login (password and code) clears the failure count, so a stolen
-# password cannot be used to reset the count of wrong codes.
-AXES_RESET_ON_SUCCESS = False
-AXES_LOCKOUT_CALLABLE = "identity.views.lockout_response"
+# --- Lockouts (identity.lockout): web and gateway count together, in the database ---
+# A username is locked after LOGIN_FAILURE_LIMIT wrong passwords and codes (together) within
+# LOGIN_LOCKOUT_MINUTES, for LOGIN_LOCKOUT_MINUTES; only that username.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100)
+LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1, maximum=24 * 60)
+# A client address is locked only for password spraying: LOGIN_ADDRESS_FAILURE_LIMIT failures
+# from it within the window, naming at least LOGIN_ADDRESS_USERNAMES different usernames, so
+# one user's mistakes never lock colleagues behind the same NAT or proxy out.
+# LOGIN_LOCKOUT_BY_IP=false turns address locks off.
+LOGIN_LOCKOUT_BY_IP = env_bool("LOGIN_LOCKOUT_BY_IP", True)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("LOGIN_ADDRESS_FAILURE_LIMIT", 20, minimum=2, maximum=10_000)
+LOGIN_ADDRESS_USERNAMES = env_int("LOGIN_ADDRESS_USERNAMES", 5, minimum=2, maximum=1_000)
+if LOGIN_ADDRESS_USERNAMES > LOGIN_ADDRESS_FAILURE_LIMIT:
+    raise ImproperlyConfigured(
+        f"LOGIN_ADDRESS_USERNAMES ({LOGIN_ADDRESS_USERNAMES}) cannot be more than "
+        f"LOGIN_ADDRESS_FAILURE_LIMIT ({LOGIN_ADDRESS_FAILURE_LIMIT}): each username counted is at least "
+        "one failure."
+    )
 # How many reverse proxies in front of pamsite append to X-Forwarded-For (0: use the
 # connection's address; never trust the header from clients directly).
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=5)
-AXES_CLIENT_IP_CALLABLE = "pamsite.net.client_ip"
-AXES_VERBOSE = False
-# Axes keeps the failed request's form fields; never the password, a code or the CSRF token.
-AXES_SENSITIVE_PARAMETERS = [
-    "password", "code", "csrfmiddlewaretoken", "new_password1", "new_password2",
-]  # fmt: skip
-AXES_ENABLE_ACCESS_FAILURE_LOG = True
 
 # --- Vault / OpenBao ----------------------------------------------------------------
 # `make run`'s embedded OpenBao (vault/embedded.py) listens on this port, with its data,
@@ -543,8 +538,8 @@ if LDAP_SERVER_URI:
             "LDAP_SERVER_URI uses ldap:// without LDAP_START_TLS: passwords would cross the network in "
             "clear. Use ldaps:// or set LDAP_START_TLS=true when PAMSITE_MODE=production."
         )
-    # After axes (a locked-out username never reaches the directory), before ModelBackend (a
-    # local pam-admin still logs in when the directory is down).
+    # After the lockout check (a locked username never reaches the directory), before
+    # ModelBackend (a local pam-admin still logs in when the directory is down).
     AUTHENTICATION_BACKENDS.insert(
         AUTHENTICATION_BACKENDS.index("django.contrib.auth.backends.ModelBackend"),
         "identity.backends.DirectoryBackend",

@@ -139,6 +139,15 @@ identity:directory_mapping_add                     POST login otp   403   403   
 identity:directory_mapping_remove                  GET  login otp   405   405   405   405   login 405   405
 identity:directory_mapping_remove                  POST login otp   403   403   403   redir login 403   403
 
+# --- Locked sign-ins: pam-admins see what is locked and unlock it (identity.lockout.lockouts_for,
+#     lockout_release; both require the role). The unlock is of a username that is not locked:
+#     the pam-admin is told so and sent back.
+#                                                       anon  pwd   req   appr  audit admin deact other glass
+identity:lockouts                                  GET  login otp   403   403   403   ok    login 403   403
+identity:lockouts                                  POST login otp   405   405   405   405   login 405   405
+identity:lockout_release                           GET  login otp   405   405   405   405   login 405   405
+identity:lockout_release                           POST login otp   403   403   403   redir login 403   403
+
 # --- The audit trail, its export and its verification: auditors only
 #     (audit.selectors.audit_trail_require_access).
 #                                                       anon  pwd   req   appr  audit admin deact other glass
@@ -348,42 +357,6 @@ admin:otp_static_staticdevice_change               GET  login otp   403   403   
 admin:otp_static_staticdevice_change               POST login otp   403   403   403   403   login 403   403
 admin/otp_static/staticdevice/<path:object_id>/    GET  login otp   403   403   403   redir login 403   403
 admin/otp_static/staticdevice/<path:object_id>/    POST login otp   403   403   403   redir login 403   403
-admin:axes_accessattempt_changelist                GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_changelist                POST login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_add                       GET  login otp   403   403   403   403   login 403   403
-admin:axes_accessattempt_add                       POST login otp   403   403   403   403   login 403   403
-admin:axes_accessattempt_history                   GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_history                   POST login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_delete                    GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_delete                    POST login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_change                    GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessattempt_change                    POST login otp   403   403   403   redir login 403   403
-admin/axes/accessattempt/<path:object_id>/         GET  login otp   403   403   403   redir login 403   403
-admin/axes/accessattempt/<path:object_id>/         POST login otp   403   403   403   redir login 403   403
-admin:axes_accesslog_changelist                    GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_changelist                    POST login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_add                           GET  login otp   403   403   403   403   login 403   403
-admin:axes_accesslog_add                           POST login otp   403   403   403   403   login 403   403
-admin:axes_accesslog_history                       GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_history                       POST login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_delete                        GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_delete                        POST login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_change                        GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accesslog_change                        POST login otp   403   403   403   redir login 403   403
-admin/axes/accesslog/<path:object_id>/             GET  login otp   403   403   403   redir login 403   403
-admin/axes/accesslog/<path:object_id>/             POST login otp   403   403   403   redir login 403   403
-admin:axes_accessfailurelog_changelist             GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_changelist             POST login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_add                    GET  login otp   403   403   403   403   login 403   403
-admin:axes_accessfailurelog_add                    POST login otp   403   403   403   403   login 403   403
-admin:axes_accessfailurelog_history                GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_history                POST login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_delete                 GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_delete                 POST login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_change                 GET  login otp   403   403   403   ok    login 403   403
-admin:axes_accessfailurelog_change                 POST login otp   403   403   403   redir login 403   403
-admin/axes/accessfailurelog/<path:object_id>/      GET  login otp   403   403   403   redir login 403   403
-admin/axes/accessfailurelog/<path:object_id>/      POST login otp   403   403   403   redir login 403   403
 
 # A pam-admin sets a user's password and changes roles (groups) here; each change is an
 #     audit event (pamsite.admin.AuditedModelAdmin, PamsiteUserAdmin.user_change_password).

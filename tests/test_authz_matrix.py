@@ -99,6 +99,8 @@ POST_BODIES: dict[str, Callable[[World], dict]] = {
     "identity:user_deactivate": lambda w: {"deactivate-reason": "contract ended, INC-2"},
     "identity:user_reactivate": lambda w: {"reactivate-reason": "back from leave, INC-3"},
     "identity:user_password_reset": lambda w: {"method": "link"},
+    # A username that is not locked: the pam-admin is told so and sent back to the page.
+    "identity:lockout_release": lambda w: {"scope": "username", "value": "nobody-locked"},
     "identity:directory_mapping_add": lambda w: {
         "group_dn": "cn=vendors,ou=groups,dc=hospital,dc=example",
         "role": "requester",
@@ -188,7 +190,6 @@ def _public_key_line() -> str:
 
 
 def _build_world(root: Path) -> World:
-    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
     from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -274,10 +275,6 @@ def _build_world(root: Path) -> World:
     audit_record(action="access.request.created", actor=alice, obj=pending, details={"account": account.slug})
     static_device = StaticDevice.objects.create(user=alice, name="backup", confirmed=True)
     StaticToken.objects.create(device=static_device, token=StaticToken.random_token())
-    seen = {"user_agent": "pytest", "ip_address": "192.0.2.10", "username": "alice", "http_accept": "*/*"}
-    attempt = AccessAttempt.objects.create(
-        **seen, path_info="/login/", get_data="", post_data="", failures_since_start=1
-    )
     # An invited user who has not opened her link yet: the link's token is the URL's.
     from identity.users import user_invite
 
@@ -314,9 +311,6 @@ def _build_world(root: Path) -> World:
         ("auth", "group"): Group.objects.get(name="requester"),
         ("otp_totp", "totpdevice"): TOTPDevice.objects.get(user=alice),
         ("otp_static", "staticdevice"): static_device,
-        ("axes", "accessattempt"): attempt,
-        ("axes", "accesslog"): AccessLog.objects.create(**seen, path_info="/login/verify/"),
-        ("axes", "accessfailurelog"): AccessFailureLog.objects.create(**seen, path_info="/login/"),
         ("identity", "user"): alice,
         ("identity", "directorysyncrun"): sync_run,
         ("identity", "ldapgroupmapping"): mapping,

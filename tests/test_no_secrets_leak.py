@@ -17,11 +17,11 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from axes.models import AccessAttempt, AccessFailureLog
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent
+from identity.models import LoginFailure, LoginLock
 from tests.conftest import PASSWORD, make_user
 from tests.secrets_registry import Leak, SecretRegistry, remembered
 from tests.totp import totp_code
@@ -69,8 +69,10 @@ def test_secrets_stay_out_of_logs_and_audit(client, caplog, approle_settings, bo
         "audit trail": " ".join(
             f"{e.details} {e.object_repr} {e.actor_username}" for e in AuditEvent.objects.all()
         ),
-        "lockout records": " ".join(f"{a.get_data} {a.post_data}" for a in AccessAttempt.objects.all())
-        + " ".join(f"{f.username} {f.user_agent}" for f in AccessFailureLog.objects.all()),
+        "lockout records": " ".join(
+            f"{f.username} {f.address} {f.channel}" for f in LoginFailure.objects.all()
+        )
+        + " ".join(f"{lock.scope} {lock.value}" for lock in LoginLock.objects.all()),
     }
     assert caplog.text and places["audit trail"]
     for where, text in places.items():

@@ -80,7 +80,10 @@ class UserConnection(asyncssh.SSHServerConnection):
     first factor is answered "partial success, go on with keyboard-interactive", and only
     a right code after it is a success (RFC 4252, 5.1). Before login the client's bytes
     pass a guard (``limits.PreauthGuard``). Agent and X11 forwarding are refused and
-    audited; a lockout or the session limit is said in a disconnect (OpenSSH prints it).
+    audited; the session limit is said in a disconnect (OpenSSH prints it). Why a login
+    cannot go on (locked until when, wait N seconds for the authenticator) is said in a
+    last keyboard-interactive round without a prompt (OpenSSH prints its text), then in
+    the disconnect too (``GatewayConnection.notice``).
     """
 
     @property
@@ -97,6 +100,15 @@ class UserConnection(asyncssh.SSHServerConnection):
 
     def send_userauth_failure(self, partial_success: bool) -> None:
         owner = self._owner
+        if owner is not None and owner.goodbye is None and owner.notice is not None:
+            if not owner.notice_offered:
+                # Only keyboard-interactive is left to the client (the *_auth_supported
+                # methods): its round carries the notice.
+                owner.notice_offered = True
+                super().send_userauth_failure(False)
+                return
+            # A client that would not take that round reads the notice in the disconnect.
+            owner.goodbye = (limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, owner.notice)
         if owner is not None and owner.goodbye is not None:
             reason, message = owner.goodbye
             self.disconnect(reason, message)
@@ -245,6 +257,9 @@ class GatewayConnection(asyncssh.SSHServer):
         self.opened = time.monotonic()
         self.guard = limits.PreauthGuard()
         self.goodbye: tuple[int, str] | None = None  # disconnect with this instead of an auth answer
+        # Why the login cannot go on, told in a last keyboard-interactive round, then the disconnect.
+        self.notice: str | None = None
+        self.notice_offered = False
         self._key_offers = 0
         self._refused_key_user = ""  # offered only keys that are not this user's (counted at the end)
         self._channels_refused = False
@@ -454,20 +469,20 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     def public_key_auth_supported(self) -> bool:
-        return self._first is None
+        return self._first is None and self.notice is None
 
     def password_auth_supported(self) -> bool:
-        return self._first is None
+        return self._first is None and self.notice is None
 
     def kbdint_auth_supported(self) -> bool:
-        return self._first is not None
+        return self._first is not None or self.notice is not None
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # Tentative: the key is looked up only once its signature has been verified
         # (factor_passed). Answering "maybe" to every key also keeps which keys are
         # registered private. Clients ask twice per key (query, then signed request);
         # past MAX_KEY_OFFERS a client is only spraying keys.
-        if self._first is not None or self.goodbye is not None:
+        if self._first is not None or self.goodbye is not None or self.notice is not None:
             return False
         self._key_offers += 1
         if self._key_offers > MAX_KEY_OFFERS:
@@ -476,7 +491,7 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
-        if self._first is not None or self.goodbye is not None:
+        if self._first is not None or self.goodbye is not None or self.notice is not None:
             return False
         name, _account = parse_login(username)
         self._refused_key_user = ""  # this attempt is counted itself if it fails
@@ -484,7 +499,7 @@ class GatewayConnection(asyncssh.SSHServer):
             gateway_auth.gateway_password_login, username=name, password=password, client_ip=self.client_ip
         )
         if user is None:
-            await self._goodbye_if_locked_out(name)
+            await self._notice_if_locked(name)
             return False
         self._passed = (username, user, "password")
         return True
@@ -508,7 +523,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             if user is None:
                 self._refused_key_user = name
-                await self._goodbye_if_locked_out(name)
+                await self._notice_if_locked(name)
                 return "failed"
             passed = (username, user, "publickey")
         self._first = passed[:2]
@@ -516,13 +531,11 @@ class GatewayConnection(asyncssh.SSHServer):
         self._refused_key_user = ""
         return "partial"
 
-    async def _goodbye_if_locked_out(self, name: str) -> None:
-        """After a failed factor: once the username or address is locked, disconnect saying so."""
-        if await self.call(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
-            self.goodbye = (
-                limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
-                gateway_auth.gateway_lockout_message(),
-            )
+    async def _notice_if_locked(self, name: str) -> None:
+        """After a failed factor: once the username or address is locked, say until when."""
+        lock = await self.call(gateway_auth.gateway_lockout, username=name, client_ip=self.client_ip)
+        if lock is not None:
+            self.notice = lock.message()
 
     def _code_challenge(self, note: str = ""):
         text = (
@@ -530,33 +543,44 @@ class GatewayConnection(asyncssh.SSHServer):
         ) + "Enter the 6-digit code from your authenticator app, or a backup code."
         return ("pamsite verification", text, "", [("Verification code: ", False)])
 
+    def _notice_challenge(self, message: str):
+        """The last round: the notice as instructions and no prompt; its (empty) answer ends
+        the connection with the notice as the disconnect's message."""
+        self.notice, self.notice_offered = message, True
+        return ("pamsite", message, "", [])
+
     def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
+        if self.notice is not None:
+            return self._notice_challenge(self.notice)
         if self._first is None or self._first[0] != username:
             return False
         return self._code_challenge()
 
     async def validate_kbdint_response(self, username: str, responses):
+        if self.notice is not None:
+            self.goodbye = (limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, self.notice)
+            return False
         if self._first is None or self._first[0] != username or not responses:
             return False
         _username, user = self._first
-        name, _ = parse_login(username)
-        if await self.call(gateway_auth.gateway_locked_out, username=name, client_ip=self.client_ip):
-            self.goodbye = (
-                limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
-                gateway_auth.gateway_lockout_message(),
-            )
-            return False
         try:
+            # A locked username or address is refused there (audited) before any code is tried.
             await self.call(
                 gateway_auth.gateway_verify_code, user=user, code=responses[0], client_ip=self.client_ip
             )
         except MFAError as exc:
-            if exc.reason == "locked_out":
-                self.goodbye = (limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, str(exc))
-                return False
+            if exc.reason == "throttled":
+                unit = "second" if exc.wait_seconds == 1 else "seconds"
+                return self._notice_challenge(
+                    f"Too many wrong codes in a row: wait {exc.wait_seconds} {unit}, then connect again."
+                )
+            if exc.reason in ("locked_out", "inactive", "not_enrolled"):
+                return self._notice_challenge(str(exc))
             self._code_tries += 1
             if self._code_tries >= CODE_TRIES:
-                return False
+                return self._notice_challenge(
+                    f"{exc} {CODE_TRIES} codes were refused on this connection: connect again to try again."
+                )
             return self._code_challenge(str(exc))
         too_many = await self.call(self.limiter.user_refusal, user=user, client_ip=self.client_ip)
         if too_many:

@@ -4,7 +4,7 @@
 to that account. Pure functions, no database: the name is checked here before anything
 looks it up, so a name no person can have (control characters, a NUL that PostgreSQL
 cannot even compare, thousands of characters) is refused with a message that says why
-instead of reaching the login backends, django-axes or the audit trail.
+instead of reaching the login backends, the lockout counts or the audit trail.
 
 - ``parse_login_name(text)``: the ``LoginName``, or ``LoginNameError`` (a ValueError) with a
   message safe to send to the client (it never repeats a control character, and repeats

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from axes.models import AccessAttempt, AccessFailureLog
 from django.contrib.sessions.models import Session
 from django.urls import reverse
 from django_otp.plugins.otp_static.models import StaticToken
@@ -21,11 +20,12 @@ from identity.gateway_auth import (
     gateway_key_login,
     gateway_keys_refused,
     gateway_locked_out,
-    gateway_lockout_message,
+    gateway_lockout,
     gateway_password_login,
     gateway_request,
     gateway_verify_code,
 )
+from identity.models import LoginFailure
 from identity.services import MFAError, _new_backup_codes, ssh_key_add
 from tests.conftest import PASSWORD, make_user
 from tests.totp import totp_code
@@ -113,7 +113,7 @@ def test_a_wrong_password_is_refused_audited_and_counted(alice):
     assert event.actor_username == "alice"
     assert event.source_ip == CLIENT_IP
     assert event.details == {"reason": "bad_password", "step": "password", "channel": "ssh"}
-    assert AccessAttempt.objects.get(username="alice").failures_since_start == 1
+    assert LoginFailure.objects.filter(username="alice").count() == 1
 
 
 def test_an_unknown_user_is_refused(db):
@@ -129,7 +129,7 @@ def test_an_inactive_user_is_refused(alice):
 
 
 def test_wrong_passwords_lock_the_username_for_gateway_and_web(client, alice, settings):
-    for _ in range(settings.AXES_FAILURE_LIMIT):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
         gateway_password_login(username="alice", password="wrong", client_ip=CLIENT_IP)
     assert gateway_locked_out(username="alice", client_ip=OTHER_IP)
     # Locked: the right password is refused, from any address, and on the web too.
@@ -139,22 +139,29 @@ def test_wrong_passwords_lock_the_username_for_gateway_and_web(client, alice, se
         "step": "password",
         "channel": "ssh",
     }
-    assert last("auth.lockout").details == {"reason": "too many failures", "channel": "ssh"}
+    lockout = last("auth.lockout")
+    assert lockout.actor_username == "alice"
+    assert lockout.details["scope"] == "username"
+    assert lockout.details["failures"] == settings.LOGIN_FAILURE_LIMIT
+    assert lockout.details["channel"] == "ssh"
     response = client.post(reverse("identity:login"), {"username": "alice", "password": PASSWORD})
     assert response.status_code == 429
 
 
 def test_web_failures_count_towards_the_gateway_lockout(client, alice, settings):
-    for _ in range(settings.AXES_FAILURE_LIMIT):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
         client.post(reverse("identity:login"), {"username": "alice", "password": "wrong"})
     assert gateway_locked_out(username="alice", client_ip=OTHER_IP)
     assert gateway_password_login(username="alice", password=PASSWORD, client_ip=OTHER_IP) is None
 
 
 def test_password_spraying_from_one_address_locks_that_address(alice, settings):
-    for n in range(settings.AXES_FAILURE_LIMIT):
+    for n in range(settings.LOGIN_ADDRESS_FAILURE_LIMIT):
+        assert not gateway_locked_out(username="alice", client_ip=CLIENT_IP), n
         gateway_password_login(username=f"guess{n}", password="Winter2026!", client_ip=CLIENT_IP)
-    assert gateway_locked_out(username="alice", client_ip=CLIENT_IP)
+    lock = gateway_lockout(username="alice", client_ip=CLIENT_IP)
+    assert lock is not None and lock.is_address
+    assert f"came from {CLIENT_IP}" in lock.message() and "locked until" in lock.message()
     assert gateway_password_login(username="alice", password=PASSWORD, client_ip=CLIENT_IP) is None
     # Alice from her own address is not locked out by someone else's guessing.
     assert not gateway_locked_out(username="alice", client_ip=OTHER_IP)
@@ -186,7 +193,7 @@ def test_another_users_key_is_refused_audited_and_not_counted(alice, bob, tmp_pa
     bobs_key = keygen(tmp_path, "bob", "-t", "ed25519")
     bobs = register(bob, bobs_key)
     # An agent with many keys offers them all: none of these may lock alice out.
-    for _ in range(settings.AXES_FAILURE_LIMIT + 1):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT + 1):
         assert key_login("alice", bobs_key) is None
     event = last("auth.login.failure")
     assert event.actor_username == "alice"
@@ -196,7 +203,7 @@ def test_another_users_key_is_refused_audited_and_not_counted(alice, bob, tmp_pa
         "channel": "ssh",
         "fingerprint": bobs.fingerprint,
     }
-    assert not AccessAttempt.objects.exists()
+    assert not LoginFailure.objects.exists()
     assert not gateway_locked_out(username="alice", client_ip=CLIENT_IP)
     bobs.refresh_from_db()
     assert bobs.last_used_at is None
@@ -219,7 +226,7 @@ def test_an_inactive_users_key_is_refused(alice, tmp_path):
 def test_a_connection_that_offered_only_strangers_keys_counts_once_towards_the_lockout(alice, settings):
     """Unknown keys are not counted one by one (an agent offers all it has), but a connection
     that ended with nothing else counts as one failure: spraying keys gets locked out too."""
-    for n in range(settings.AXES_FAILURE_LIMIT):
+    for n in range(settings.LOGIN_FAILURE_LIMIT):
         assert not gateway_locked_out(username="alice", client_ip=CLIENT_IP), n
         gateway_keys_refused(username="alice", client_ip=CLIENT_IP)
     assert gateway_locked_out(username="alice", client_ip=CLIENT_IP)
@@ -230,14 +237,15 @@ def test_a_connection_that_offered_only_strangers_keys_counts_once_towards_the_l
     count = AuditEvent.objects.filter(action="auth.login.failure").count()
     gateway_keys_refused(username="alice", client_ip=CLIENT_IP)
     assert AuditEvent.objects.filter(action="auth.login.failure").count() == count
-    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-    assert f"locked for {minutes} minutes" in gateway_lockout_message()
+    assert (
+        "alice: sign-in is locked until" in gateway_lockout(username="alice", client_ip=CLIENT_IP).message()
+    )
 
 
 def test_a_locked_out_user_is_refused_even_with_her_key(alice, tmp_path, settings):
     key = keygen(tmp_path, "alice", "-t", "ed25519")
     register(alice, key)
-    for _ in range(settings.AXES_FAILURE_LIMIT):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
         gateway_password_login(username="alice", password="wrong", client_ip=OTHER_IP)
     assert key_login("alice", key) is None
     assert last("auth.login.failure").details["reason"] == "locked_out"
@@ -249,14 +257,14 @@ def test_a_locked_out_user_is_refused_even_with_her_key(alice, tmp_path, setting
 
 def test_the_right_code_completes_the_login_and_clears_the_failure_count(alice):
     gateway_password_login(username="alice", password="wrong", client_ip=CLIENT_IP)
-    assert AccessAttempt.objects.filter(username="alice").exists()
+    assert LoginFailure.objects.filter(username="alice").exists()
     code = totp_code(device_of(alice).bin_key)
     assert gateway_verify_code(user=alice, code=code, client_ip=CLIENT_IP) == "totp"
     event = last("auth.login.success")
     assert event.actor == alice
     assert event.source_ip == CLIENT_IP
     assert event.details == {"method": "totp", "channel": "ssh"}
-    assert not AccessAttempt.objects.filter(username="alice").exists()
+    assert not LoginFailure.objects.filter(username="alice").exists()
     alice.refresh_from_db()
     assert alice.last_login is not None
     # No web session was made or touched.
@@ -272,11 +280,11 @@ def test_a_wrong_code_is_refused_with_the_webs_message_audited_and_counted(alice
     assert event.actor == alice
     assert event.source_ip == CLIENT_IP
     assert event.details == {"reason": "wrong_code", "channel": "ssh"}
-    assert AccessAttempt.objects.get(username="alice").failures_since_start == 1
+    assert LoginFailure.objects.get(username="alice").channel == "ssh"
 
 
 def test_wrong_codes_lock_the_account_and_then_even_the_right_password_is_refused(client, alice, settings):
-    wrong_codes(alice, settings.AXES_FAILURE_LIMIT)
+    wrong_codes(alice, settings.LOGIN_FAILURE_LIMIT)
     assert gateway_locked_out(username="alice", client_ip=OTHER_IP)
     assert last("auth.lockout").details["channel"] == "ssh"
     assert gateway_password_login(username="alice", password=PASSWORD, client_ip=OTHER_IP) is None
@@ -293,7 +301,7 @@ def test_wrong_codes_lock_the_account_and_then_even_the_right_password_is_refuse
 
 def test_wrong_passwords_and_wrong_codes_count_together(alice, settings):
     gateway_password_login(username="alice", password="wrong", client_ip=CLIENT_IP)
-    wrong_codes(alice, settings.AXES_FAILURE_LIMIT - 1)
+    wrong_codes(alice, settings.LOGIN_FAILURE_LIMIT - 1)
     assert gateway_locked_out(username="alice", client_ip=OTHER_IP)
 
 
@@ -327,7 +335,20 @@ def test_a_user_without_an_authenticator_is_told_to_enrol_on_the_web(db):
         gateway_verify_code(user=newbie, code="123456", client_ip=CLIENT_IP)
     assert caught.value.reason == "not_enrolled"
     assert "on the web" in str(caught.value)
-    assert not AccessAttempt.objects.exists()
+    assert not LoginFailure.objects.exists()
+
+
+def test_a_one_time_password_never_opens_the_gateway(alice):
+    """A pam-admin's reset gave alice a one-time password: it is for choosing a new one on
+    the web, so the gateway refuses her (whatever her code) and says where to go."""
+    alice.must_change_password = True
+    alice.save(update_fields=["must_change_password"])
+    user = gateway_password_login(username="alice", password=PASSWORD, client_ip=CLIENT_IP)
+    with pytest.raises(MFAError) as caught:
+        gateway_verify_code(user=user, code=totp_code(device_of(alice).bin_key), client_ip=CLIENT_IP)
+    assert caught.value.reason == "password_change_required"
+    assert "choose a new password first" in str(caught.value) and "on the web" in str(caught.value)
+    assert not LoginFailure.objects.exists()
 
 
 def test_a_user_disabled_between_the_two_factors_is_refused(alice):
@@ -375,8 +396,9 @@ def test_no_password_code_or_key_reaches_the_audit_trail_logs_or_lockout_records
         ),
         "log": caplog.text,
         "error message": str(failed.value),
-        "lockout records": " ".join(f"{a.get_data} {a.post_data}" for a in AccessAttempt.objects.all())
-        + " ".join(f"{f.username} {f.user_agent}" for f in AccessFailureLog.objects.all()),
+        "lockout records": " ".join(
+            f"{f.username} {f.address} {f.channel}" for f in LoginFailure.objects.all()
+        ),
     }
     for place, text in places.items():
         for name, secret in secrets.items():

@@ -161,7 +161,7 @@ def test_a_refused_link_is_not_written_to_the_log(client, pat, caplog):
     url = path_of(issued.link)
     with caplog.at_level(logging.DEBUG):
         open_link(client, issued.link)
-        choose(client, NEW_PASSWORD)  # signs in: django-axes logs that request's path
+        choose(client, NEW_PASSWORD)  # signs in with the link's session
         assert Client().get(url).status_code == 410
         assert Client().get(url[:-2] + "x/").status_code == 404
     assert token_of(issued.link)[:-1] not in caplog.text

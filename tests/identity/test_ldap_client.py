@@ -213,7 +213,7 @@ LDAP_ENV = {
 }
 
 
-def test_the_settings_add_the_backend_between_axes_and_modelbackend(tmp_path):
+def test_the_settings_add_the_backend_between_the_lockout_check_and_modelbackend(tmp_path):
     code = (
         "from django.conf import settings as s; print(s.AUTHENTICATION_BACKENDS); "
         "print(s.LDAP_SERVER_URI); print(s.LDAP_GROUP_ROLE_MAP)"
@@ -222,9 +222,7 @@ def test_the_settings_add_the_backend_between_axes_and_modelbackend(tmp_path):
     assert result.returncode == 0, result.stderr
     backends, uris, mapping = result.stdout.strip().splitlines()
     assert (
-        backends.index("AxesStandaloneBackend")
-        < backends.index("DirectoryBackend")
-        < backends.index("ModelBackend")
+        backends.index("LockoutBackend") < backends.index("DirectoryBackend") < backends.index("ModelBackend")
     )
     assert uris == "['ldaps://dc1.hospital.example', 'ldaps://dc2.hospital.example']"
     assert "('cn=PACS\\\\, Admins,ou=groups,dc=hospital,dc=example', 'requester')" in mapping

@@ -100,7 +100,7 @@ def test_a_code_cannot_be_used_twice(client, alice):
 def test_repeated_wrong_codes_lock_the_account(client, alice, settings):
     password_step(client, "alice")
     device = device_of(alice)
-    for _ in range(settings.AXES_FAILURE_LIMIT):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
         device.refresh_from_db()
         device.throttle_reset()  # skip django-otp's growing delay: it is the lockout we test
         response = client.post(reverse("identity:verify"), {"code": "000000"})
@@ -115,7 +115,7 @@ def test_repeated_wrong_codes_lock_the_account(client, alice, settings):
 
 
 def test_repeated_wrong_passwords_lock_the_account(client, alice, settings):
-    for _ in range(settings.AXES_FAILURE_LIMIT):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
         response = password_step(client, "alice", "wrong password")
     assert response.status_code == 429
     response = password_step(client, "alice")

@@ -200,3 +200,29 @@ def test_only_pam_admins_deactivate_and_with_a_reason(alice, pat):
         services.user_deactivate(user=alice, acting_user=None, reason="left", via="users page")
     assert User.objects.get(pk=alice.pk).is_active
     assert Group.objects.filter(name="requester").exists()
+
+
+def test_a_locked_user_shows_as_locked_and_is_unlocked_from_her_page(client, pat, alice, settings):
+    """Wrong passwords lock alice: the list and her page say so (until when), and Unlock on
+    her page releases the lock, is audited, and comes back to her page."""
+    from django.test import Client
+
+    from identity.models import LoginLock
+
+    wrong = Client(REMOTE_ADDR="192.0.2.44")
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        wrong.post(reverse("identity:login"), {"username": "alice", "password": "not it"})
+    assert LoginLock.objects.get(scope="username", value="alice").locked_until is not None
+    verified_client(client, pat)
+    listing = client.get(USERS)
+    assert "alice" in listing.context["locked"] and "pat" not in listing.context["locked"]
+    page = client.get(reverse("identity:user", args=[alice.pk]))
+    assert "locked</span> until" in page.content.decode()
+    answer = client.post(
+        reverse("identity:lockout_release"),
+        {"scope": "username", "value": "alice", "next": reverse("identity:user", args=[alice.pk])},
+    )
+    assert answer.status_code == 302 and answer["Location"] == reverse("identity:user", args=[alice.pk])
+    assert AuditEvent.objects.filter(action="auth.lockout.released", actor=pat).count() == 1
+    assert "alice" not in client.get(USERS).context["locked"]
+    assert "not locked" in client.get(reverse("identity:user", args=[alice.pk])).content.decode()

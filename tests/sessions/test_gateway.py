@@ -208,7 +208,8 @@ def test_a_wrong_totp_code_is_refused_and_audited(gateway, alice, bob, ssh_accou
     grant_for(alice, bob, ssh_account)
     result = gateway.ssh(alice, "alice:pacs01-admin", "id", code="000000")
     assert result.returncode == 255
-    assert "Permission denied" in result.stderr.decode()
+    # The client retried at once, while the authenticator was throttled: told to wait.
+    assert "Too many wrong codes in a row: wait" in result.stderr.decode()
     assert not Session.objects.filter(user=alice).exists()
     failure = AuditEvent.objects.filter(action="auth.mfa.failure", actor_username="alice").first()
     assert failure is not None and failure.details.get("channel") == "ssh"

@@ -452,7 +452,7 @@ def test_floods_of_wrong_passwords_and_keys_are_locked_out_and_others_still_log_
     gateway, settings, alice, bob, ssh_account
 ):
     grant_for(alice, bob, ssh_account)
-    limit = settings.AXES_FAILURE_LIMIT
+    limit = settings.LOGIN_FAILURE_LIMIT
     # One connection, wrong password after wrong password for bob.
     transport = paramiko.Transport(raw(gateway.port, ATTACKER))
     transport.start_client(timeout=10)
@@ -468,22 +468,26 @@ def test_floods_of_wrong_passwords_and_keys_are_locked_out_and_others_still_log_
                 break
     finally:
         transport.close()
-    # Each attempt audited; disconnected as soon as the lockout started (paramiko's own
-    # limit would have allowed 10).
+    # Each attempt audited; once the lockout started only keyboard-interactive is left: its
+    # round says until when (paramiko falls back to it), then the gateway disconnects
+    # (paramiko's own limit would have allowed 10).
     assert tries == limit
     assert AuditEvent.objects.filter(action="auth.login.failure", actor_username="bob").count() == limit
     assert AuditEvent.objects.filter(action="auth.lockout").exists()
     locked = gateway.ssh(bob, "bob", "true", options=("-b", ATTACKER))
-    assert locked.returncode == 255 and "sign-in is locked" in locked.stderr.decode(), locked.stderr
+    assert locked.returncode == 255 and "sign-in is locked until" in locked.stderr.decode(), locked.stderr
 
-    # Keys that are nobody's, over and over from another address: each connection counts once.
-    for _ in range(limit):
+    # Keys that are nobody's, over and over from another address, against a few usernames: each
+    # connection counts once, and the address is locked once they reach its (here lowered) limit.
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = limit
+    settings.LOGIN_ADDRESS_USERNAMES = 3
+    for n in range(limit):
         transport = paramiko.Transport(raw(gateway.port, OTHER_ATTACKER))
         transport.start_client(timeout=10)
         try:
             for _ in range(3):
                 with pytest.raises(paramiko.AuthenticationException):
-                    transport.auth_publickey("root", paramiko.ECDSAKey.generate())
+                    transport.auth_publickey(f"svc{n % 3}", paramiko.ECDSAKey.generate())
         finally:
             transport.close()
     wait_for(
@@ -491,16 +495,22 @@ def test_floods_of_wrong_passwords_and_keys_are_locked_out_and_others_still_log_
             AuditEvent.objects.filter(action="auth.login.failure", details__reason="keys_refused").count()
             == limit
         ),
-        what="each key-spraying connection to be counted",
+        what="each key-spraying connection to be audited",
     )
-    # Each key refused is audited too (root is nobody here: "unknown_user").
+    # Counted just after its audit row (in a transaction of its own), as the connection ends.
+    wait_for(
+        lambda: gateway_locked_out(username="alice", client_ip=OTHER_ATTACKER),
+        what="the last key-spraying connection to be counted",
+    )
+    # Each key refused is audited too (svc0..2 are nobody here: "unknown_user").
     keys = AuditEvent.objects.filter(
-        action="auth.login.failure", actor_username="root", details__step="publickey"
+        action="auth.login.failure", actor_username__startswith="svc", details__step="publickey"
     )
     assert keys.exclude(details__reason="keys_refused").count() == 3 * limit
     assert gateway_locked_out(username="alice", client_ip=OTHER_ATTACKER)
     refused = gateway.ssh(alice, "alice:pacs01-admin", "true", options=("-b", OTHER_ATTACKER))
-    assert refused.returncode == 255 and "sign-in is locked" in refused.stderr.decode(), refused.stderr
+    assert refused.returncode == 255, refused.stderr
+    assert "sign-in from this address is locked until" in refused.stderr.decode(), refused.stderr
 
     # Alice, from her own address, is not locked out by either.
     served(gateway, alice)
