@@ -644,7 +644,7 @@ def _gateway_fingerprint() -> str:
 # --- What the newcomer reads -------------------------------------------------------------
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """A path as the newcomer types it: relative to the project folder when inside it."""
     try:
         return str(path.relative_to(settings.BASE_DIR))
@@ -658,14 +658,14 @@ def demo_instructions(report: DemoReport, *, web_url: str) -> str:
     gateway = (
         f"ssh -p {settings.GATEWAY_PUBLIC_PORT} requester:{SSH_CA_ACCOUNT}@{settings.GATEWAY_PUBLIC_HOST}"
     )
-    log = _shown(Path(settings.VAR_DIR) / "log" / "demo-sshd.log")
+    log = shown_path(Path(settings.VAR_DIR) / "log" / "demo-sshd.log")
     width = max(len(p.persona.username) for p in report.personas)
     lines = [
         "=" * 78,
         "The demo: a PACS host on this machine, its accounts in Vault, three users",
         "=" * 78,
         f"Target {TARGET}: an sshd on {HOST}:{report.port} run as {host.run_as}",
-        f"  (its files in {_shown(report.files.root)}/, its log {log}),",
+        f"  (its files in {shown_path(report.files.root)}/, its log {log}),",
         f"  host key {report.fingerprint} (pinned).",
         f"  {SSH_CA_ACCOUNT:<12} ssh-ca: the gateway logs in as {host.run_as} with a certificate from",
         "               Vault's SSH CA that lasts 2 minutes; no one holds a key or password for it.",
@@ -685,7 +685,7 @@ def demo_instructions(report: DemoReport, *, web_url: str) -> str:
         f"Policy {POLICY}: requesters may ask for {accounts}, with one approval,",
         f"  for up to 60 minutes, with a ticket like {TICKET_EXAMPLE}.",
         "",
-        f"Users (passwords also in {_shown(report.files.passwords)}; make demo never changes them):",
+        f"Users (passwords also in {shown_path(report.files.passwords)}; make demo never changes them):",
     ]
     for state in report.personas:
         shown = state.password if state.password else f"({state.note})"

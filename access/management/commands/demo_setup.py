@@ -1,9 +1,18 @@
 """`manage.py demo_setup`: the demo PACS host, its accounts, three users and a policy (make demo)."""
 
+import logging
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from access.demo import DemoError, demo_files, demo_instructions, demo_prepare_host, demo_setup
+from access.demo import (
+    DemoError,
+    demo_files,
+    demo_instructions,
+    demo_prepare_host,
+    demo_setup,
+    shown_path,
+)
 from sessions.upstream import UpstreamError
 from vault.client import VaultError
 
@@ -31,12 +40,14 @@ class Command(BaseCommand):
         try:
             if prepare:
                 host = demo_prepare_host()
-                files = demo_files()
+                config, port = shown_path(demo_files().config), settings.DEMO_SSH_PORT
                 self.stdout.write(
-                    f"Demo PACS host: sshd config {files.config} (127.0.0.1:{settings.DEMO_SSH_PORT}, "
-                    f"run as {host.run_as})"
+                    f"Demo PACS host: sshd config {config} (127.0.0.1:{port}, run as {host.run_as})"
                 )
                 return
+            # The demo sshd resets the connections that only fetch its key or test a password;
+            # paramiko logs that as an ERROR, which is no error here: the walk-through stays clean.
+            logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
             report = demo_setup(web_url=web_url or None)
         except (DemoError, VaultError, UpstreamError) as exc:
             raise CommandError(f"The demo could not be set up: {exc}") from None
