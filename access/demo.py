@@ -465,15 +465,13 @@ def _ensure_personas(*, files: DemoFiles, acting_user: User, changes: list[str])
                     email=f"{persona.username}@demo.invalid",
                 )
                 user.groups.set([Group.objects.get(name=persona.role)])
+                # As ensure_first_admin's: a local user with a password of its own (no forced
+                # change: the walk-through's passwords keep working), MFA enrolled at first sign-in.
                 audit_record(
-                    action="config.created",
+                    action="identity.demo_user_created",
                     actor=acting_user,
                     obj=user,
-                    details={
-                        "fields": ["username", "password", "groups"],
-                        "groups": [persona.role],
-                        "via": VIA,
-                    },
+                    details={"roles": [persona.role], "via": VIA},
                 )
             known[persona.username] = password
             _write_passwords(files, known)

@@ -3,7 +3,8 @@
 The repository's HEAD is cloned into a temporary folder (committed work only), whose
 ``.venv`` is a link to the virtualenv running this test (``make deps`` then finds it
 installed: the clone's run skips minutes of pip). ``make demo`` runs there as `make run`
-would, on ports of its own, with a throwaway OS user for the static account. Then, in
+would, on ports of its own (the pages and the walk-through still say port 2222, through
+GATEWAY_PUBLIC_PORT, as on a default install), with a throwaway OS user for the static account. Then, in
 Chromium: the requester signs in for the first time (TOTP enrolment, codes computed from the
 key the page shows), asks for demo-root; the approver signs in and approves; the requester
 connects with the real OpenSSH client through the gateway (password and code through
@@ -124,7 +125,9 @@ class DemoStack:
             "PAMSITE_VAULT_PORT": str(self.vault_port),
             "PAMSITE_BASE_URL": self.base.rstrip("/"),
             "GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
-            "GATEWAY_PUBLIC_PORT": str(self.gateway_port),
+            # Users are told port 2222, as on a default install (GATEWAY_PUBLIC_PORT: how they
+            # reach the gateway, e.g. through a port forward); this test connects to its own port.
+            "GATEWAY_PUBLIC_PORT": "2222",
             "GATEWAY_WORKERS": "1",
             "PAMSITE_DEMO_SSH_PORT": str(self.demo_port),
             "PAMSITE_DEMO_OS_USER": self.os_user,
@@ -318,8 +321,8 @@ def test_make_demo_from_a_fresh_clone_then_the_walk_through(demo_stack, browser,
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     walkthrough = demo_stack.wait_until_ready()
     passwords = _passwords(walkthrough)
-    gateway = f"ssh -p {demo_stack.gateway_port} requester:demo-root@localhost"
-    assert gateway in walkthrough
+    gateway = "ssh -p 2222 requester:demo-root@localhost"
+    assert f"4. In a terminal: {gateway}\n" in walkthrough
     assert f"an sshd on 127.0.0.1:{demo_stack.demo_port} run as root" in walkthrough
     assert "Demo set up:" in walkthrough and "pinned the host key of demo-pacs" in walkthrough
 
@@ -381,7 +384,7 @@ def test_make_demo_from_a_fresh_clone_then_the_walk_through(demo_stack, browser,
         "StrictHostKeyChecking=yes",
     ]
     argv += ["-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1", "-t"]
-    argv += gateway.split()[1:]
+    argv += ["-p", str(demo_stack.gateway_port), "requester:demo-root@localhost"]
     terminal = Terminal(argv, env)
     try:
         terminal.wait_for_text(PROMPT, "the demo host's shell prompt")

@@ -175,9 +175,15 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
 
     # Every change is audited as the admin, saying it came from make demo.
     created = AuditEvent.objects.filter(action="config.created")
-    assert created.count() == 7  # target, two accounts, policy, three users
-    assert {e.actor_username for e in created} == {"admin"}
-    assert {e.details["via"] for e in created} == {"make demo"}
+    assert created.count() == 4  # target, two accounts, policy
+    users = AuditEvent.objects.filter(action="identity.demo_user_created")
+    assert sorted((e.object_repr, e.details["roles"]) for e in users) == [
+        ("Demo approver", ["approver"]),
+        ("Demo auditor", ["auditor"]),
+        ("Demo requester", ["requester"]),
+    ]
+    assert {e.actor_username for e in [*created, *users]} == {"admin"}
+    assert {e.details["via"] for e in [*created, *users]} == {"make demo"}
 
     text = demo.demo_instructions(report, web_url="http://127.0.0.1:8000/")
     assert "ssh -p 2222 requester:demo-root@localhost" in text
