@@ -217,7 +217,7 @@ def demo_prepare_host(*, host: DemoHost | None = None, vault=None) -> DemoHost:
     if not SSHD.exists():
         raise DemoError(f"OpenSSH's sshd is not installed ({SSHD}): `make demo` installs openssh-server.")
     port = settings.DEMO_SSH_PORT
-    if _answers_ssh(HOST, port) or _port_taken(HOST, port):
+    if _port_taken(HOST, port):
         raise DemoError(
             f"Port {port} on {HOST} is in use: stop what runs there (a demo sshd left from an earlier "
             f"run has its pid in {files.pid}), or set PAMSITE_DEMO_SSH_PORT to another port."
@@ -318,20 +318,24 @@ def _audit_config(action: str, *, obj, acting_user: User, fields: list[str]) -> 
 
 
 @transaction.atomic
-def _ensure(model, *, lookup: dict, values: dict, acting_user: User, changes: list[str], what: str):
-    """Create the row, or bring the named fields to ``values``; audited as the admin site does."""
+def _ensure(
+    model, *, lookup: dict, kept: dict, initial: dict, acting_user: User, changes: list[str], what: str
+):
+    """Create the row (``kept`` and ``initial`` values), or bring just the fields the demo
+    needs (``kept``) back to their values: a pam-admin's other edits stay. Audited as the
+    admin site audits a change."""
     obj = model.objects.select_for_update().filter(**lookup).first()
     if obj is None:
-        obj = model(**lookup, **values)
+        obj = model(**lookup, **kept, **initial)
         obj.full_clean()
         obj.save()
-        _audit_config("config.created", obj=obj, acting_user=acting_user, fields=[*lookup, *values])
+        _audit_config("config.created", obj=obj, acting_user=acting_user, fields=[*lookup, *kept, *initial])
         changes.append(f"created {what}")
         return obj
-    changed = [name for name, value in values.items() if getattr(obj, name) != value]
+    changed = [name for name, value in kept.items() if getattr(obj, name) != value]
     if changed:
         for name in changed:
-            setattr(obj, name, values[name])
+            setattr(obj, name, kept[name])
         obj.full_clean()
         obj.save(update_fields=changed)
         _audit_config("config.changed", obj=obj, acting_user=acting_user, fields=changed)
@@ -520,10 +524,9 @@ def demo_setup(
     target = _ensure(
         Target,
         lookup={"name": TARGET},
-        values={
+        kept={"host": HOST, "port": port},
+        initial={
             "kind": Target.Kind.PACS,
-            "host": HOST,
-            "port": port,
             "description": "The demo PACS host: an sshd on this machine that make demo starts (var/demo/).",
             "tags": ["demo"],
         },
@@ -542,12 +545,8 @@ def demo_setup(
     root_account = _ensure(
         Account,
         lookup={"slug": SSH_CA_ACCOUNT},
-        values={
-            "target": target,
-            "kind": Account.Kind.SSH_CA,
-            "username": host.run_as,
-            "description": f"Logs in as {host.run_as}, the user the demo sshd runs as.",
-        },
+        kept={"target": target, "kind": Account.Kind.SSH_CA, "username": host.run_as},
+        initial={"description": "Logs in as the user the demo sshd runs as."},
         acting_user=acting_user,
         changes=changes,
         what=f"the account {SSH_CA_ACCOUNT}",
@@ -561,12 +560,8 @@ def demo_setup(
         static_account = _ensure(
             Account,
             lookup={"slug": STATIC_ACCOUNT},
-            values={
-                "target": target,
-                "kind": Account.Kind.STATIC,
-                "username": host.static_user,
-                "description": f"OS user {host.static_user}, made by the demo: pamsite rotates its password.",
-            },
+            kept={"target": target, "kind": Account.Kind.STATIC, "username": host.static_user},
+            initial={"description": "The demo's own OS user: pamsite keeps and rotates its password."},
             acting_user=acting_user,
             changes=changes,
             what=f"the account {STATIC_ACCOUNT}",

@@ -223,6 +223,28 @@ def test_a_second_run_changes_nothing_and_prints_the_same_walk_through(demo_sshd
     assert demo.demo_instructions(second, web_url=url) == demo.demo_instructions(first, web_url=url)
 
 
+def test_a_new_port_is_followed_and_a_pam_admins_edits_stay(demo_sshd, admin, demo_var):
+    demo.demo_setup()
+    _remember_passwords()
+    Target.objects.filter(name=demo.TARGET).update(description="Radiology's test PACS, keep it.")
+    demo_sshd.stop()
+    demo_var.DEMO_SSH_PORT = free_port()
+    demo.demo_prepare_host()
+    moved = DemoSshd(demo.demo_files().config, demo_var.VAR_DIR / "log" / "demo-sshd.log")
+    try:
+        report = demo.demo_setup()
+    finally:
+        moved.stop()
+
+    target = Target.objects.get(name=demo.TARGET)
+    assert target.port == demo_var.DEMO_SSH_PORT
+    assert target.host_key_fingerprint == report.fingerprint
+    assert target.description == "Radiology's test PACS, keep it."
+    assert f"an sshd on 127.0.0.1:{demo_var.DEMO_SSH_PORT} run as root" in demo.demo_instructions(
+        report, web_url="http://127.0.0.1:8000/"
+    )
+
+
 def test_a_changed_persona_password_is_kept_and_the_walk_through_says_so(demo_sshd, admin):
     demo.demo_setup()
     _remember_passwords()
