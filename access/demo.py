@@ -24,7 +24,7 @@ import pwd
 import secrets
 import shutil
 import socket
-import subprocess  # nosec B404  (ssh-keygen, sshd -t, useradd, chpasswd: fixed argv)
+import subprocess  # ssh-keygen, sshd -t, useradd, chpasswd (fixed argv)  # nosec B404
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -225,7 +225,7 @@ def demo_prepare_host(*, host: DemoHost | None = None, vault=None) -> DemoHost:
     files.root.mkdir(parents=True, exist_ok=True)
     files.root.chmod(0o700)
     if not files.host_key.exists():
-        subprocess.run(  # noqa: S603  # nosec B603  (fixed argv)
+        subprocess.run(  # noqa: S603  (fixed argv)  # nosec B603
             [
                 "/usr/bin/ssh-keygen",
                 "-q",
@@ -248,7 +248,7 @@ def demo_prepare_host(*, host: DemoHost | None = None, vault=None) -> DemoHost:
     _write_if_changed(files.config, sshd_config_text(files=files, port=port, host=host))
     if host.as_root:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    checked = subprocess.run(  # noqa: S603  # nosec B603  (fixed argv)
+    checked = subprocess.run(  # noqa: S603  (fixed argv)  # nosec B603
         [str(SSHD), "-t", "-f", str(files.config)], capture_output=True, text=True, check=False
     )
     if checked.returncode != 0:
@@ -381,7 +381,7 @@ def _os_user_ensure(name: str, changes: list[str]) -> None:
     if _os_user_made_by_demo(name):
         return
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    subprocess.run(  # noqa: S603  # nosec B603  (fixed argv, a checked name)
+    subprocess.run(  # noqa: S603  (fixed argv, a checked name)  # nosec B603
         [useradd, "-m", "-s", "/bin/bash", "-c", OS_USER_MARK, name], check=True, capture_output=True
     )
     changes.append(f"created the OS user {name} for {STATIC_ACCOUNT}")
@@ -392,7 +392,7 @@ def _os_user_set_password(name: str, password: str) -> None:
     if not _os_user_made_by_demo(name):
         raise DemoError(f"The OS user {name} is gone: run `make demo` again.")
     chpasswd = shutil.which("chpasswd") or "/usr/sbin/chpasswd"
-    subprocess.run(  # noqa: S603  # nosec B603  (fixed argv; the password goes on stdin)
+    subprocess.run(  # noqa: S603  (fixed argv; the password goes on stdin)  # nosec B603
         [chpasswd], input=f"{name}:{password}\n", text=True, check=True, capture_output=True
     )
 
