@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -379,3 +380,24 @@ def test_the_config_lets_the_static_user_alone_use_a_password():
     assert "PasswordAuthentication no\n" in head
     assert match_block.strip() == "PasswordAuthentication yes"
     assert f"TrustedUserCAKeys {files.ca_keys}\n" in config and f"PidFile {files.pid}\n" in config
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("PAMSITE_DEMO_OS_USER", "root", "PAMSITE_DEMO_OS_USER must be a new login name"),
+        ("PAMSITE_DEMO_OS_USER", "Pam Demo", "PAMSITE_DEMO_OS_USER must be a new login name"),
+        ("PAMSITE_DEMO_SSH_PORT", "70000", "PAMSITE_DEMO_SSH_PORT must be at most 65535"),
+    ],
+)
+def test_a_bad_demo_setting_stops_startup_naming_it(tmp_path, name, value, says):
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "PAMSITE_MODE", "SECRET_KEY"}}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**env, "PAMSITE_VAR_DIR": str(tmp_path), name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and says in result.stderr
