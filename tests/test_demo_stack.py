@@ -214,8 +214,14 @@ def demo_stack(tmp_path):
             if stack.process.poll() is None:
                 stack.stop()
             stack.kill()
-        (ARTIFACTS / "terminal.txt").write_text(stack.output() if stack.terminal.exists() else "")
+        (ARTIFACTS / "terminal.txt").write_text(_redacted(stack.output()) if stack.terminal.exists() else "")
         stack.remove_os_user()
+
+
+def _redacted(output: str) -> str:
+    """The terminal output for test-artifacts/, without the passwords it showed."""
+    output = re.sub(r"(?m)^(  password: )\S+", r"\1(redacted)", output)
+    return re.sub(r"(?m)^(  (?:requester|approver|auditor)\s+)[A-Za-z0-9]{16}(?=\s)", r"\1(redacted)", output)
 
 
 def _passwords(walkthrough: str) -> dict[str, str]:
