@@ -36,8 +36,16 @@ from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from access.models import AccessPolicy, Account, Target
-from access.services import account_ref
-from access.targets import account_setup_ssh, account_setup_static, target_pin_host_key
+from access.services import account_ref, policy_create, policy_update
+from access.targets import (
+    account_create,
+    account_setup_ssh,
+    account_setup_static,
+    account_update,
+    target_create,
+    target_pin_host_key,
+    target_update,
+)
 from audit.services import audit_record
 from identity.models import User
 from identity.roles import Role
@@ -313,34 +321,62 @@ def first_admin() -> User:
     return admin
 
 
-def _audit_config(action: str, *, obj, acting_user: User, fields: list[str]) -> None:
-    audit_record(action=action, actor=acting_user, obj=obj, details={"fields": sorted(fields), "via": VIA})
+def _ensure_target(*, port: int, acting_user: User, changes: list[str]) -> Target:
+    """The demo target, created, or moved back to where the demo sshd listens (a pam-admin's
+    other edits stay)."""
+    target = Target.objects.filter(name=TARGET).first()
+    if target is None:
+        changes.append(f"created the target {TARGET}")
+        return target_create(
+            acting_user=acting_user,
+            values={
+                "name": TARGET,
+                "kind": Target.Kind.PACS,
+                "host": HOST,
+                "port": port,
+                "description": "The demo PACS host: an sshd on this machine, started by make demo.",
+                "tags": ["demo"],
+            },
+            via=VIA,
+        )
+    if not target.has_host_key:
+        raise DemoError(
+            f"A target {TARGET} of kind {target.get_kind_display()} exists: rename it for the demo."
+        )
+    # A new address drops the pin (target_update): it is pinned again below.
+    if target_update(target=target, acting_user=acting_user, values={"host": HOST, "port": port}, via=VIA):
+        changes.append(f"moved the target {TARGET} to {HOST}:{port}")
+    return target
 
 
-@transaction.atomic
-def _ensure(
-    model, *, lookup: dict, kept: dict, initial: dict, acting_user: User, changes: list[str], what: str
-):
-    """Create the row (``kept`` and ``initial`` values), or bring just the fields the demo
-    needs (``kept``) back to their values: a pam-admin's other edits stay. Audited as the
-    admin site audits a change."""
-    obj = model.objects.select_for_update().filter(**lookup).first()
-    if obj is None:
-        obj = model(**lookup, **kept, **initial)
-        obj.full_clean()
-        obj.save()
-        _audit_config("config.created", obj=obj, acting_user=acting_user, fields=[*lookup, *kept, *initial])
-        changes.append(f"created {what}")
-        return obj
-    changed = [name for name, value in kept.items() if getattr(obj, name) != value]
-    if changed:
-        for name in changed:
-            setattr(obj, name, kept[name])
-        obj.full_clean()
-        obj.save(update_fields=changed)
-        _audit_config("config.changed", obj=obj, acting_user=acting_user, fields=changed)
-        changes.append(f"changed {what} ({', '.join(changed)})")
-    return obj
+def _ensure_account(
+    *,
+    target: Target,
+    slug: str,
+    kind: str,
+    username: str,
+    description: str,
+    acting_user: User,
+    changes: list[str],
+) -> Account:
+    """The demo account, created, or given back its login (a pam-admin's other edits stay)."""
+    account = Account.objects.filter(slug=slug).first()
+    if account is None:
+        changes.append(f"created the account {slug}")
+        account = account_create(
+            target=target,
+            acting_user=acting_user,
+            values={"slug": slug, "kind": kind, "username": username, "description": description},
+            via=VIA,
+        )
+    elif account.target_id != target.pk or account.kind != kind:
+        raise DemoError(
+            f"An account {slug} exists that is not the demo's ({account.get_kind_display()} on "
+            f"{account.target.name}): rename it for the demo."
+        )
+    elif account_update(account=account, acting_user=acting_user, values={"username": username}, via=VIA):
+        changes.append(f"changed the login of {slug} to {username}")
+    return Account.objects.select_related("target").get(pk=account.pk)
 
 
 def _host_key_line(files: DemoFiles) -> upstream.HostKey:
@@ -521,19 +557,7 @@ def demo_setup(
             log=str(Path(settings.VAR_DIR) / "log" / "demo-sshd.log"),
         )
     changes: list[str] = []
-    target = _ensure(
-        Target,
-        lookup={"name": TARGET},
-        kept={"host": HOST, "port": port},
-        initial={
-            "kind": Target.Kind.PACS,
-            "description": "The demo PACS host: an sshd on this machine that make demo starts (var/demo/).",
-            "tags": ["demo"],
-        },
-        acting_user=acting_user,
-        changes=changes,
-        what=f"the target {TARGET}",
-    )
+    target = _ensure_target(port=port, acting_user=acting_user, changes=changes)
     if target.host_key != key.openssh:
         # The key file was made by demo_prepare_host: the service still checks the host shows it.
         target_pin_host_key(
@@ -541,33 +565,31 @@ def demo_setup(
         )
         changes.append(f"pinned the host key of {TARGET} ({key.fingerprint})")
 
-    accounts = []
-    root_account = _ensure(
-        Account,
-        lookup={"slug": SSH_CA_ACCOUNT},
-        kept={"target": target, "kind": Account.Kind.SSH_CA, "username": host.run_as},
-        initial={"description": "Logs in as the user the demo sshd runs as."},
+    root_account = _ensure_account(
+        target=target,
+        slug=SSH_CA_ACCOUNT,
+        kind=Account.Kind.SSH_CA,
+        username=host.run_as,
+        description="Logs in as the user the demo sshd runs as.",
         acting_user=acting_user,
         changes=changes,
-        what=f"the account {SSH_CA_ACCOUNT}",
     )
-    accounts.append(root_account)
+    accounts = [root_account]
     if not _ssh_role_allows(root_account):
         account_setup_ssh(account=root_account, acting_user=acting_user)
         changes.append(f"set up {SSH_CA_ACCOUNT} in Vault (SSH role for the principal {host.run_as})")
     if host.static_user:
         _os_user_ensure(host.static_user, changes)
-        static_account = _ensure(
-            Account,
-            lookup={"slug": STATIC_ACCOUNT},
-            kept={"target": target, "kind": Account.Kind.STATIC, "username": host.static_user},
-            initial={"description": "The demo's own OS user: pamsite keeps and rotates its password."},
+        static_account = _ensure_account(
+            target=target,
+            slug=STATIC_ACCOUNT,
+            kind=Account.Kind.STATIC,
+            username=host.static_user,
+            description="The demo's own OS user: pamsite keeps and rotates its password.",
             acting_user=acting_user,
             changes=changes,
-            what=f"the account {STATIC_ACCOUNT}",
         )
         accounts.append(static_account)
-        static_account = Account.objects.select_related("target").get(pk=static_account.pk)
         if not _static_password_works(static_account):
             _static_setup(static_account, acting_user=acting_user, changes=changes)
 
@@ -585,43 +607,36 @@ def demo_setup(
     )
 
 
-@transaction.atomic
 def _ensure_policy(*, accounts: list[Account], acting_user: User, changes: list[str]) -> AccessPolicy:
-    policy = AccessPolicy.objects.select_for_update().filter(name=POLICY).first()
+    """The demo policy, created; an account the demo added later (demo-static, on a first run
+    as root after one as an ordinary user) joins it if no policy covers it yet."""
+    policy = AccessPolicy.objects.filter(name=POLICY).first()
     if policy is None:
-        policy = AccessPolicy(
-            name=POLICY,
-            approvals_required=1,
-            max_duration_minutes=60,
-            ticket_required=True,
-            ticket_pattern=TICKET_PATTERN,
-            allow_reveal=False,
-        )
-        policy.full_clean()
-        policy.save()
-        policy.groups.set([Group.objects.get(name=Role.REQUESTER)])
-        policy.accounts.set(accounts)
-        _audit_config(
-            "config.created",
-            obj=policy,
-            acting_user=acting_user,
-            fields=[
-                "name",
-                "groups",
-                "accounts",
-                "approvals_required",
-                "max_duration_minutes",
-                "ticket_required",
-                "ticket_pattern",
-            ],
-        )
         changes.append(f"created the policy {POLICY}")
-        return policy
-    missing = [a for a in accounts if not policy.accounts.filter(pk=a.pk).exists()]
-    if missing and all(a.policies.count() == 0 for a in missing):
-        # An account the demo added later (e.g. demo-static on a first run as root), no policy yet.
-        policy.accounts.add(*missing)
-        _audit_config("config.changed", obj=policy, acting_user=acting_user, fields=["accounts"])
+        return policy_create(
+            acting_user=acting_user,
+            values={
+                "name": POLICY,
+                "approvals_required": 1,
+                "max_duration_minutes": 60,
+                "ticket_required": True,
+                "ticket_pattern": TICKET_PATTERN,
+                "ticket_example": TICKET_EXAMPLE,
+                "allow_reveal": False,
+                "groups": [Group.objects.get(name=Role.REQUESTER)],
+                "accounts": accounts,
+                "targets": [],
+            },
+            via=VIA,
+        )
+    missing = [a for a in accounts if not a.policies.exists()]
+    if missing:
+        policy_update(
+            policy=policy,
+            acting_user=acting_user,
+            values={"accounts": [*policy.accounts.all(), *missing]},
+            via=VIA,
+        )
         changes.append(f"added {', '.join(a.slug for a in missing)} to the policy {POLICY}")
     return policy
 

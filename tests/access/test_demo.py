@@ -172,11 +172,15 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
     assert list(policy.groups.values_list("name", flat=True)) == ["requester"]
     assert set(policy.accounts.values_list("slug", flat=True)) == {demo.SSH_CA_ACCOUNT, demo.STATIC_ACCOUNT}
     assert policy.approvals_required == 1 and policy.ticket_required
-    assert re.match(policy.ticket_pattern, demo.TICKET_EXAMPLE)
+    assert policy.ticket_example == demo.TICKET_EXAMPLE and re.match(
+        policy.ticket_pattern, demo.TICKET_EXAMPLE
+    )
 
     # Every change is audited as the admin, saying it came from make demo.
-    created = AuditEvent.objects.filter(action="config.created")
-    assert created.count() == 4  # target, two accounts, policy
+    created = AuditEvent.objects.filter(
+        action__in=["access.target.created", "access.account.created", "access.policy.created"]
+    )
+    assert sorted(e.object_repr for e in created) == ["demo-pacs", "demo-pacs", "demo-root", "demo-static"]
     users = AuditEvent.objects.filter(action="identity.demo_user_created")
     assert sorted((e.object_repr, e.details["roles"]) for e in users) == [
         ("Demo approver", ["approver"]),
