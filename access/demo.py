@@ -41,6 +41,7 @@ from access.targets import (
     account_create,
     account_setup_ssh,
     account_setup_static,
+    account_test_connection,
     account_update,
     target_create,
     target_pin_host_key,
@@ -396,6 +397,15 @@ def _ssh_role_allows(account: Account) -> bool:
     return account.username in allowed
 
 
+def _test_connection(account: Account, *, acting_user: User, changes: list[str]) -> None:
+    """Test connection, as a pam-admin would after a setup: the Targets page then shows the
+    account ready; a failure stops the demo with what failed (the walk-through would not work)."""
+    result = account_test_connection(account=account, acting_user=acting_user)
+    if not result.ok:
+        raise DemoError(f"Test connection of {account.slug} failed: {result.message}")
+    changes.append(f"tested {account.slug}: {result.message}")
+
+
 # --- The static account's OS user (root only) ---------------------------------------------
 
 
@@ -593,6 +603,9 @@ def demo_setup(
         if not _static_password_works(static_account):
             _static_setup(static_account, acting_user=acting_user, changes=changes)
 
+    if changes or any(a.last_test_ok is not True for a in accounts):
+        for account in accounts:
+            _test_connection(account, acting_user=acting_user, changes=changes)
     _ensure_policy(accounts=accounts, acting_user=acting_user, changes=changes)
     personas = _ensure_personas(files=files, acting_user=acting_user, changes=changes)
     return DemoReport(

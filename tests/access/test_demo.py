@@ -157,6 +157,10 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
             host=target.host, port=target.port, username="root", host_key=target.host_key, password=password
         )
 
+    # Each account passed Test connection, as after a pam-admin's setup: the Targets page says ready.
+    assert all(a.last_test_ok for a in Account.objects.all())
+    assert AuditEvent.objects.filter(action="access.account.tested", details__ok=True).count() == 2
+
     # Personas with their roles and the printed passwords; the file is the owner's alone.
     assert sorted(passwords) == ["approver", "auditor", "requester"]
     for persona in demo.PERSONAS:
@@ -281,7 +285,8 @@ def test_a_static_password_vault_lost_is_set_again_and_audited(demo_sshd, admin,
 
     report = demo.demo_setup()
 
-    assert report.changes == [f"set the password of {demo.STATIC_ACCOUNT} in Vault (checked by a login)"]
+    assert report.changes[0] == f"set the password of {demo.STATIC_ACCOUNT} in Vault (checked by a login)"
+    assert [c.split(":")[0] for c in report.changes[1:]] == ["tested demo-root", "tested demo-static"]
     password = remember_secret(static_login_password(account=account_ref(static)), "demo static password")
     assert upstream.check_password_login(
         host="127.0.0.1",
