@@ -11,6 +11,8 @@ connects with the real OpenSSH client through the gateway (password and code thr
 SSH_ASKPASS) in a terminal (a pty), types commands key by key and exits; the auditor finds
 the session, sees every recording intact and replays it. Then Ctrl-C (SIGINT to make's
 process group, as a terminal sends it) stops the stack: every process it started is gone.
+A second ``make demo`` then starts the demo host again on the same var/ (Vault kept on disk),
+changes nothing and prints the same walk-through; Ctrl-C stops it as cleanly.
 
 Screenshots go to ``test-artifacts/demo/`` (the README's ``docs/demo-*.png`` are taken from them).
 """
@@ -103,6 +105,7 @@ class DemoStack:
         self.terminal = workdir / "terminal.txt"
         self.process: subprocess.Popen | None = None
         self.seen: dict[int, str] = {}
+        self.run_starts: list[int] = []  # where each run's output starts in terminal.txt
 
     def clone_head(self) -> None:
         head = subprocess.run(
@@ -132,6 +135,7 @@ class DemoStack:
             "PAMSITE_DEMO_SSH_PORT": str(self.demo_port),
             "PAMSITE_DEMO_OS_USER": self.os_user,
         }
+        self.run_starts.append(len(self.output()) if self.terminal.exists() else 0)
         with self.terminal.open("ab") as out:
             self.process = subprocess.Popen(
                 ["make", "demo"],
@@ -147,15 +151,18 @@ class DemoStack:
         return self.terminal.read_text(errors="replace")
 
     def wait_until_ready(self) -> str:
+        """This run's terminal output, once it has printed the walk-through."""
+        since = self.run_starts[-1]
+
         def ready():
-            text = self.output()
+            text = self.output()[since:]
             if self.process.poll() is not None:
                 pytest.fail(f"make demo exited with {self.process.returncode}:\n{text[-4000:]}")
             return READY in text
 
         wait_for(ready, "make demo to print its walk-through", timeout=START_TIMEOUT, interval=0.5)
         self.remember_processes()
-        return self.output()
+        return self.output()[since:]
 
     def remember_processes(self) -> None:
         self.seen.update(_descendants(self.process.pid))
@@ -436,12 +443,28 @@ def test_make_demo_from_a_fresh_clone_then_the_walk_through(demo_stack, browser,
 
     # 5. Ctrl-C: everything the stack started stops.
     demo_stack.stop()
-    output = demo_stack.output()
+    assert_stopped(demo_stack)
+
+    # 6. make demo again: the demo host starts again, nothing changes, the same walk-through.
+    demo_stack.start()
+    again = demo_stack.wait_until_ready()
+    assert "Demo already set up: nothing changed.\n" in again
+    assert _walkthrough(again) == _walkthrough(walkthrough)
+    demo_stack.stop()
+    assert_stopped(demo_stack)
+
+
+def _walkthrough(output: str) -> str:
+    return output[output.index("=" * 78) : output.rindex("=" * 78)]
+
+
+def assert_stopped(demo_stack: DemoStack) -> None:
+    """The run's stack has stopped: each process it started is gone, its ports are free."""
+    output = demo_stack.output()[demo_stack.run_starts[-1] :]
     assert "[make run] stopped demo-sshd" in output and "[make run] stopped openbao" in output
-    assert (
-        len(demo_stack.seen) >= 8
-    )  # make's python, OpenBao, demo sshd, web, worker, forwarder, gateway, upkeep
+    # make's python, OpenBao, the demo sshd, web, worker, forwarder, gateway, upkeep
+    assert len(demo_stack.seen) >= 8
     assert demo_stack.leftovers() == []
-    for port in (demo_stack.web_port, demo_stack.gateway_port, demo_stack.demo_port):
+    for port in (demo_stack.web_port, demo_stack.gateway_port, demo_stack.demo_port, demo_stack.vault_port):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
