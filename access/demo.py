@@ -403,7 +403,7 @@ def _test_connection(account: Account, *, acting_user: User, changes: list[str])
     result = account_test_connection(account=account, acting_user=acting_user)
     if not result.ok:
         raise DemoError(f"Test connection of {account.slug} failed: {result.message}")
-    changes.append(f"tested {account.slug}: {result.message}")
+    changes.append(f"Test connection of {account.slug}: {result.message}")
 
 
 # --- The static account's OS user (root only) ---------------------------------------------

@@ -286,7 +286,10 @@ def test_a_static_password_vault_lost_is_set_again_and_audited(demo_sshd, admin,
     report = demo.demo_setup()
 
     assert report.changes[0] == f"set the password of {demo.STATIC_ACCOUNT} in Vault (checked by a login)"
-    assert [c.split(":")[0] for c in report.changes[1:]] == ["tested demo-root", "tested demo-static"]
+    assert [c.split(":")[0] for c in report.changes[1:]] == [
+        "Test connection of demo-root",
+        "Test connection of demo-static",
+    ]
     password = remember_secret(static_login_password(account=account_ref(static)), "demo static password")
     assert upstream.check_password_login(
         host="127.0.0.1",
