@@ -734,7 +734,7 @@ def demo_instructions(report: DemoReport, *, web_url: str) -> str:
         ]
     lines += [
         "   Type requester's password, then a new code from the app. Run a command or two",
-        "   (hostname; ls /), then exit.",
+        "   (hostname; id), then exit.",
         "5. Sign in as auditor -> Sessions -> the session: each recording is intact; Replay plays it.",
         "=" * 78,
     ]
