@@ -12,11 +12,18 @@ APT_TEST := slapd ldap-utils openssh-server chromium oathtool
 # Samba AD DC, the real Active Directory (installed without recommends, its services left off:
 # scripts/apt-ensure-samba).
 APT_AD := samba-ad-dc samba-ad-provision
+# make demo's PACS host is an OpenSSH sshd (the ssh client comes with it).
+APT_DEMO := openssh-server
 
-.PHONY: run test lint format check-deploy pytest bench deps apt-build apt-test clean
+.PHONY: run demo apt-demo test lint format check-deploy pytest bench deps apt-build apt-test clean
 
-run: deps
+# PAMSITE_DEMO=1 make run is make demo.
+run: deps $(if $(filter 1,$(PAMSITE_DEMO)),apt-demo)
 	$(PY) scripts/devstack.py
+
+# make run plus a demo PACS host, three users and a policy (README: "Try it in ten minutes").
+demo: deps apt-demo
+	PAMSITE_DEMO=1 $(PY) scripts/devstack.py
 
 test: deps apt-test lint check-deploy pytest
 
@@ -35,6 +42,9 @@ apt-build:
 apt-test:
 	@scripts/apt-ensure $(APT_TEST)
 	@scripts/apt-ensure-samba $(APT_AD)
+
+apt-demo:
+	@scripts/apt-ensure $(APT_DEMO)
 
 lint: deps
 	$(VENV)/bin/ruff format --check .

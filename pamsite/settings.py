@@ -319,6 +319,19 @@ GATEWAY_MAX_DATABASE_CONNECTIONS = env_int("GATEWAY_MAX_DATABASE_CONNECTIONS", 8
 # Seconds to log in to a target before the session is refused.
 GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 15, minimum=1, maximum=120)
 
+# --- The demo (make demo: access/demo.py) --------------------------------------------
+# The demo PACS host's sshd listens on 127.0.0.1 at this port (an unusual one: a real sshd
+# or the gateway may hold 22 and 2222).
+DEMO_SSH_PORT = env_int("PAMSITE_DEMO_SSH_PORT", 22022, minimum=1, maximum=65535)
+# When make demo runs as root: the dedicated OS user of the demo's static (password) account,
+# made by the demo and marked so in its GECOS field; no other account's password is touched.
+DEMO_OS_USER = env_str("PAMSITE_DEMO_OS_USER", "pamdemo")
+if not re.match(r"^[a-z_][a-z0-9_-]{0,30}$", DEMO_OS_USER) or DEMO_OS_USER == "root":
+    raise ImproperlyConfigured(
+        f"PAMSITE_DEMO_OS_USER must be a new login name for the demo (lower-case letters, digits, "
+        f"'_', '-', not root), not {DEMO_OS_USER[:40]!r}."
+    )
+
 # --- First administrator (make run) -----------------------------------------------
 PAMSITE_SITE_NAME = env_str("PAMSITE_SITE_NAME", "pamsite")
 

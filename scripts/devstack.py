@@ -8,6 +8,10 @@ bootstraps Vault, creates a first pam-admin if none exists, starts the web app
 (ASGI, daphne) on 127.0.0.1:8000, the worker and the SSH gateway on 127.0.0.1:2222,
 and prints how to sign in. Ctrl-C stops every
 process it started.
+
+With PAMSITE_DEMO=1 (`make demo`), and on every later run once var/demo/ is set up (unless
+PAMSITE_DEMO=0), it also starts the demo PACS host (an sshd, access/demo.py) and prints the
+demo's walk-through.
 """
 
 from __future__ import annotations
@@ -93,6 +97,14 @@ def start_embedded_vault(env: dict[str, str]) -> None:
     env["VAULT_TOKEN_FILE"] = str(server.root_token_path)
 
 
+def demo_wanted() -> bool:
+    """`make demo` (PAMSITE_DEMO=1) sets the demo up; once it is, later runs start it too."""
+    choice = os.environ.get("PAMSITE_DEMO", "").strip()
+    if choice not in ("", "0", "1"):
+        raise SystemExit(f"PAMSITE_DEMO must be 1 (the demo), 0 (no demo) or unset, not {choice!r}.")
+    return choice == "1" or (choice == "" and (VAR / "demo" / "sshd_config").exists())
+
+
 def _interrupt(signum, frame) -> None:
     # One interrupt is enough: ignore the rest (a terminal sends SIGINT to the whole
     # group, `timeout` or systemd may follow with SIGTERM) while everything stops.
@@ -126,6 +138,7 @@ def main() -> int:
     env.setdefault("DJANGO_SETTINGS_MODULE", "pamsite.settings")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    demo = demo_wanted()
 
     if port_busy(WEB_HOST, WEB_PORT):
         raise SystemExit(f"Port {WEB_PORT} on {WEB_HOST} is already in use: stop what runs there first.")
@@ -145,6 +158,10 @@ def main() -> int:
         app_env["VAULT_ROLE_ID_FILE"] = str(approle_dir / "role_id")
         app_env["VAULT_SECRET_ID_FILE"] = str(approle_dir / "secret_id")
         manage("ensure_first_admin", env=env)
+        if demo:
+            # The demo PACS host starts first so that it stops last, after the gateway's sessions.
+            manage("demo_setup", "--prepare", env=app_env)
+            start("demo-sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(VAR / "demo" / "sshd_config")], env)
 
         start(
             "web",
@@ -161,6 +178,10 @@ def main() -> int:
         gateway_listen = app_env.get("GATEWAY_LISTEN", "127.0.0.1:2222")
         gateway_port = gateway_listen.rsplit(":", 1)[1]
         say(f"SSH gateway on {gateway_listen}: ssh -p {gateway_port} USER:ACCOUNT@localhost")
+        if demo:
+            # Its Vault and login steps log at INFO: the walk-through is what the newcomer reads.
+            demo_env = {**app_env, "LOG_LEVEL": app_env.get("LOG_LEVEL", "warning")}
+            manage("demo_setup", f"--web-url=http://{WEB_HOST}:{WEB_PORT}/", env=demo_env)
         say("Ctrl-C stops everything.")
         while True:
             for name, proc in children:
