@@ -17,6 +17,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -359,6 +360,34 @@ def grants_expire_due(*, now=None) -> int:
         except InvalidTransition:
             continue  # ended meanwhile by someone else
     return ended
+
+
+def grants_of_inactive_revoke() -> int:
+    """Revoke active grants whose user or account is no longer active; returns how many.
+
+    Every deactivation in pamsite goes through ``user_deactivate`` or ``account_deactivate``,
+    which revoke at once; this catches a deactivation made around them (a raw database
+    change, a restore), so the credential is released within one sweep. The gateway has
+    already cut the sessions: it watches ``is_active`` itself.
+    """
+    revoked = 0
+    stale = Grant.objects.filter(state=Grant.State.ACTIVE).filter(
+        Q(user__is_active=False) | Q(account__is_active=False)
+    )
+    for grant in stale.select_related("user", "account").order_by("pk")[:1000]:
+        whose = "the user" if not grant.user.is_active else "the account"
+        try:
+            _end(
+                grant,
+                new_state=Grant.State.REVOKED,
+                acting_user=None,
+                reason=f"{whose} was deactivated",
+                action="access.grant.revoked",
+            )
+            revoked += 1
+        except InvalidTransition:
+            continue  # ended meanwhile by someone else
+    return revoked
 
 
 def requests_expire_stale(*, now=None) -> int:

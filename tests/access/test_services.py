@@ -154,6 +154,26 @@ def test_expiry_sweep_ends_grants(alice, bob, policy, ssh_account, vault_ready):
     assert "access.grant.expired" in actions()
 
 
+@pytest.mark.parametrize("what", ["user", "account"])
+def test_the_sweep_revokes_grants_of_a_user_or_account_deactivated_around_the_services(
+    what, alice, bob, policy, ssh_account, vault_ready
+):
+    """A raw change (a restore, SQL by hand) that deactivates without the service: the next
+    sweep revokes the grant, so its credential is released too."""
+    req = ask(alice, ssh_account)
+    services.request_decide(access_request=req, approver=bob, approve=True, comment="")
+    grant = Grant.objects.get()
+    assert services.grants_of_inactive_revoke() == 0
+    model = type(alice) if what == "user" else type(ssh_account)
+    model.objects.filter(pk=(alice if what == "user" else ssh_account).pk).update(is_active=False)
+    assert services.grants_of_inactive_revoke() == 1
+    grant.refresh_from_db()
+    assert grant.state == Grant.State.REVOKED
+    assert grant.end_reason == f"the {what} was deactivated"
+    assert grant.cleanup != Grant.Cleanup.NONE
+    assert services.grants_of_inactive_revoke() == 0
+
+
 def test_vault_down_at_checkout_keeps_the_request_approved_and_retry_works(
     alice, bob, policy, ssh_account, settings, openbao_factory, vault_ready
 ):
