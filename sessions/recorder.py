@@ -116,9 +116,10 @@ TYPED_TAIL_MAX = 256
 ECHO_WAITING_MAX = 1000  # Enters waiting for their echo at once; more lines pasted at once get none
 # Output read while Enters wait for their echo, before they are given the line shown when
 # Enter came: bounds the relay's work when a pasted command prints a lot before the next echo.
-ECHO_SCAN_MAX = 4 * 1024 * 1024
+ECHO_SCAN_MAX = 1024 * 1024  # ~25 ms of the relay's CPU, at most, per paste (escape sequences stripped)
 ECHO_LOOKAHEAD = 200  # output lines searched for a prompt-and-command echo before a bare one
 ECHO_SKIP_MAX = 4  # later Enters looked at when the oldest waiting one finds no echo
+SHORT_LINE = 32  # output lines shorter than this are always looked at (an empty echo, say)
 _HASH_BLOCK = 1024 * 1024
 SEAL_SAVE_TRIES = 3
 REPLAY_INDEX_SUFFIX = ".replay-index.json"  # the player's index beside a terminal recording
@@ -648,9 +649,17 @@ class TerminalRecorder(_Recorder):
     def _place_echoes(self, pending: list) -> list:
         """``pending`` with a marker after each output line that echoes a waiting Enter."""
         start, self._echo_from = self._echo_from, 0
-        needles = set()
-        for waiting in itertools.islice(self._awaiting, ECHO_LOOKAHEAD):
-            needles.update(waiting.needles())
+        # An echo ends with what was typed (or the line shown at Enter), escape sequences aside:
+        # that is tested on the whole output at once, the screen text made only for lines that
+        # pass (or are short: an Enter alone echoed on a line of its own).
+        ends = tuple(
+            {
+                text.encode()
+                for waiting in itertools.islice(self._awaiting, ECHO_LOOKAHEAD)
+                for text in (waiting.typed, waiting.before)
+                if text
+            }
+        )
         # 1. The output lines completed in this flush that may be an echo, in order.
         candidates: list[tuple[int, int, str]] = []  # entry index, end of the line in it, text
         carry = self._line_tail
@@ -665,13 +674,15 @@ class TerminalRecorder(_Recorder):
                 over_budget = number
                 break
             self._echo_scanned += len(payload)
-            begin, newline = 0, payload.find(b"\n")
-            while newline >= 0:
-                raw = (carry + payload[:newline] if begin == 0 else payload[begin:newline])[-LINE_TAIL_MAX:]
-                if any(needle in raw for needle in needles):
-                    candidates.append((number, newline + 1, screen_line(raw, limit=None)))
-                begin, newline = newline + 1, payload.find(b"\n", newline + 1)
-            carry = (carry + payload if begin == 0 else payload[begin:])[-LINE_TAIL_MAX:]
+            text = carry + payload
+            raws = text.split(b"\n")
+            plains = _ESCAPES_BUT_NEWLINE.sub(b"", text).split(b"\n")
+            end = -len(carry)
+            for raw, plain in zip(raws[:-1], plains, strict=False):
+                end += len(raw) + 1
+                if len(raw) < SHORT_LINE or plain.rstrip().endswith(ends):
+                    candidates.append((number, end, screen_line(raw[-LINE_TAIL_MAX:], limit=None)))
+            carry = raws[-1][-LINE_TAIL_MAX:]
         # 2. Each waiting Enter, oldest first, takes its echo among the lines after the last one
         # taken. One not echoed yet holds the next ones back, unless one of the next few finds
         # the prompt and its line: then the target did not echo it in a form seen here (the
@@ -766,11 +777,6 @@ class _AwaitedEcho:
         self.typed = typed  # what was typed on the line, to recognise its echo; never written
         self.before = before  # the screen line when Enter came: the label if no echo is seen
 
-    def needles(self) -> set[bytes]:
-        """Bytes an output line must hold to be this Enter's echo (a cheap first test)."""
-        needles = {text[-1].encode() for text in (self.typed, self.before) if text}
-        return needles if self.typed or self.before else {b""}
-
     def echo_in(
         self, lines: list[tuple[int, int, str]], start: int, *, prompted_only: bool = False
     ) -> int | None:
@@ -778,7 +784,7 @@ class _AwaitedEcho:
 
         The first that shows the typed line after a prompt (or, nothing typed being visible,
         the line as it was when Enter came); else, unless ``prompted_only``, the first that
-        is the typed line alone.
+        is the typed line alone (an empty line for an Enter alone).
         """
         typed, size, bare = self.typed, len(self.typed), None
         for number in range(start, min(len(lines), start + ECHO_LOOKAHEAD)):
@@ -789,8 +795,12 @@ class _AwaitedEcho:
                     continue
                 if not text[-size - 1].isalnum():  # "$ ls", not "tools"
                     return number
-            elif text == self.before and (self.before or not typed) and not prompted_only:
+            elif prompted_only:
+                continue
+            elif text == self.before and (self.before or not typed):
                 return number
+            elif not typed and not text and bare is None:
+                bare = number  # an Enter alone, echoed on a line of its own
         return None if prompted_only else bare
 
 
@@ -863,6 +873,16 @@ _LINE_CONTROLS = re.compile(
     r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
     r"|\x1b[ -/]*[0-~]?"
     r"|[\x00-\x1f\x7f]"
+)
+
+
+# The same for raw output, newlines kept (so its lines are the output's lines).
+_ESCAPES_BUT_NEWLINE = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]"
+    rb"|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+    rb"|\x1b[PX^_][^\x1b\n]*(?:\x1b\\)?"
+    rb"|\x1b[ -/]*[0-~]?"
+    rb"|[\x00-\x09\x0b-\x1f\x7f]"
 )
 
 

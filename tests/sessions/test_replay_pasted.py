@@ -125,8 +125,8 @@ def test_each_pasted_line_is_listed_and_its_marker_jumps_to_it(
     expected = [f"{PROMPT} {command}" for command in PASTED]
     if bracketed:
         # bash shows the pasted block, its prompt before the first line only, and runs it at
-        # the Enter after it, which gets the line shown when it came (nothing of it is echoed).
-        expected = [expected[0], *PASTED[1:], PROMPT, f"{PROMPT} exit"]
+        # the Enter after it, echoed as an empty line.
+        expected = [expected[0], *PASTED[1:], "(nothing echoed)", f"{PROMPT} exit"]
     else:
         expected.append(f"{PROMPT} exit")
     assert listed == expected
