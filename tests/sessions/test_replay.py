@@ -18,9 +18,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from sessions import recorder as recorder_module
 from sessions import replay
 from sessions.models import Recording, Session
-from sessions import recorder as recorder_module
 from sessions.recorder import EventLog, ExecRecorder, TerminalRecorder, screen_line, typed_lines
 from tests.conftest import make_user, verified_client
 from tests.sessions.test_services import make_grant, make_session
