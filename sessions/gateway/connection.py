@@ -884,7 +884,7 @@ class GatewayConnection(asyncssh.SSHServer):
         try:
             await conn.create_session(pipe.session, **options)
         except (asyncssh.Error, OSError) as exc:
-            reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+            reason = getattr(exc, "reason", "") or str(exc) or "it gave no reason"
             self._say(state, f"pamsite: {self.account.target.name} refused the {kind}: {reason}")
             return
         state.pipe = pipe
