@@ -42,7 +42,8 @@ class AccountAdmin(admin.ModelAdmin):
             obj.is_active = not wanted  # saved as it was; the service changes it
         super().save_model(request, obj, form, change)
         if change and "is_active" in form.changed_data:
-            reason = f"is_active changed in the Configuration admin by {request.user.get_username()}"
+            done = "made active" if wanted else "made inactive"
+            reason = f"{done} in the Configuration admin by {request.user.get_username()}"
             change_activation = services.account_reactivate if wanted else services.account_deactivate
             change_activation(
                 account=obj, acting_user=request.user, reason=reason, http_request=request, via="admin"

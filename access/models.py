@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from access.ticket_patterns import ticket_pattern_matches, ticket_pattern_problem
+from audit.timefmt import local_time
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$", "Use lower-case letters, digits and hyphens (e.g. pacs01-root)."
@@ -394,7 +395,7 @@ class Grant(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.account} for {self.user} until {self.ends_at:%Y-%m-%d %H:%M}"
+        return f"{self.account} for {self.user} until {local_time(self.ends_at)}"
 
     def get_absolute_url(self) -> str:
         return reverse("access:grant", args=[self.pk])

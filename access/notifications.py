@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.mail import send_mail
 
+from audit.timefmt import local_time
 from identity.roles import Role
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def expiring(grant) -> None:
     if not grant.user.email:
         return
     _send(
-        f"Your access to {grant.account.slug} ends at {grant.ends_at:%H:%M} UTC",
-        f"Your grant for {grant.account.slug} ends at {grant.ends_at:%Y-%m-%d %H:%M} UTC; open sessions will "
+        f"Your access to {grant.account.slug} ends at {local_time(grant.ends_at, '%H:%M %Z')}",
+        f"Your grant for {grant.account.slug} ends at {local_time(grant.ends_at)}; open sessions will "
         f"be closed then. Save your work, or ask for a new grant.\n{_link(grant)}\n",
         [grant.user.email],
     )
@@ -75,7 +76,7 @@ def break_glass(grant) -> None:
     _send(
         f"EMERGENCY ACCESS: {grant.user.username} on {grant.account.slug}",
         f"{grant.user} used break-glass access to {grant.account.slug} "
-        f"until {grant.ends_at:%Y-%m-%d %H:%M} UTC.\n"
+        f"until {local_time(grant.ends_at)}.\n"
         f"Justification: {grant.request.reason}\nAn approver must review it: {_link(grant)}\n",
         sorted(set(_emails_of(Role.AUDITOR) + _emails_of(Role.APPROVER, exclude_id=grant.user_id))),
     )
@@ -101,7 +102,7 @@ def break_glass_without_vault(grant, vault_message: str) -> None:
         f"{account.target}: {vault_message}\n\n"
         f"pamsite could not check the credential out, so {grant.user.username} was told to open the "
         f"sealed emergency envelope of {account.slug} (login {account.username}). The grant lasts until "
-        f"{grant.ends_at:%Y-%m-%d %H:%M} UTC; what is done with it is not recorded by the gateway.\n"
+        f"{local_time(grant.ends_at)}; what is done with it is not recorded by the gateway.\n"
         f"Justification: {grant.request.reason}\n\n"
         f"Bring Vault back (unseal or restart it). {then}\n{_link(grant)}\n",
         _emails_of(Role.PAM_ADMIN),

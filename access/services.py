@@ -437,7 +437,11 @@ def grant_cleanup(*, grant_pk: int, vault=None) -> bool:
         if grant.account.kind == Account.Kind.STATIC:
             rotated_version = sources.static_rotate(account=ref, vault=vault)
     except Exception as exc:
-        message = str(exc)[:1000] or exc.__class__.__name__
+        if isinstance(exc, VaultError) and str(exc):  # worded for the people who read it
+            message = str(exc)[:1000]
+        else:  # a bug: its repr or class name would mean nothing on the grant page
+            logger.exception("Releasing the credential of grant %s failed unexpectedly", grant.pk)
+            message = "pamsite failed unexpectedly (its log has the details); it tries again"
         with transaction.atomic():
             attempts = grant.cleanup_attempts + 1
             delay = min(60 * 2 ** min(attempts, 6), 3600)

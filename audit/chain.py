@@ -146,7 +146,7 @@ def _verify(from_sequence: int, chunk_size: int) -> ChainVerification:
         return broken(
             head_sequence + 1,
             f"event {head_sequence + 1} is beyond the chain head ({head_sequence}): "
-            "added outside audit_record",
+            "added outside pamsite (written into the database directly)",
         )
     if head_hash != expected_prev:
         return broken(last_sequence, f"the chain head's hash differs from event {last_sequence}'s")

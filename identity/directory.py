@@ -50,6 +50,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.services import audit_record
+from audit.timefmt import local_time
 from identity.ldap_client import (
     DirectoryClient,
     DirectoryEntry,
@@ -638,7 +639,7 @@ def _run_start(*, full: bool, dry_run: bool, trigger: str) -> DirectorySyncRun:
             )
     except IntegrityError:
         running = DirectorySyncRun.objects.filter(state=DirectorySyncRun.State.RUNNING).first()
-        since = f" since {running.started_at:%Y-%m-%d %H:%M:%S} UTC" if running else ""
+        since = f" since {local_time(running.started_at, '%Y-%m-%d %H:%M:%S %Z')}" if running else ""
         raise DirectorySyncBusy(
             f"Another directory sync is running{since}; try again when it has ended."
         ) from None
@@ -688,7 +689,7 @@ def _notify_refused(result: SyncResult, plan: _Plan) -> None:
         f"\n  … and {len(names) - 50} more" if len(names) > 50 else ""
     )
     body = (
-        f"The directory sync of {result.run.started_at:%Y-%m-%d %H:%M} UTC changed nothing: "
+        f"The directory sync of {local_time(result.run.started_at)} changed nothing: "
         f"{result.error}\n\n"
         f"It would have deactivated these users and revoked their access:\n{shown}\n\n"
         "If the directory (or the sync's LDAP_USER_BASE / LDAP_USER_FILTER) is wrong, fix it; the next "

@@ -7,6 +7,7 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
+from audit.timefmt import local_time
 from identity.roles import BREAK_GLASS_GROUP, Role
 
 
@@ -135,7 +136,8 @@ class DirectorySyncRun(models.Model):
 
     def __str__(self) -> str:
         kind = "full" if self.full else "incremental"
-        return f"{kind} directory sync at {self.started_at:%Y-%m-%d %H:%M:%S} ({self.state})"
+        started = local_time(self.started_at, "%Y-%m-%d %H:%M:%S %Z")
+        return f"{kind} directory sync at {started} ({self.state})"
 
     @property
     def duration_seconds(self) -> float | None:

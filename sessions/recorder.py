@@ -9,8 +9,9 @@ Three writers, one file (or pair of files) each, under ``RECORDINGS_ROOT``:
   two reads stays whole; invalid bytes become U+FFFD; escape sequences are kept (JSON
   escapes them, e.g. ``\\u001b``). Output chunks less than 10 ms apart share one event.
   ``[t, "m", label]`` markers: what the user types is never recorded (``input()``), but each
-  Enter adds a marker labelled with the screen line the target had echoed, so the replay
-  lists and jumps to each command.
+  Enter adds a marker labelled with the screen line the target echoed for it, placed where
+  that line is on the screen, so the replay lists and jumps to each command (also each line
+  of input pasted or piped in at once).
 - ``ExecRecorder``: a non-pty exec channel's output, which may be binary (tar, DICOM), as
   the exact raw bytes in ``channel-N.bin`` plus a text timing index ``channel-N.idx`` with
   one line ``"<t> <offset> <length> <stream>"`` per chunk (stream ``o`` stdout, ``e``
@@ -75,6 +76,7 @@ import contextlib
 import datetime
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -107,6 +109,17 @@ MIN_FREE_BYTES = 16 * 1024 * 1024  # refuse to start a recording on a nearly ful
 COALESCE_SECONDS = 0.01  # exec chunks of one stream closer than this share an index line
 MARKER_LABEL_MAX = 80  # characters of the screen line kept as a marker's label
 LINE_TAIL_MAX = 4096  # bytes of the current output line kept to label the next marker
+# Pasted or piped lines arrive before the target echoes them: each Enter waits for the output
+# line that echoes it (TerminalRecorder.input). The line being typed is kept in memory only,
+# to recognise that echo, at most this many characters of it:
+TYPED_TAIL_MAX = 256
+ECHO_WAITING_MAX = 1000  # Enters waiting for their echo at once; more lines pasted at once get none
+# Output read while Enters wait for their echo, before they are given the line shown when
+# Enter came: bounds the relay's work when a pasted command prints a lot before the next echo.
+ECHO_SCAN_MAX = 1024 * 1024  # ~25 ms of the relay's CPU, at most, per paste (escape sequences stripped)
+ECHO_LOOKAHEAD = 200  # output lines searched for a prompt-and-command echo before a bare one
+ECHO_SKIP_MAX = 4  # later Enters looked at when the oldest waiting one finds no echo
+SHORT_LINE = 32  # output lines shorter than this are always looked at (an empty echo, say)
 _HASH_BLOCK = 1024 * 1024
 SEAL_SAVE_TRIES = 3
 REPLAY_INDEX_SUFFIX = ".replay-index.json"  # the player's index beside a terminal recording
@@ -549,6 +562,13 @@ class TerminalRecorder(_Recorder):
             self._header["env"] = {"TERM": term}
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._line_tail = b""  # flushed output since the last newline, for marker labels
+        self._input_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._typing = ""  # the end of the line being typed: in memory only, never written
+        self._after_cr = False  # the last input byte was CR (a CRLF split across two reads)
+        self._awaiting: collections.deque[_AwaitedEcho] = collections.deque()
+        self._echo_from = 0  # index in _pending of the first output after the oldest waiting Enter
+        self._echo_scanned = 0  # bytes of output read for the waiting Enters' echoes
+        self._last_t = 0.0  # time of the last event encoded: times never go back in the file
         super().__init__(session=session, channel=channel, root=root)
 
     def _paths(self, folder: str, channel: int | None) -> tuple[str, str]:
@@ -569,52 +589,260 @@ class TerminalRecorder(_Recorder):
         self._append(("r", f"{int(width)}x{int(height)}"), 16)
 
     def input(self, data: bytes) -> None:
-        """What the user typed on this pty channel: never recorded; Enter adds a marker.
+        """What the user typed on this pty channel: never recorded; each Enter adds a marker.
 
-        The typed bytes are not kept (a password typed at a prompt with echo off would be in
-        the recording otherwise). When ``data`` holds an Enter (CR, or LF) a marker event
-        ``[t, "m", label]`` is queued, labelled with the current screen line as the target
-        echoed it: the output since the last newline with carriage returns, backspaces and
-        line edits applied and escape sequences stripped, at most 80 characters; empty when
-        nothing was echoed. One marker per call: a pasted block is one marker.
+        The typed bytes are not written anywhere (a password typed at a prompt with echo off
+        would be in the recording otherwise). Each Enter (CR, LF or CRLF) adds a marker event
+        ``[t, "m", label]`` labelled with the screen line the target echoed for it: the output
+        line with carriage returns, backspaces and line edits applied and escape sequences
+        stripped, at most 80 characters; empty when nothing was echoed.
 
-        Cheap on the relay's input path: keystrokes without Enter return at once; on Enter
-        only the output since the last newline is looked at.
+        Typed key by key, the line is on the screen when Enter comes: the marker goes there,
+        before the command's output. Pasted or piped lines (several Enters in one read, or
+        text and Enter together) come before the target has echoed them: each Enter then
+        waits for its echo, the first later output line ending with what was typed on that
+        line (after the prompt, preferred to a bare copy, which is the terminal echoing input
+        sent before the shell read it), or left as it was on the screen (echo off: a password
+        prompt). The marker goes right after that line, so a jump shows the command and not
+        yet its output. The end of the line being typed is kept in memory for that match
+        only (TYPED_TAIL_MAX characters), and dropped when it is found or given up: an Enter
+        typed on an echoed line gives up those still waiting (the target is echoing what is
+        typed now), as does more than ECHO_SCAN_MAX of output or the end of the recording;
+        a marker given up is labelled with the line shown when its Enter came.
+
+        Cheap on the relay's input path: keystrokes without Enter only update the typed line;
+        on Enter only the output since the last newline is looked at.
         """
         if type(data) is not bytes:
             data = bytes(data)
-        if b"\r" not in data and b"\n" not in data:
+        text = self._input_decoder.decode(data)
+        lines, self._typing, self._after_cr = typed_lines(self._typing, text, after_cr=self._after_cr)
+        if not lines:
             return
+        if self._failed or self._closed:
+            raise RecordingError(self._failed or "The recording is closed")
         with self._lock:
-            tail = _line_since_newline(self._pending, self._line_tail)
-        label = screen_line(tail)
-        self._append(("m", label), len(label) + 16)
+            if self._awaiting and self._pending:
+                self._flush_locked()  # the echoes already relayed are placed before this Enter
+            now = time.monotonic() - self._start
+            shown = screen_line(_line_since_newline(self._pending, self._line_tail), limit=None)
+            first = lines[0]
+            if not first or shown.endswith(first):
+                if first:
+                    self._give_up_echoes(now)
+                if not self._awaiting:
+                    label = shown[:MARKER_LABEL_MAX]
+                    self._pending.append((now, "m", label))
+                    self._pending_bytes += len(label) + 16
+                    lines = lines[1:]
+            if lines and not self._awaiting:
+                self._echo_from, self._echo_scanned = len(self._pending), 0
+            for typed in lines[: max(0, ECHO_WAITING_MAX - len(self._awaiting))]:
+                self._awaiting.append(_AwaitedEcho(typed, shown))
+
+    def _give_up_echoes(self, now: float, *, into: list | None = None) -> None:
+        """Each Enter still waiting for its echo gets the line shown when it came."""
+        into = self._pending if into is None else into
+        while self._awaiting:
+            into.append((now, "m", self._awaiting.popleft().before[:MARKER_LABEL_MAX]))
+
+    def _place_echoes(self, pending: list) -> list:
+        """``pending`` with a marker after each output line that echoes a waiting Enter."""
+        start, self._echo_from = self._echo_from, 0
+        # An echo ends with what was typed (or the line shown at Enter), escape sequences aside:
+        # that is tested on the whole output at once, the screen text made only for lines that
+        # pass (or are short: an Enter alone echoed on a line of its own).
+        ends = tuple(
+            {
+                text.encode()
+                for waiting in itertools.islice(self._awaiting, ECHO_LOOKAHEAD)
+                for text in (waiting.typed, waiting.before)
+                if text
+            }
+        )
+        # 1. The output lines completed in this flush that may be an echo, in order.
+        candidates: list[tuple[int, int, str]] = []  # entry index, end of the line in it, text
+        carry = self._line_tail
+        over_budget = None
+        for number, (_t, code, payload) in enumerate(pending):
+            if code != "o" or not isinstance(payload, bytes):
+                continue
+            if number < start:  # output from before the oldest waiting Enter: no echo of it
+                carry = _line_since_newline([(0, "o", payload)], carry)
+                continue
+            if self._echo_scanned > ECHO_SCAN_MAX:
+                over_budget = number
+                break
+            self._echo_scanned += len(payload)
+            text = carry + payload
+            raws = text.split(b"\n")
+            plains = _ESCAPES_BUT_NEWLINE.sub(b"", text).split(b"\n")
+            end = -len(carry)
+            for raw, plain in zip(raws[:-1], plains, strict=False):
+                end += len(raw) + 1
+                if len(raw) < SHORT_LINE or plain.rstrip().endswith(ends):
+                    candidates.append((number, end, screen_line(raw[-LINE_TAIL_MAX:], limit=None)))
+            carry = raws[-1][-LINE_TAIL_MAX:]
+        # 2. Each waiting Enter, oldest first, takes its echo among the lines after the last one
+        # taken. One not echoed yet holds the next ones back, unless one of the next few finds
+        # the prompt and its line: then the target did not echo it in a form seen here (the
+        # Enter that runs a bracketed paste, say), and it is given up there.
+        placed: dict[int, list[tuple[int, str]]] = {}
+        taken = 0
+        while self._awaiting and taken < len(candidates):
+            for skipped, waiting in enumerate(itertools.islice(self._awaiting, ECHO_SKIP_MAX + 1)):
+                found = waiting.echo_in(candidates, taken, prompted_only=skipped > 0)
+                if found is not None:
+                    break
+            if found is None:
+                break  # not echoed yet; the Enters after it wait too
+            number, end, text = candidates[found]
+            marks = placed.setdefault(number, [])
+            for _ in range(skipped):
+                marks.append((end, self._awaiting.popleft().before[:MARKER_LABEL_MAX]))
+            marks.append((end, text[:MARKER_LABEL_MAX]))
+            self._awaiting.popleft()
+            taken = found + 1
+        if not placed and over_budget is None:
+            return pending
+        # 3. Output entries split after each echoed line, the marker between: a jump to it
+        # shows the line, not what came after (the player shows what is at or before its time).
+        out: list = []
+        for number, entry in enumerate(pending):
+            if number == over_budget:
+                self._give_up_echoes(entry[0], into=out)
+            marks = placed.get(number)
+            if not marks:
+                out.append(entry)
+                continue
+            t, code, payload = entry
+            t, cut = round(t, 6), 0
+            for end, label in marks:
+                if end > cut:
+                    out.append((t, code, payload[cut:end]))
+                out.append((t, "m", label))
+                t, cut = round(t + 1e-6, 6), end
+            if cut < len(payload):
+                out.append((t, code, payload[cut:]))
+        if not self._awaiting:
+            self._echo_scanned = 0
+        return out
 
     def _finish(self) -> None:
         self._flush_locked()  # decode what is pending before asking the decoder for its tail
+        now = time.monotonic() - self._start
+        if self._awaiting:  # the session ended: a last echo without its newline, or none
+            shown = screen_line(self._line_tail, limit=None)
+            if self._awaiting[0].echo_in([(0, 0, shown)], 0) is not None:
+                self._awaiting.popleft()
+                self._pending.append((now, "m", shown[:MARKER_LABEL_MAX]))
+            self._give_up_echoes(now)
         tail = self._decoder.decode(b"", final=True)
         if tail:
-            self._pending.append((time.monotonic() - self._start, "o", tail))
+            self._pending.append((now, "o", tail))
 
     def _encode(self, pending: list) -> tuple[bytes, bytes]:
         # orjson escapes ~5x faster than the json module (2.7 GB/s of terminal text here):
         # this runs on the relay thread at each flush.
+        if self._awaiting:
+            pending = self._place_echoes(pending)
         self._line_tail = _line_since_newline(pending, self._line_tail)
         lines = []
+        last_t = self._last_t
         group_t, group = 0.0, []  # output chunks less than 10 ms apart become one event
         for t, code, payload in [*pending, (None, "", None)]:
             if group and (code != "o" or t - group_t >= COALESCE_SECONDS):
                 text = self._decoder.decode(b"".join(group))
                 if text:  # empty when all we have is the start of a multibyte character
-                    lines.append(orjson.dumps([round(group_t, 6), "o", text]))
+                    last_t = max(round(group_t, 6), last_t)
+                    lines.append(orjson.dumps([last_t, "o", text]))
                 group = []
             if code == "o" and isinstance(payload, bytes):
                 if not group:
                     group_t = t
                 group.append(payload)
             elif code:
-                lines.append(orjson.dumps([round(t, 6), code, payload]))
+                last_t = max(round(t, 6), last_t)
+                lines.append(orjson.dumps([last_t, code, payload]))
+        self._last_t = last_t
         return (b"\n".join(lines) + b"\n") if lines else b"", b""
+
+
+class _AwaitedEcho:
+    """An Enter whose line the target has not echoed yet (TerminalRecorder.input)."""
+
+    __slots__ = ("before", "typed")
+
+    def __init__(self, typed: str, before: str):
+        self.typed = typed  # what was typed on the line, to recognise its echo; never written
+        self.before = before  # the screen line when Enter came: the label if no echo is seen
+
+    def echo_in(
+        self, lines: list[tuple[int, int, str]], start: int, *, prompted_only: bool = False
+    ) -> int | None:
+        """Which of ``lines[start:]`` (their screen text last) echoes this Enter, or None.
+
+        The first that shows the typed line after a prompt (or, nothing typed being visible,
+        the line as it was when Enter came); else, unless ``prompted_only``, the first that
+        is the typed line alone (an empty line for an Enter alone).
+        """
+        typed, size, bare = self.typed, len(self.typed), None
+        for number in range(start, min(len(lines), start + ECHO_LOOKAHEAD)):
+            text = lines[number][2]
+            if typed and text.endswith(typed):
+                if len(text) == size:
+                    bare = number if bare is None else bare
+                    continue
+                if not text[-size - 1].isalnum():  # "$ ls", not "tools"
+                    return number
+            elif prompted_only:
+                continue
+            elif text == self.before and (self.before or not typed):
+                return number
+            elif not typed and not text and bare is None:
+                bare = number  # an Enter alone, echoed on a line of its own
+        return None if prompted_only else bare
+
+
+# The keys whose effect on the line being typed is known; any other control or escape sequence
+# (completion, history, cursor movement) makes the line's start unknown, so only what is typed
+# after it is matched against the echo.
+_INPUT_TOKENS = re.compile(r"\r\n?|\n|\x1b(?:\[[0-?]*[ -/]*[@-~]|O[ -~]|[ -~])?|[\x00-\x1f\x7f]")
+
+
+def typed_lines(tail: str, text: str, *, after_cr: bool = False) -> tuple[list[str], str, bool]:
+    """The lines ended by each Enter in ``text`` (typed after ``tail``), what is typed after the
+    last one, and whether ``text`` ended with CR (its LF may come in the next read).
+
+    Each line is what it ends with as typed: backspace and delete remove a character, Ctrl-U
+    the line, Ctrl-W a word; after another control key only what is typed later is kept.
+    At most TYPED_TAIL_MAX characters; surrounding spaces stripped.
+    """
+    lines: list[str] = []
+    position = 0
+    for match in _INPUT_TOKENS.finditer(text):
+        if match.start() > position:
+            tail, after_cr = (tail + text[position : match.start()])[-TYPED_TAIL_MAX:], False
+        position = match.end()
+        key = match.group()
+        if key == "\n" and after_cr:
+            after_cr = False  # the LF of a CRLF whose CR ended the last read
+            continue
+        after_cr = key == "\r"
+        if key[0] in "\r\n":
+            if len(lines) < ECHO_WAITING_MAX:
+                lines.append(tail.strip())
+            tail = ""
+        elif key in ("\x7f", "\x08"):
+            tail = tail[:-1]
+        elif key == "\x17":
+            kept = tail.rstrip()
+            tail = kept[: max(kept.rfind(" "), kept.rfind("\t")) + 1]
+        else:
+            tail = ""
+    if position < len(text):
+        tail, after_cr = (tail + text[position:])[-TYPED_TAIL_MAX:], False
+    return lines, tail, after_cr
 
 
 def _line_since_newline(pending: list, tail: bytes) -> bytes:
@@ -648,12 +876,23 @@ _LINE_CONTROLS = re.compile(
 )
 
 
-def screen_line(raw: bytes, *, limit: int = MARKER_LABEL_MAX) -> str:
+# The same for raw output, newlines kept (so its lines are the output's lines).
+_ESCAPES_BUT_NEWLINE = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]"
+    rb"|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+    rb"|\x1b[PX^_][^\x1b\n]*(?:\x1b\\)?"
+    rb"|\x1b[ -/]*[0-~]?"
+    rb"|[\x00-\x09\x0b-\x1f\x7f]"
+)
+
+
+def screen_line(raw: bytes, *, limit: int | None = MARKER_LABEL_MAX) -> str:
     """The text a terminal shows for one line of output (no newline in it), trimmed.
 
     Applies carriage return, backspace, tab and the line-editing sequences shells use
     (erase in line, cursor left/right/column, delete/insert/erase characters); strips
-    every other escape sequence and control character. At most ``limit`` characters.
+    every other escape sequence and control character. At most ``limit`` characters (None:
+    all of them).
     """
     text = raw.decode("utf-8", errors="replace")
     cells: list[str] = []
@@ -705,7 +944,8 @@ def screen_line(raw: bytes, *, limit: int = MARKER_LABEL_MAX) -> str:
             elif final == "X":
                 cells[col : col + count] = " " * len(cells[col : col + count])
     put(text[pos:])
-    return "".join(cells).strip()[:limit]
+    shown = "".join(cells).strip()
+    return shown if limit is None else shown[:limit]
 
 
 class ExecRecorder(_Recorder):

@@ -650,7 +650,7 @@ class VaultClient:
             )
         if isinstance(exc, hx.RateLimitExceeded):
             return VaultUnavailable(f"Vault at {addr} is rate-limiting requests for {path}: retry later")
-        return VaultError(f"Vault rejected the request for {path}: {detail or type(exc).__name__}")
+        return VaultError(f"Vault rejected the request for {path}: {detail or _answer_in_words(exc)}")
 
     def _translate_status(self, resp: requests.Response, path: str) -> Exception:
         try:
@@ -680,6 +680,21 @@ class VaultClient:
                 text = text.replace(secret, "***")
         # Vault wraps some errors as "1 error occurred:\n\t* permission denied\n\n".
         return " ".join(re.sub(r"\d+ errors? occurred:|\t\* ", " ", text).split())[:300]
+
+
+def _answer_in_words(exc: Exception) -> str:
+    """What Vault answered, for an error that came without Vault's own words (never a class name)."""
+    hx = hvac.exceptions
+    for kind, words in (
+        (hx.InvalidRequest, "it found the request invalid (HTTP 400)"),
+        (hx.PreconditionFailed, "it is not up to date yet (HTTP 412): retry in a moment"),
+        (hx.InternalServerError, "it had an internal error (HTTP 500): see Vault's log"),
+        (hx.BadGateway, "a proxy in front of it could not reach it (HTTP 502)"),
+        (hx.UnsupportedOperation, "it does not support this operation: check Vault's version"),
+    ):
+        if isinstance(exc, kind):
+            return words
+    return "it gave no reason: see Vault's log"
 
 
 _client: VaultClient | None = None

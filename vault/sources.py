@@ -33,6 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from audit.timefmt import duration_words
 from sessions import upstream
 from vault.client import VaultClient, VaultConflict, VaultError, VaultNotFound, get_client
 
@@ -59,6 +60,11 @@ PASSWORD_LENGTH = 32
 # separator), no quotes, backslash, space or control characters.
 PASSWORD_SYMBOLS = "-_.,+=@%^*!#~"  # noqa: S105  # nosec B105
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + PASSWORD_SYMBOLS
+# What the user is told to have done, in the words of the pages (never a function's name).
+SET_UP_IN_VAULT = (
+    'a pam-admin must set the account up in Vault (Targets page: the account, "Set it up in Vault")'
+)
+SETTLED_LATER = "the next checkout or password rotation tries both on the target and keeps the one that works"
 
 # PostgreSQL identifiers we put inside double quotes ourselves: plain names only, so that
 # neither a quote nor a Vault template ({{...}}) can get into the statements.
@@ -183,16 +189,16 @@ def _database_checkout(
         creds = vault.database_credentials(role)
     except VaultNotFound:
         raise CredentialError(
-            f"No database role {role} in Vault for {account.slug}: a pam-admin must configure the "
-            "account (configure_database_role)"
+            f"No database role {role} in Vault for {account.slug}: {SET_UP_IN_VAULT}"
         ) from None
     try:
         # Vault sets the lease's TTL to the increment, within the role's max_ttl.
         ttl = vault.lease_renew(creds.lease_id, ttl_seconds)
         if ttl < ttl_seconds - LEASE_SLACK_SECONDS:
             raise CredentialError(
-                f"The Vault database role of {account.slug} ({role}) allows leases of at most about {ttl} s, "
-                f"shorter than the grant ({ttl_seconds} s): ask a pam-admin to raise its max_ttl"
+                f"The Vault database role of {account.slug} ({role}) allows leases of at most about "
+                f"{duration_words(ttl)}, shorter than the grant ({duration_words(ttl_seconds)}): ask for a "
+                "shorter grant, or a pam-admin to raise the role's maximum lease time (max_ttl) in Vault"
             )
         expires_at = _now() + timedelta(seconds=ttl)
         try:
@@ -339,10 +345,12 @@ def ssh_sign(
         )
     try:
         return vault.ssh_sign_public_key(account.role_name, public_key, [account.username], ttl_seconds)
-    except VaultNotFound:
+    except VaultError as exc:
+        # Vault answers a signing request for a role it lacks with 400 "Unknown role", not 404.
+        if not isinstance(exc, VaultNotFound) and "unknown role" not in str(exc).lower():
+            raise
         raise CredentialError(
-            f"No SSH role {account.role_name} in Vault for {account.slug}: a pam-admin must configure "
-            "the account (configure_ssh_role)"
+            f"No SSH role {account.role_name} in Vault for {account.slug}: {SET_UP_IN_VAULT}"
         ) from None
 
 
@@ -429,13 +437,16 @@ def configure_database_role(
     connection = _vault_name(account.connection, "connection name")
     role = _vault_name(account.role_name, "role name")
     if not 0 < default_ttl <= max_ttl:
-        raise CredentialError(f"Need 0 < default_ttl <= max_ttl, not {default_ttl} and {max_ttl}")
+        raise CredentialError(
+            "The lease time must be more than 0 and at most the longest lease time, not "
+            f"{default_ttl} s and {max_ttl} s"
+        )
     mount = vault.config.database_mount
     conn = vault.read(f"{mount}/config/{connection}")
     if conn is None:
         raise CredentialError(
-            f"No database connection {connection} in Vault: configure it first "
-            "(configure_database_connection)"
+            f"No database connection {connection} in Vault: a pam-admin must save it first (the "
+            'account\'s "Set it up in Vault" page saves the connection and the role)'
         )
     # Only names checked against _PG_IDENTIFIER above go in (no quote can); Vault fills in
     # {{name}}, {{password}} and {{expiration}} itself.
@@ -473,7 +484,10 @@ def configure_ssh_role(
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$", account.username):
         raise CredentialError(f"Not a login name for an SSH principal: {account.username[:40]!r}")
     if not 0 < ttl <= max_ttl:
-        raise CredentialError(f"Need 0 < ttl <= max_ttl, not {ttl} and {max_ttl}")
+        raise CredentialError(
+            "The certificate lifetime must be more than 0 and at most the longest lifetime, not "
+            f"{ttl} s and {max_ttl} s"
+        )
     if role == settings.VAULT_SSH_ROLE:
         raise CredentialError(f"{role} is the gateway's own SSH role: choose another Vault role name")
     vault.write(
@@ -697,7 +711,7 @@ def static_rotate(*, account: AccountRef, vault: VaultClient | None = None) -> i
     except upstream.UpstreamError as exc:
         raise RotationError(
             f"Rotation of {slug}: the target changed the password but the check failed ({exc}); Vault "
-            "keeps both passwords until static_reconcile settles it"
+            f"keeps both passwords until {SETTLED_LATER}"
         ) from exc
     if new_works and not old_works:
         final = outcome.settle(new, verified=True)
@@ -717,7 +731,7 @@ def static_rotate(*, account: AccountRef, vault: VaultClient | None = None) -> i
         )
     raise RotationError(
         f"Rotation of {slug}: neither the old nor the new password logs in after the change; Vault "
-        "keeps both until static_reconcile settles it. Check the target"
+        f"keeps both until {SETTLED_LATER}. Check the target"
     )
 
 
@@ -751,7 +765,7 @@ class _Outcome:
         except VaultError as exc:
             raise RotationError(
                 f"Rotation of {slug}: Vault could not record the outcome ({exc}); it keeps both passwords "
-                "until static_reconcile settles it"
+                f"until {SETTLED_LATER}"
             ) from exc
 
     @sensitive_variables("current", "new")
@@ -766,7 +780,7 @@ class _Outcome:
                 return "the target still takes the old password, which Vault keeps"
         except upstream.UpstreamError:
             pass
-        return "Vault keeps both passwords until static_reconcile settles it"
+        return f"Vault keeps both passwords until {SETTLED_LATER}"
 
 
 @sensitive_variables("data", "current", "pending")
@@ -879,10 +893,7 @@ def _ssh_role(account: AccountRef, vault: VaultClient) -> dict:
     role = _vault_name(account.role_name, "role name")
     resp = vault.read(f"{vault.config.ssh_mount}/roles/{role}")
     if resp is None:
-        raise CredentialError(
-            f"No SSH role {role} in Vault for {account.slug}: a pam-admin must configure the account "
-            "(configure_ssh_role)"
-        )
+        raise CredentialError(f"No SSH role {role} in Vault for {account.slug}: {SET_UP_IN_VAULT}")
     allowed = [u.strip() for u in str(resp["data"].get("allowed_users", "")).split(",")]
     if account.username not in allowed and "*" not in allowed:
         raise CredentialError(
@@ -902,7 +913,7 @@ def _static_secret_version(account: AccountRef, vault: VaultClient) -> tuple[dic
     except VaultNotFound:
         raise CredentialError(
             f"No password in Vault for {account.slug} (at {vault.config.kv_mount}/{account.secret_path}): "
-            "a pam-admin must store it first (static_set_password)"
+            f"{SET_UP_IN_VAULT} (it stores the password)"
         ) from None
     if not data.get("password"):
         raise CredentialError(f"The Vault secret of {account.slug} holds no password")

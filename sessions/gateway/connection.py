@@ -37,6 +37,7 @@ from django.db import connections
 from django.db.models import Sum
 
 from access.models import Account, Grant
+from audit.timefmt import duration_words
 from identity import gateway_auth
 from identity.services import MFAError
 from sessions import upstream
@@ -883,7 +884,7 @@ class GatewayConnection(asyncssh.SSHServer):
         try:
             await conn.create_session(pipe.session, **options)
         except (asyncssh.Error, OSError) as exc:
-            reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+            reason = getattr(exc, "reason", "") or str(exc) or "it gave no reason"
             self._say(state, f"pamsite: {self.account.target.name} refused the {kind}: {reason}")
             return
         state.pipe = pipe
@@ -1068,8 +1069,8 @@ class GatewayConnection(asyncssh.SSHServer):
             return f"You have no live grants. Request access at {records.request_url()}"
         lines = ["Your live grants:"]
         for number, grant in enumerate(grants, 1):
-            left = max(0, int(grant.seconds_left // 60))
-            lines.append(f"  {number}) {grant.account.slug} on {grant.account.target.name} ({left} min left)")
+            left = duration_words(grant.seconds_left)
+            lines.append(f"  {number}) {grant.account.slug} on {grant.account.target.name} ({left} left)")
         return "\n".join(lines)
 
     async def _menu(self, state: ChannelState) -> bool:

@@ -344,8 +344,9 @@ def _mismatch(where: str, pinned: HostKey, offered: HostKey) -> HostKeyMismatch:
 def _detail(exc: Exception, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
+    # In words the user can act on; a class name would say nothing to her.
     if isinstance(exc, asyncssh.DisconnectError):
-        return exc.reason or type(exc).__name__
+        return exc.reason or "it disconnected without a reason"
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc) or type(exc).__name__
-    return str(exc) or type(exc).__name__
+        return exc.strerror or str(exc) or "the connection failed without a reason"
+    return str(exc) or "it failed without a reason"

@@ -96,6 +96,7 @@ def test_a_pam_admin_invites_a_user_who_sets_a_password_and_enrols(page, browser
     page.set_viewport_size(WIDE)
     sign_in(page, base, pat)
 
+    page.click("nav >> text=Admin")  # the pam-admin pages' menu
     page.click("nav >> text=Users")
     page.wait_for_url("**/users/")
     assert page.locator("#users tbody tr").count() == 5

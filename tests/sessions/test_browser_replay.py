@@ -263,3 +263,44 @@ def test_a_requester_gets_403_on_every_auditor_page(page, live_server, root, ali
         assert "AE_TITLE" not in page.content() and "uid=0(root)" not in page.content()
         if response.status == 403:
             assert "Not allowed" in page.inner_text("h1"), url
+
+
+@pytest.mark.slow
+def test_pasted_commands_are_each_listed_and_a_marker_jumps_to_its_command(
+    page, live_server, gateway, alice, bob, carol, ssh_account
+):
+    """Five commands pasted at once into bash through the gateway: the replay lists each, and a
+    jump to one shows it echoed after the output of the one before, not yet its own output."""
+    from tests.fixtures.gateway import ended_session
+    from tests.fixtures.pacs import grant_for
+    from tests.sessions.test_replay_pasted import PASTED, PROMPT, _shell, _until
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    grant_for(alice, bob, ssh_account)
+    transport, channel = _shell(gateway, alice)
+    try:
+        channel.sendall("".join(f"{command}\r" for command in PASTED).encode())
+        _until(channel, b"fourth-4\r\n")
+        channel.sendall(b"exit\r")
+        while channel.recv(65536):
+            pass
+    finally:
+        transport.close()
+    session = ended_session(alice)
+
+    errors = sign_in(page, live_server, carol)
+    page.goto(f"{live_server.url}/replay/sessions/{session.pk}/")
+    page.wait_for_selector(SCREEN)
+    markers = page.locator("ol.markers li")
+    assert markers.count() == len(PASTED) + 2  # and the PS1 line before, exit after
+    for number, command in enumerate(PASTED, start=1):
+        assert f"{PROMPT} {command}" in markers.nth(number).inner_text()
+    markers.nth(4).locator("button").click()  # printf '%s\n' second-$((6*7)) third
+    page.wait_for_function(
+        "s => document.querySelector(s).innerText.includes('second-$((6*7))')", arg=SCREEN, timeout=10_000
+    )
+    screen = screen_text(page)
+    assert "/tmp" in screen.split("second-$((6*7))")[0]  # the output of cd /tmp && pwd, before it
+    assert "second-42" not in screen and "fourth" not in screen
+    page.screenshot(path=str(ARTIFACTS / "replay-pasted.png"), full_page=True)
+    assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors

@@ -18,9 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from sessions import recorder as recorder_module
 from sessions import replay
 from sessions.models import Recording, Session
-from sessions.recorder import EventLog, ExecRecorder, TerminalRecorder, screen_line
+from sessions.recorder import EventLog, ExecRecorder, TerminalRecorder, screen_line, typed_lines
 from tests.conftest import make_user, verified_client
 from tests.sessions.test_services import make_grant, make_session
 
@@ -137,6 +138,134 @@ def test_keystrokes_without_enter_add_nothing_and_asciinema_still_plays_the_file
         [str(ASCIINEMA), "cat", str(root / recording.path)], capture_output=True, check=True
     )
     assert played.stdout == b"$ echo hi\r\nhi\r\n"
+
+
+# --- Pasted and piped input: each line waits for its echo ----------------------------------------
+
+
+def labels_and_screens(root: Path, recording) -> list[tuple[str, str]]:
+    """Each marker's label and the output up to its time (what a jump to it shows)."""
+    events = cast_events(root, recording)
+    return [
+        (m[2], "".join(e[2] for e in events if e[1] == "o" and e[0] <= m[0])) for m in events if m[1] == "m"
+    ]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("tail", "text", "after_cr", "lines", "rest", "ends_cr"),
+    [
+        ("", "ls\rpwd\r", False, ["ls", "pwd"], "", True),
+        ("", "ls\npwd\nwho", False, ["ls", "pwd"], "who", False),
+        ("", "ls\r\npwd\r\n", False, ["ls", "pwd"], "", False),  # CRLF is one Enter
+        ("", "\npwd\r", True, ["pwd"], "", True),  # the LF of a CRLF split across two reads
+        ("ca", "t /etc/hosts\r", False, ["cat /etc/hosts"], "", True),  # typed across reads
+        ("", "lss\x7f -l\x08\x08-a\r", False, ["ls -a"], "", True),  # DEL and backspace
+        ("", "rm -rf /\x15echo ok\r", False, ["echo ok"], "", True),  # Ctrl-U kills the line
+        ("", "ls /tmp /var\x17/etc\r", False, ["ls /tmp /etc"], "", True),  # Ctrl-W a word
+        ("", "ls /et\tpasswd\r", False, ["passwd"], "", True),  # completion: only what follows
+        ("", "\x1b[Ahostname\r", False, ["hostname"], "", True),  # history: likewise
+        ("", "\x1b[200~one\rtwo\r\x1b[201~\r", False, ["one", "two", ""], "", True),  # bracketed paste
+        ("", "  spaced  \r\r", False, ["spaced", ""], "", True),
+        ("", "x" * 300 + "\r", False, ["x" * recorder_module.TYPED_TAIL_MAX], "", True),
+    ],
+)
+def test_typed_lines_are_what_each_enter_ends(tail, text, after_cr, lines, rest, ends_cr):
+    assert typed_lines(tail, text, after_cr=after_cr) == (lines, rest, ends_cr)
+
+
+def test_each_pasted_line_is_a_marker_labelled_with_its_echo_after_the_earlier_output(root, session):
+    """bash with readline: a paste arrives at once; bash echoes each line after its prompt once
+    the command before has run. Each marker comes right after its echo, before its output."""
+    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
+    rec.write(PROMPT)
+    rec.input(b"cat ae.conf\rls /var/lib/dicom\rhostname\r")
+    rec.write(b"cat ae.conf\r\nAE_TITLE=PACS01\r\n" + PROMPT + b"ls /var/lib/dicom\r\n")
+    rec.flush()  # the next echo comes in a later flush
+    rec.write(b"studies  tools\r\n" + PROMPT + b"hostname\r\npacs01\r\n" + PROMPT)
+    recording = rec.close()
+    marks = labels_and_screens(root, recording)
+    assert [label for label, _ in marks] == [
+        "alice@pacs01:~$ cat ae.conf",
+        "alice@pacs01:~$ ls /var/lib/dicom",
+        "alice@pacs01:~$ hostname",
+    ]
+    for (label, shown), output in zip(marks, ["AE_TITLE", "studies", "pacs01\r"], strict=True):
+        assert screen_line(shown.rstrip("\r\n").rsplit("\n", 1)[-1].encode()) == label
+        assert output not in shown.rsplit(label.split("$ ")[1], 1)[-1]
+    events = cast_events(root, recording)
+    assert [e[0] for e in events] == sorted(e[0] for e in events)
+    assert "".join(e[2] for e in events if e[1] == "o").count("AE_TITLE=PACS01") == 1  # nothing lost
+
+
+def test_lines_the_terminal_echoes_at_once_are_each_a_marker(root, session):
+    """A shell without line editing (sh): the terminal echoes the whole paste at once, the
+    output of each command comes after all of it."""
+    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
+    rec.write(b"$ ")
+    rec.input(b"echo one\necho two\n\nls\n")
+    rec.write(b"echo one\r\necho two\r\n\r\nls\r\none\r\n$ two\r\n$ $ tools\r\n$ ")
+    recording = rec.close()
+    assert [label for label, _ in labels_and_screens(root, recording)] == ["$ echo one", "echo two", "", "ls"]
+
+
+def test_piped_input_is_marked_where_the_shell_echoes_it_after_its_prompt(root, session):
+    """Input sent before the shell started: the terminal echoes it bare at once, then bash
+    again after each prompt. The marker is the prompted echo, where the command runs."""
+    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
+    rec.input(b"uptime\nexit\n")
+    rec.write(b"uptime\r\nexit\r\nWelcome to pacs01\r\n" + PROMPT + b"uptime\r\n 10:00 up 3 days\r\n")
+    rec.write(PROMPT + b"exit\r\nlogout\r\n")
+    recording = rec.close()
+    marks = labels_and_screens(root, recording)
+    assert [label for label, _ in marks] == ["alice@pacs01:~$ uptime", "alice@pacs01:~$ exit"]
+    assert "Welcome to pacs01" in marks[0][1] and "up 3 days" not in marks[0][1]
+
+
+def test_a_password_typed_after_a_paste_is_never_recorded(root, session):
+    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
+    rec.write(PROMPT)
+    rec.input(b"mysql -u root -p pacsdb\r")  # pasted with its Enter
+    rec.write(b"mysql -u root -p pacsdb\r\nEnter password: ")
+    typed(rec, b"Tr0ub4dor&3-hunter2\r", echo=False)
+    rec.write(b"\r\nmysql> ")
+    typed(rec, b"quit\r")
+    recording = rec.close()
+    raw = (root / recording.path).read_bytes()
+    assert b"hunter2" not in raw and b"Tr0ub4dor" not in raw
+    assert [label for label, _ in labels_and_screens(root, recording)] == [
+        "alice@pacs01:~$ mysql -u root -p pacsdb",
+        "Enter password:",
+        "mysql> quit",
+    ]
+
+
+def test_an_enter_never_echoed_is_given_the_line_shown_when_it_came(root, session, monkeypatch):
+    """Given up when a line typed later is echoed, when the output waited through is too
+    long, or at the end of the recording: then labelled like a typed Enter."""
+    rec = TerminalRecorder(session=session, channel=0, width=80, height=24)
+    rec.write(b"Password: ")
+    rec.input(b"s3cret-paste\r")  # echo off, and the program prints no newline after it
+    rec.write(b"\r\x1b[K" + PROMPT)
+    typed(rec, b"id\r")  # echoed as typed: the target is reading new lines
+    rec.write(b"\r\nuid=0(root)\r\n" + PROMPT)
+    monkeypatch.setattr(recorder_module, "ECHO_SCAN_MAX", 1000)
+    rec.input(b"cat big.log\rdate\r")
+    rec.write(b"cat big.log\r\n")
+    rec.flush()
+    rec.write(b"log line\r\n" * 200)
+    rec.flush()
+    rec.write(PROMPT + b"date\r\nMon\r\n" + PROMPT)
+    rec.input(b"exit\r")  # the session ends before the echo
+    recording = rec.close()
+    assert b"s3cret" not in (root / recording.path).read_bytes()
+    assert [label for label, _ in labels_and_screens(root, recording)] == [
+        "Password:",
+        "alice@pacs01:~$ id",
+        "alice@pacs01:~$ cat big.log",
+        "alice@pacs01:~$",  # its echo came after more than ECHO_SCAN_MAX of output
+        "alice@pacs01:~$",
+    ]
 
 
 # --- Index and segments (the player's segmented recording) ---------------------------------------
