@@ -48,6 +48,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.services import audit_record
+from audit.timefmt import local_time
 from identity.models import LoginFailure, LoginLock, User
 from identity.roles import Role, require_role
 from pamsite.net import client_ip
@@ -72,11 +73,8 @@ def local_time_text(moment: datetime) -> str:
     to the minute, so that "until 14:06" is never a minute early."""
     if moment.second or moment.microsecond:
         moment = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    local = timezone.localtime(moment)
-    text = local.strftime("%H:%M")
-    if local.date() != timezone.localdate():
-        text = f"{local:%Y-%m-%d} {text}"
-    return f"{text} {local.tzname()}"
+    today = timezone.localtime(moment).date() == timezone.localdate()
+    return local_time(moment, "%H:%M %Z" if today else "%Y-%m-%d %H:%M %Z")
 
 
 @dataclass(frozen=True)

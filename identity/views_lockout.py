@@ -34,7 +34,7 @@ def lockouts_view(request: HttpRequest) -> HttpResponse:
         {
             "lock": row,
             "until_text": lockout.local_time_text(row.locked_until),
-            "minutes_left": max(1, round((row.locked_until - now).total_seconds() / 60)),
+            "seconds_left": max(1, int((row.locked_until - now).total_seconds())),
         }
         for row in locks
     ]
