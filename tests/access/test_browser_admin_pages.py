@@ -1,9 +1,11 @@
-"""In Chromium: a pam-admin sets up a PACS host (the test sshd) and its accounts on the new pages,
-pins its host key after seeing the fingerprint, sets the accounts up in Vault, runs Test
-connection (a password changed on the target fails in words, a certificate login works) and
-makes a policy; a requester then sees the ticket rule on the request form, and a reason pasted
-far over the limit comes back refused with its length, not cut. Screenshots at 1024 and 390 px
-wide go to test-artifacts/."""
+"""In Chromium, a pam-admin's first day: she invites a vendor engineer on the Users page, sets up
+a PACS host (the test sshd) and its accounts on the new pages, pins its host key after seeing
+the fingerprint, sets the accounts up in Vault, runs Test connection (a password changed on the
+target fails in words, a certificate login works) and makes a policy. The invited engineer then
+opens her link on her phone, chooses a password, sets up her authenticator, sees the ticket rule
+on the request form before any error, has a reason pasted far over the limit refused with its
+length (not cut), and sends her request. Screenshots at 1024 and 390 px wide go to
+test-artifacts/."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from django.test import Client
 
 from access.models import AccessPolicy, AccessRequest, Account, Target
 from tests.conftest import verified_client
+from tests.identity.test_browser_users import NEW_PASSWORD, enrol_and_finish
+from tests.secrets_registry import remember_secret
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -62,13 +66,25 @@ def shoot(page, name: str) -> None:
     page.set_viewport_size({"width": WIDTHS["wide"], "height": 900})
 
 
-def test_a_pam_admin_sets_up_a_target_and_its_accounts(
-    page, live_server, approle_settings, sshd_target, pat, alice
+def test_a_pam_admin_invites_an_engineer_sets_up_a_target_and_a_policy_and_the_engineer_requests(
+    page, browser, live_server, approle_settings, sshd_target, pat
 ):
     ARTIFACTS.mkdir(exist_ok=True)
+    approle_settings.PAMSITE_BASE_URL = live_server.url  # the invitation link's address
     root_user, svc_user = sshd_target.create_user(), sshd_target.create_user()
     errors = sign_in(page, live_server, pat)
     page.set_viewport_size({"width": WIDTHS["wide"], "height": 900})
+
+    # She invites the vendor engineer who will need the PACS host.
+    page.goto(live_server.url + "/users/invite/")
+    page.fill("#id_username", "ivan")
+    page.fill("#id_first_name", "Ivan")
+    page.fill("#id_last_name", "Petrov")
+    page.fill("#id_email", "ivan@vendor.example")
+    page.check("input[name=roles][value=requester]")
+    page.click("button:text('Invite')")
+    link = page.inner_text("#invitation-link").strip()
+    remember_secret(link.rstrip("/").rsplit("/", 1)[1], "an invitation link's token")
 
     page.goto(live_server.url + "/access/targets/")
     page.click("text=Add a target")
@@ -149,17 +165,31 @@ def test_a_pam_admin_sets_up_a_target_and_its_accounts(
     assert AccessPolicy.objects.get().accounts.get().slug == "pacs01-root"
     assert not errors, errors
 
-    # The requester sees the rule before any error; a pasted 24,000-character reason is refused, kept.
-    errors = sign_in(page, live_server, alice)
-    page.goto(live_server.url + "/access/request/")
-    assert page.inner_text("#ticket-rule") == "Ticket required, like INC-12345."
+    # The invited engineer, on her phone: a password of her own, her authenticator, then the
+    # request form shows the rule before any error; a pasted 24,000-character reason is refused, kept.
+    phone = browser.new_context(viewport={"width": WIDTHS["phone"], "height": 900}).new_page()
+    phone.goto(link)
+    phone.wait_for_url("**/invitation/password/")
+    phone.fill("#id_new_password1", NEW_PASSWORD)
+    phone.fill("#id_new_password2", NEW_PASSWORD)
+    phone.click("text=Set my password")
+    enrol_and_finish(phone)
+    phone.goto(live_server.url + "/access/request/")
+    assert phone.inner_text("#ticket-rule") == "Ticket required, like INC-12345."
     reason = ("The DICOM router on pacs01 stopped forwarding studies to the VNA. " * 400)[:24000]
-    page.fill("#id_ticket", "INC-4711")
-    page.fill("#id_reason", reason)
-    page.click("text=Send request")
-    assert "at most 2,000 characters, and this has 24,000" in page.inner_text(".errorlist")
-    assert len(page.input_value("#id_reason")) == 24000
+    phone.fill("#id_ticket", "INC-4711")
+    phone.fill("#id_reason", reason)
+    phone.click("text=Send request")
+    assert "at most 2,000 characters, and this has 24,000" in phone.inner_text(".errorlist")
+    assert len(phone.input_value("#id_reason")) == 24000
     assert not AccessRequest.objects.exists()
-    shoot(page, "request-reason-too-long")
-    assert not errors, errors
+    shoot(phone, "request-reason-too-long")
+    phone.fill("#id_reason", "The DICOM router on pacs01 stopped forwarding studies to the VNA.")
+    phone.click("text=Send request")
+    phone.wait_for_url("**/access/requests/*/")
+    shoot(phone, "request-sent")
+    sent = AccessRequest.objects.get()
+    assert sent.requester.username == "ivan" and sent.account.slug == "pacs01-root"
+    assert sent.state == AccessRequest.State.PENDING and sent.ticket == "INC-4711"
+    phone.context.close()
     assert Account.objects.filter(last_test_ok=True).count() == 1
