@@ -5,6 +5,7 @@ Pages, e-mails, the gateway's list of grants and the names the Django admin show
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 from datetime import timedelta
 
@@ -63,7 +64,9 @@ def test_the_gateway_lists_grants_with_the_time_left_in_words(alice):
     grant = make_grant(alice)
     Grant.objects.filter(pk=grant.pk).update(ends_at=timezone.now() + timedelta(minutes=65, seconds=30))
     grant = Grant.objects.select_related("account__target").get(pk=grant.pk)
-    text = asyncio.run(GatewayConnection._menu_text(None, [grant]))
+    # On a thread of its own: after a browser test, Playwright keeps an event loop running here.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        text = pool.submit(asyncio.run, GatewayConnection._menu_text(None, [grant])).result()
     assert "1) pacs01-root on pacs01 (1 h 5 min left)" in text
 
 
