@@ -610,6 +610,11 @@ def user_list_view(request: HttpRequest) -> HttpResponse:
     return render(request, "identity/user_list.html", context)
 
 
+def _count(number: int, thing: str, done: str) -> str:
+    """``2 live grants revoked``; nothing for none."""
+    return f"{number} {thing}{'' if number == 1 else 's'} {done}" if number else ""
+
+
 def _user_page(request: HttpRequest, pk: int, *, status: int = 200, **forms_) -> HttpResponse:
     from access.services import user_reactivation_refusal
 
@@ -692,13 +697,14 @@ def user_deactivate_view(request: HttpRequest, pk: int) -> HttpResponse:
             if result is None:
                 messages.info(request, f"{target.username} was already deactivated.")
             else:
-                messages.success(
-                    request,
-                    f"{target.username} is deactivated: {len(result.grants_revoked)} grant(s) revoked, "
-                    f"{len(result.gateway_sessions)} gateway session(s) being cut, "
-                    f"{len(result.requests_cancelled)} request(s) cancelled, "
-                    f"{result.web_sessions_ended} web session(s) ended.",
-                )
+                ended = [
+                    _count(len(result.grants_revoked), "live grant", "revoked"),
+                    _count(len(result.gateway_sessions), "gateway session", "being cut"),
+                    _count(len(result.requests_cancelled), "open request", "cancelled"),
+                    _count(result.web_sessions_ended, "web session", "ended"),
+                ]
+                held = "; ".join(part for part in ended if part) or "they held nothing"
+                messages.success(request, f"{target.username} is deactivated: {held}.")
             return _back_to(target)
     return _user_page(request, pk, deactivate_form=form, status=400)
 
