@@ -49,7 +49,7 @@ apt-demo:
 lint: deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/bandit -q -c pyproject.toml -r pamsite identity audit vault access sessions
+	$(VENV)/bin/bandit -q -c pyproject.toml -r common pamsite identity audit vault targets access recordings gateway
 
 format: deps
 	$(VENV)/bin/ruff format .

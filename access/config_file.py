@@ -29,9 +29,9 @@ from access import services, targets
 from access.forms import TAG_PATTERN
 from access.models import AccessPolicy, Account, SslMode, Target
 from audit.services import audit_record
+from common.roles import Role, has_role
 from identity.models import User
-from identity.roles import Role, has_role
-from sessions import upstream
+from targets import upstream
 
 FORMAT_VERSION = 1
 

@@ -48,9 +48,9 @@ from access.targets import (
     target_update,
 )
 from audit.services import audit_record
+from common.roles import Role
 from identity.models import User
-from identity.roles import Role
-from sessions import upstream
+from targets import upstream
 from vault.client import get_client
 from vault.sources import CredentialError, generate_password, static_login_password
 

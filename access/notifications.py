@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group
 from django.core.mail import send_mail
 
 from audit.timefmt import local_time
-from identity.roles import Role
+from common.roles import Role
 
 logger = logging.getLogger(__name__)
 

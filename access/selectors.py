@@ -13,8 +13,8 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from access.models import AccessPolicy, AccessRequest, Account, Grant, Target
+from common.roles import Role, has_role, require_role
 from identity.models import User
-from identity.roles import Role, has_role, require_role
 
 OVERSEERS = (Role.APPROVER, Role.PAM_ADMIN, Role.AUDITOR)
 

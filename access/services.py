@@ -26,8 +26,8 @@ from access.models import AccessPolicy, AccessRequest, Account, Approval, Grant,
 from access.selectors import policy_for
 from access.ticket_patterns import ticket_pattern_matches
 from audit.services import audit_record
+from common.roles import BREAK_GLASS_GROUP, Role, has_role, roles_of
 from identity.models import User
-from identity.roles import BREAK_GLASS_GROUP, Role, has_role, roles_of
 from vault import sources
 from vault.client import VaultError, VaultHealth, get_client
 
@@ -934,7 +934,7 @@ def policy_set_active(
 # Every way a person loses pamsite — the Users page, the Configuration pages' "Active" box, the
 # directory sync — goes through user_deactivate: it lives here because it ends what this app
 # holds (grants, requests). The gateway does not wait for it: it watches ``user.is_active``
-# itself (sessions/gateway/records.py), so even a raw database change cuts live sessions.
+# itself (recordings/records.py), so even a raw database change cuts live sessions.
 
 DEACTIVATION_VIA = ("users page", "configuration", "directory sync")
 REASON_MIN, REASON_MAX = 5, 500
@@ -999,7 +999,7 @@ def user_deactivate(
     """
     from identity.services import end_user_sessions
     from identity.users import invitations_revoke
-    from sessions.models import Session
+    from recordings.models import GatewaySession
 
     if via not in DEACTIVATION_VIA:
         raise ValueError(f"unknown deactivation path {via!r}")
@@ -1044,7 +1044,9 @@ def user_deactivate(
                 details={"reason": reason[:500]},
             )
             cancelled.append(req.pk)
-        live = list(Session.objects.filter(user=locked, ended_at__isnull=True).values_list("pk", flat=True))
+        live = list(
+            GatewaySession.objects.filter(user=locked, ended_at__isnull=True).values_list("pk", flat=True)
+        )
         result = UserDeactivation(
             grants_revoked=revoked,
             gateway_sessions=sorted(live),

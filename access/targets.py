@@ -19,7 +19,7 @@ from django.utils import timezone
 from access.models import Account, Target
 from audit.services import audit_record
 from identity.models import User
-from sessions import upstream
+from targets import upstream
 from vault import sources
 from vault.client import VaultError, get_client
 

@@ -28,10 +28,10 @@ from access.forms import (
     StaticSetupForm,
 )
 from access.models import AccessRequest, Account, Grant, InvalidTransition, Target
-from identity.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
+from common.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
-from sessions import selectors as session_selectors
-from sessions.upstream import UpstreamError
+from recordings import selectors as session_selectors
+from targets.upstream import UpstreamError
 from vault.client import VaultError
 
 

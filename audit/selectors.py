@@ -11,7 +11,7 @@ from django.conf import settings
 from audit.chain import ChainVerification, verify_chain
 from audit.destinations import Destination
 from audit.models import AuditEvent, ChainHead, ForwardCursor
-from identity.roles import Role, require_role
+from common.roles import Role, require_role
 
 
 @dataclass(frozen=True)

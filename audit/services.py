@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from audit.hashing import GENESIS_HASH, canonical_ip, clean_text, event_hash, json_normalise
 from audit.models import AuditEvent, ChainHead
-from pamsite.net import client_ip
+from common.net import client_ip
 
 # A details key containing any of these is refused, at any depth: secrets never go
 # into the audit trail (which auditors read, export and forward to a SIEM).
@@ -46,7 +46,7 @@ def audit_record(
     """Append one event to the audit trail, inside the caller's transaction.
 
     ``action`` is dotted and lower case (``"auth.login.success"``). The actor and the
-    source address come from ``request`` (its authenticated user; ``pamsite.net.client_ip``)
+    source address come from ``request`` (its authenticated user; ``common.net.client_ip``)
     unless given; ``actor_username`` defaults to the actor's username and is kept as
     given for an unknown user (a failed login). ``obj`` fills ``object_type``
     (``"app_label.modelname"``), ``object_id`` and ``object_repr`` where not given.

@@ -429,7 +429,7 @@ def mbps(nbytes: int, seconds: float) -> float:
 
 
 def recordings_of(sessions: list, kind: str) -> list:
-    from sessions.models import Recording
+    from recordings.models import Recording
 
     return list(Recording.objects.filter(session__in=sessions, kind=kind).order_by("pk"))
 
@@ -440,7 +440,7 @@ def file_size(root: Path, relative: str) -> int:
 
 def drop_recording_files(root: Path, sessions: list) -> None:
     """Free the disk between measurements (the rows stay)."""
-    from sessions.models import Recording
+    from recordings.models import Recording
 
     for recording in Recording.objects.filter(session__in=sessions):
         for name in (recording.path, recording.index_path):
@@ -513,7 +513,7 @@ class BulkCase:
 
 
 def measure_bulk(clients: Clients, gateway: Gateway, site: Site, root: Path, files, args) -> list[BulkCase]:
-    from sessions.models import Recording
+    from recordings.models import Recording
 
     text, rand = files
     size = args.bulk_mib * MiB
@@ -810,7 +810,7 @@ def component_timings(site: Site, samples: int = 10) -> dict[str, float]:
     from django.contrib.auth.hashers import check_password
 
     from access.services import account_ref
-    from sessions.upstream import generate_keypair
+    from targets.upstream import generate_keypair
     from vault import sources
 
     encoded = site.users[0].user.password
@@ -973,9 +973,9 @@ def measure_idle(
     result.open_s = time.perf_counter() - began
     result.opened = len(open_sessions)
     try:
-        from sessions.models import Session
+        from recordings.models import GatewaySession
 
-        live = Session.objects.filter(ended_at__isnull=True).count()
+        live = GatewaySession.objects.filter(ended_at__isnull=True).count()
         say(
             f"  {result.opened} sessions open in {result.open_s:.0f} s ({live} live in the database); "
             "settling"
@@ -989,7 +989,7 @@ def measure_idle(
             f"{result.after['threads']} threads, CPU {result.cpu_after * 100:.1f}% of a core"
         )
     finally:
-        from sessions.models import Recording, Session
+        from recordings.models import GatewaySession, Recording
 
         before = time.perf_counter()
         for transport, _channel in open_sessions:
@@ -1000,7 +1000,7 @@ def measure_idle(
         deadline = time.monotonic() + IDLE_CLOSE_BUDGET
         last, stable_since = None, time.monotonic()
         while time.monotonic() < deadline:
-            live = Session.objects.filter(ended_at__isnull=True).count()
+            live = GatewaySession.objects.filter(ended_at__isnull=True).count()
             threads = proc_memory(pid)["threads"]
             if threads <= baseline and result.close_busy_s != result.close_busy_s:
                 result.close_busy_s = time.perf_counter() - before
@@ -1012,7 +1012,7 @@ def measure_idle(
             elif threads <= baseline and time.monotonic() - stable_since > 15:
                 break
             time.sleep(0.5)
-        result.left_live = Session.objects.filter(ended_at__isnull=True).count()
+        result.left_live = GatewaySession.objects.filter(ended_at__isnull=True).count()
         result.left_unsealed = Recording.objects.filter(finalized_at__isnull=True).count()
         with contextlib.suppress(OSError):
             with gateway.log_path.open(errors="replace") as log:
@@ -1035,7 +1035,7 @@ def measure_idle(
 AFTER_CPU_NOTE = (
     "Gateway CPU after the session = CPU seconds the gateway process used from the client's exit until "
     "it was idle again (sealing the recordings: sha256 and Vault signature; indexing the session for "
-    "search: `sessions.search.session_index`, called from the connection's `_finish`); the bench waits "
+    "search: `recordings.search.session_index`, called from the connection's `_finish`); the bench waits "
     "for it before the next run"
 )
 
@@ -1287,7 +1287,7 @@ def report_prompt(args, prompt: list[PromptResult], parts: dict, summary: list[s
         "**5. Time to a prompt**: from starting `ssh ... echo READY` to reading READY; "
         f"{args.runs} runs each after one warm-up, the ways interleaved, each gateway run once the previous "
         "session has ended. "
-        "Through the gateway: login, grant lookup, Session row and event log, Vault signs a certificate, "
+        "Through the gateway: login, grant lookup, session row and event log, Vault signs a certificate, "
         "login to the target, exec, recording opened:",
         "",
         *table(["Way", "p50 (ms)", "p95 (ms)", f"p50 vs direct with {KEX} (ms)", "Errors"], rows),

@@ -145,7 +145,7 @@ def make_fixtures(cast_path: Path, recordings: Path, small_path: Path):
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
     from identity.models import User
-    from sessions.models import Recording, Session
+    from recordings.models import GatewaySession, Recording
 
     auditor = User.objects.create_user(username="bench-auditor", password=os.urandom(16).hex())
     auditor.groups.add(Group.objects.get_or_create(name="auditor")[0])
@@ -153,7 +153,7 @@ def make_fixtures(cast_path: Path, recordings: Path, small_path: Path):
     owner = User.objects.create_user(username="bench-alice", password=os.urandom(16).hex())
     sessions = []
     for path in (cast_path, small_path):
-        session = Session.objects.create(
+        session = GatewaySession.objects.create(
             user=owner,
             account="pacs01-root",
             client_address="192.0.2.10",
@@ -278,7 +278,7 @@ def main() -> int:
     from django.conf import settings
     from django.db import connection
 
-    from sessions import replay
+    from recordings import replay
 
     executable = next((p for p in CHROMIUM_CANDIDATES if Path(p).exists()), None)
     if executable is None:

@@ -10,7 +10,7 @@ PostgreSQL: "<name>_search_bench"), never the site's own. Each child bulk-create
 sessions over the last year (50 users, 20 targets, 40 accounts and grants) with a
 SessionText each: a realistic shell session on a PACS host (prompts, commands, log and
 listing output, study UIDs, ~1.5 KB), its word index built the way the service builds it
-(``sessions.search.words_of``; PostgreSQL ``array_to_tsvector`` into the GIN-indexed
+(``recordings.search.words_of``; PostgreSQL ``array_to_tsvector`` into the GIN-indexed
 ``search_vector``, SQLite the FTS5 table). A handful contain a rare command
 (``shred -u /var/pacs/archive/legacy-2009.tar``).
 
@@ -132,8 +132,8 @@ def load(count: int, batch: int = 2000) -> dict:
 
     from access.models import AccessRequest, Account, Grant, Target
     from identity.models import User
-    from sessions.models import Session, SessionText
-    from sessions.search import words_of
+    from recordings.models import GatewaySession, SessionText
+    from recordings.search import words_of
 
     rng = random.Random(20241128)
     unusable = make_password(None)
@@ -173,7 +173,7 @@ def load(count: int, batch: int = 2000) -> dict:
             grant = grants[rng.randrange(len(grants))]
             started = start + step * n + dt.timedelta(seconds=rng.randrange(60))
             sessions.append(
-                Session(
+                GatewaySession(
                     user_id=grant.user_id,
                     grant=grant,
                     account=grant.account.slug,
@@ -186,7 +186,7 @@ def load(count: int, batch: int = 2000) -> dict:
             )
             texts.append(session_text(rng, grant.account.target.name, n in rare_at))
         with transaction.atomic():
-            Session.objects.bulk_create(sessions)
+            GatewaySession.objects.bulk_create(sessions)
             rows = [
                 SessionText(session=s, text=t, indexed_at=now) for s, t in zip(sessions, texts, strict=True)
             ]
@@ -241,11 +241,11 @@ def time_store(repeat: int = 200) -> float:
     """Milliseconds per session_text_store of a typical text (words + index), median."""
     from django.db import transaction
 
-    from sessions.models import Session
-    from sessions.search import session_text_store
+    from recordings.models import GatewaySession
+    from recordings.search import session_text_store
 
     rng = random.Random(7)
-    ids = list(Session.objects.order_by("pk").values_list("pk", flat=True)[:repeat])
+    ids = list(GatewaySession.objects.order_by("pk").values_list("pk", flat=True)[:repeat])
     samples = []
     for pk in ids:
         text = session_text(rng, "pacs01", False)
@@ -261,11 +261,11 @@ def time_extract() -> tuple[float, int]:
     import orjson
     from django.conf import settings
 
-    from sessions.models import Recording, Session
-    from sessions.search import session_text_extract
+    from recordings.models import GatewaySession, Recording
+    from recordings.search import session_text_extract
 
     rng = random.Random(3)
-    session = Session.objects.order_by("-pk").first()
+    session = GatewaySession.objects.order_by("-pk").first()
     with tempfile.TemporaryDirectory() as folder:
         settings.RECORDINGS_ROOT = Path(folder)
         path = Path(folder) / "bench" / "channel-0.cast"

@@ -1014,7 +1014,7 @@ def run_load(
 def after_checks(outcome: Outcome, gateway: Gateway, web: WebApp, sampler: Sampler) -> None:
     """Sessions ended and sealed, the audit chain intact, no error in the servers' logs."""
     from audit.chain import verify_chain
-    from sessions.models import Recording, Session
+    from recordings.models import GatewaySession, Recording
 
     checks = outcome.checks
     if outcome.stuck_threads:
@@ -1028,7 +1028,7 @@ def after_checks(outcome: Outcome, gateway: Gateway, web: WebApp, sampler: Sampl
         )
     except RuntimeError as exc:
         checks.append(("every gateway session ended, every recording sealed", False, str(exc)))
-    outcome.sessions = Session.objects.count()
+    outcome.sessions = GatewaySession.objects.count()
     outcome.recordings = Recording.objects.count()
     gateway.settle(gateway.cpu_seconds(), timeout=60)
     outcome.after = sampler.snapshot()

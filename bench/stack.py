@@ -362,7 +362,7 @@ def gateway_env(started: Started, *, node: str, **extra: str):
     """
     from django.conf import settings
 
-    from sessions.gateway.server import load_host_key
+    from gateway.ssh.server import load_host_key
 
     host_key_path = started.workdir / "gateway_host_key"
     host_key = load_host_key(host_key_path)
@@ -535,21 +535,21 @@ class WebApp(ServerProcess):
 
 
 def last_session_pk() -> int:
-    from sessions.models import Session
+    from recordings.models import GatewaySession
 
-    return Session.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    return GatewaySession.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
 
 
 def wait_sessions_ended(after_pk: int, timeout: float = 120) -> list:
     """The sessions opened after after_pk, once all have ended and their recordings are sealed."""
-    from sessions.models import Recording, Session
+    from recordings.models import GatewaySession, Recording
 
     deadline = time.monotonic() + timeout
     while True:
-        live = Session.objects.filter(pk__gt=after_pk, ended_at__isnull=True).count()
+        live = GatewaySession.objects.filter(pk__gt=after_pk, ended_at__isnull=True).count()
         unsealed = Recording.objects.filter(session__pk__gt=after_pk, finalized_at__isnull=True).count()
         if not live and not unsealed:
-            return list(Session.objects.filter(pk__gt=after_pk).order_by("pk"))
+            return list(GatewaySession.objects.filter(pk__gt=after_pk).order_by("pk"))
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"{live} sessions still live, {unsealed} recordings unsealed after {timeout:.0f} s"

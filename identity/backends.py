@@ -7,7 +7,7 @@ import logging
 from django_auth_ldap.backend import LDAPBackend
 from django_auth_ldap.config import LDAPSettings
 
-from identity.roles import Role, has_role
+from common.roles import Role, has_role
 
 logger = logging.getLogger(__name__)
 

@@ -51,6 +51,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from audit.timefmt import local_time
+from common.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity.ldap_client import (
     DirectoryClient,
     DirectoryEntry,
@@ -62,7 +63,6 @@ from identity.ldap_client import (
     normalise_dn,
 )
 from identity.models import DirectorySyncRun, LdapGroupMapping, User
-from identity.roles import BREAK_GLASS_GROUP, Role, require_role
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def gateway_request(*, client_ip: str, user: User | None = None) -> HttpRequest:
     """A minimal request standing for one SSH login attempt from ``client_ip``.
 
     What the lockout and the audit trail read from it: REMOTE_ADDR (the client's address,
-    as pamsite.net.client_ip returns it: no X-Forwarded-For, so TRUSTED_PROXY_COUNT
+    as common.net.client_ip returns it: no X-Forwarded-For, so TRUSTED_PROXY_COUNT
     does not apply), the user agent "pamsite-ssh-gateway", the path "/ssh/", the
     method POST, ``user``
     (the user once the first factor is done, else anonymous) and ``login_channel`` =

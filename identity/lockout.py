@@ -49,9 +49,9 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from audit.timefmt import local_time
+from common.net import client_ip
+from common.roles import Role, require_role
 from identity.models import LoginFailure, LoginLock, User
-from identity.roles import Role, require_role
-from pamsite.net import client_ip
 
 USERNAME = LoginLock.Scope.USERNAME
 ADDRESS = LoginLock.Scope.ADDRESS

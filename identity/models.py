@@ -8,7 +8,7 @@ from django.db import models
 from django.utils import timezone
 
 from audit.timefmt import local_time
-from identity.roles import BREAK_GLASS_GROUP, Role
+from common.roles import BREAK_GLASS_GROUP, Role
 
 
 class User(AbstractUser):
@@ -231,7 +231,7 @@ class LoginFailure(models.Model):
     """
 
     username = models.CharField(max_length=150)
-    # As pamsite.net.client_ip gives it ("" if unknown or LOGIN_LOCKOUT_BY_IP is off); text, not
+    # As common.net.client_ip gives it ("" if unknown or LOGIN_LOCKOUT_BY_IP is off); text, not
     # inet, so that it compares with LoginLock.value.
     address = models.CharField(max_length=45, blank=True, default="")
     channel = models.CharField(max_length=10, default="web")  # "web" or "ssh"

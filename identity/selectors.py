@@ -12,8 +12,8 @@ from django.utils import timezone
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from common.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity.models import Invitation, SSHPublicKey, User
-from identity.roles import BREAK_GLASS_GROUP, Role, require_role
 
 
 def get_user_for_mfa_reset(*, acting_user: User, pk: int) -> User:
@@ -146,7 +146,7 @@ class UserOverview:
 def user_overview_for(*, acting_user: User, pk: int) -> UserOverview:
     """pam-admins: one user, with their roles, authenticator, grants, sessions and requests."""
     from access.models import AccessRequest, Grant
-    from sessions.models import Session
+    from recordings.models import GatewaySession
 
     user = get_user_for_admin(acting_user=acting_user, pk=pk)
     role_names = {*Role.values, BREAK_GLASS_GROUP}
@@ -158,7 +158,7 @@ def user_overview_for(*, acting_user: User, pk: int) -> UserOverview:
         live_grants=Grant.objects.filter(
             user=user, state=Grant.State.ACTIVE, ends_at__gt=timezone.now()
         ).count(),
-        live_sessions=Session.objects.filter(user=user, ended_at__isnull=True).count(),
+        live_sessions=GatewaySession.objects.filter(user=user, ended_at__isnull=True).count(),
         open_requests=AccessRequest.objects.filter(
             requester=user, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
         ).count(),

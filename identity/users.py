@@ -28,12 +28,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import audit_record
+from common.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity import lockout
 from identity.models import Invitation, User
-from identity.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity.services import end_user_sessions, mfa_has_confirmed_device
 
-# The roles a pam-admin gives on the Users page (the Django groups of identity.roles).
+# The roles a pam-admin gives on the Users page (the Django groups of common.roles).
 ROLE_CHOICES = [
     *((role.value, role.label) for role in Role),
     (BREAK_GLASS_GROUP, "Break-glass (emergency access)"),

@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
+from common.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity import directory, lockout, services, users
 from identity.forms import (
     AdminResetForm,
@@ -39,7 +40,6 @@ from identity.forms import (
     SSHKeyForm,
 )
 from identity.models import LdapGroupMapping, User
-from identity.roles import BREAK_GLASS_GROUP, Role, require_role
 from identity.selectors import (
     USER_STATES,
     get_user_for_admin,

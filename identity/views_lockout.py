@@ -13,9 +13,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from common.roles import Role, require_role
 from identity import lockout
 from identity.models import LoginLock
-from identity.roles import Role, require_role
 
 
 class LockoutReleaseForm(forms.Form):

@@ -9,7 +9,7 @@ from django.contrib.admin.apps import AdminConfig
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
-from identity.roles import Role, has_role
+from common.roles import Role, has_role
 
 
 class AuditedModelAdmin:

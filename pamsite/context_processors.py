@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.http import HttpRequest
 
-from identity.roles import roles_of
+from common.roles import roles_of
 
 
 def pamsite(request: HttpRequest) -> dict:

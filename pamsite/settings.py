@@ -58,7 +58,8 @@ INSTALLED_APPS = [
     "audit",
     "vault",
     "access",
-    "sessions.apps.RecordingsConfig",
+    "recordings.apps.RecordingsConfig",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -302,7 +303,7 @@ GATEWAY_CIPHERS = env_list("GATEWAY_CIPHERS", ["aes128-gcm@openssh.com", "aes256
 # Seconds a client has to finish logging in (password/key and TOTP), counted from the TCP
 # accept: a client stalled anywhere before (banner, key exchange, authentication) is dropped.
 GATEWAY_LOGIN_TIMEOUT = env_int("GATEWAY_LOGIN_TIMEOUT", 60, minimum=5, maximum=600)
-# Connection limits of one gateway process (sessions/gateway/limits.py), checked at the TCP
+# Connection limits of one gateway process (gateway/ssh/limits.py), checked at the TCP
 # accept so a flood costs no key exchange: all connections; connections from one client
 # address (logging in or logged in); connections still logging in (handshakes cost CPU).
 GATEWAY_MAX_CONNECTIONS = env_int("GATEWAY_MAX_CONNECTIONS", 500, minimum=1, maximum=100_000)
@@ -443,7 +444,7 @@ CELERY_BEAT_SCHEDULE["sessions-maintain"] = {
 # Empty LDAP_SERVER_URI (the default): no directory; only local users. Set: `manage.py
 # sync_ldap` (and the worker, every LDAP_SYNC_INTERVAL_MINUTES) mirrors the directory's users
 # and their roles, and users log in with their directory password (then TOTP, as everyone).
-_LDAP_ROLES = ("requester", "approver", "auditor", "pam-admin", "break-glass")  # identity.roles
+_LDAP_ROLES = ("requester", "approver", "auditor", "pam-admin", "break-glass")  # common.roles
 _LDAP_ATTR_NAME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|\d+(?:\.\d+)+)$")
 
 

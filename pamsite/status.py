@@ -10,7 +10,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from audit.selectors import audit_forwarding_status
-from identity.roles import Role, require_role
+from common.roles import Role, require_role
 from vault.client import VaultClient, VaultError, VaultHealth, get_client
 from vault.models import TransitPublicKey
 from vault.signatures import public_key_fingerprint

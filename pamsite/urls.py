@@ -11,8 +11,8 @@ urlpatterns = [
     path("", include("identity.urls")),
     path("audit/", include("audit.urls")),
     path("access/", include("access.urls")),
-    path("sessions/", include("sessions.urls")),
-    path("replay/", include("sessions.replay_urls")),
+    path("sessions/", include("recordings.urls")),
+    path("replay/", include("recordings.replay_urls")),
     # The Django admin sits behind the same password + TOTP login as everything else.
     path("admin/login/", RedirectView.as_view(pattern_name="identity:login", query_string=True)),
     path("admin/", admin.site.urls),

@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from identity.roles import Role
+from common.roles import Role
 
 
 @never_cache

@@ -254,7 +254,7 @@ access:policy_deactivate                           POST login otp   403   403   
 access:policy_reactivate                           GET  login otp   405   405   405   405   login 405   405
 access:policy_reactivate                           POST login otp   403   403   403   redir login 403   403
 
-# --- Gateway sessions (sessions.selectors): alice's live session and its terminal recording.
+# --- Gateway sessions (recordings.selectors): alice's live session and its terminal recording.
 #     Its page is for her and the overseers (anyone else 404); searching and downloading are for
 #     the overseers (her own included: 403); terminating for approvers and pam-admins; legal
 #     holds for auditors and pam-admins (the hold released is one on alice's session).
@@ -274,7 +274,7 @@ sessions:hold_place                                POST login otp   403   403   
 sessions:hold_release                              GET  login otp   405   405   405   405   login 405   405
 sessions:hold_release                              POST login otp   403   403   redir redir login 403   403
 
-# --- Replay and live view (sessions.replay): the replay page and the recording endpoints follow
+# --- Replay and live view (recordings.replay): the replay page and the recording endpoints follow
 #     the session page's rule (alice replays her own session); watching live is for the
 #     overseers. The endpoints are tried in a browser session that has opened the replay or
 #     watch page (without that they answer 403 even to those who may see the session: the

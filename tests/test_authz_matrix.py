@@ -197,7 +197,7 @@ def _build_world(root: Path) -> World:
     from audit.services import audit_record
     from identity.models import DirectorySyncRun, LdapGroupMapping
     from identity.services import ssh_key_add
-    from sessions.models import LegalHold, Recording, Session
+    from recordings.models import GatewaySession, LegalHold, Recording
 
     users, sessions = {}, {}
     for persona, (username, roles) in PERSONA_USERS.items():
@@ -251,7 +251,7 @@ def _build_world(root: Path) -> World:
         ends_at=now + dt.timedelta(minutes=30),
     )
 
-    session = Session.objects.create(
+    session = GatewaySession.objects.create(
         user=alice, grant=grant, account=account.slug, client_address="192.0.2.10", gateway_node="gw1:1"
     )
     header = json.dumps({"version": 2, "width": 80, "height": 24, "timestamp": int(now.timestamp())}) + "\n"
@@ -402,7 +402,7 @@ def _sign_in(client, persona: str, world: World) -> None:
 
 
 def _prime(client, world: World) -> None:
-    from sessions.replay import AUDITED_KEY
+    from recordings.replay import AUDITED_KEY
 
     session = client.session
     session[AUDITED_KEY] = [world.session.pk]

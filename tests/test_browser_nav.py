@@ -19,12 +19,12 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from identity.roles import BREAK_GLASS_GROUP
-from sessions.models import Session
-from sessions.recorder import TerminalRecorder
+from common.roles import BREAK_GLASS_GROUP
+from recordings.models import GatewaySession
+from recordings.recorder import TerminalRecorder
 from tests.conftest import make_user, verified_client
-from tests.sessions.test_replay import PROMPT, typed
-from tests.sessions.test_services import make_grant, make_session
+from tests.recordings.test_replay import PROMPT, typed
+from tests.recordings.test_services import make_grant, make_session
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -79,7 +79,9 @@ def everyone(approle_settings, tmp_path):
     typed(shell, b"ls /var/lib/dicom\r")
     shell.write(b"\r\nstudies\r\n" + PROMPT)
     shell.close()
-    Session.objects.filter(pk=session.pk).update(ended_at=timezone.now(), end_reason=Session.EndReason.CLOSED)
+    GatewaySession.objects.filter(pk=session.pk).update(
+        ended_at=timezone.now(), end_reason=GatewaySession.EndReason.CLOSED
+    )
     return user, session
 
 

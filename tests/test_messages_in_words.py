@@ -19,7 +19,7 @@ from access.models import Grant
 from audit.models import AuditEvent
 from tests.fixtures.gateway import ended_session
 from tests.fixtures.pacs import grant_for
-from tests.sessions.test_services import make_grant
+from tests.recordings.test_services import make_grant
 from vault import sources
 from vault.client import get_client
 

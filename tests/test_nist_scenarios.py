@@ -38,9 +38,9 @@ from audit.formats import is_security_alert
 from audit.models import AuditEvent
 from identity.directory import LEFT
 from identity.models import User
-from sessions import upstream
-from sessions.gateway import records
-from sessions.models import Recording, Session
+from recordings import records
+from recordings.models import GatewaySession, Recording
+from targets import upstream
 from tests.audit.conftest import drop_triggers, restore_triggers
 from tests.conftest import PASSWORD, make_user, verified_client
 from tests.fixtures.gateway import ended_session, live_session
@@ -105,7 +105,7 @@ def cast_output(data: bytes) -> str:
     return "".join(output)
 
 
-def terminal_output(session: Session) -> str:
+def terminal_output(session: GatewaySession) -> str:
     recording = session.recordings.get(kind=Recording.Kind.TERMINAL)
     return cast_output((Path(settings.RECORDINGS_ROOT) / recording.path).read_bytes())
 
@@ -136,9 +136,9 @@ def test_nist_access_without_a_grant_is_denied_and_alerted(gateway, alice, ssh_a
         message = result.stderr.decode()
         assert f"You have no grant for {slug}." in message
         assert f"/access/request/?account={slug}" in message
-    refused = Session.objects.filter(user=alice).order_by("pk")
+    refused = GatewaySession.objects.filter(user=alice).order_by("pk")
     assert [(s.end_reason, s.grant_id, s.account) for s in refused] == [
-        (Session.EndReason.REFUSED, None, slug)
+        (GatewaySession.EndReason.REFUSED, None, slug)
     ] * records.DENIALS_BEFORE_ALERT
     events = AuditEvent.objects.filter(action="gateway.session.refused").order_by("sequence")
     assert [(e.actor_username, e.source_ip, e.object_id, e.details["reason"]) for e in events] == [
@@ -203,7 +203,7 @@ def test_nist_a_stolen_password_without_the_totp_is_refused_and_alerted(
     assert failures.filter(details__channel="ssh").count() == limit - web_tries
     lockout = AuditEvent.objects.get(action="auth.lockout")
     assert lockout.actor_username == "alice" and is_security_alert(lockout.action)
-    assert not Session.objects.filter(user=alice).exists()  # never reached the target
+    assert not GatewaySession.objects.filter(user=alice).exists()  # never reached the target
 
     # Locked: alice herself, with the right password and code, is refused on both channels.
     result = gateway.ssh(alice, login, "id")
@@ -213,7 +213,7 @@ def test_nist_a_stolen_password_without_the_totp_is_refused_and_alerted(
     ).exists()
     response = Client().post(reverse("identity:login"), {"username": "alice", "password": PASSWORD})
     assert response.status_code == 429
-    assert not Session.objects.filter(user=alice).exists()
+    assert not GatewaySession.objects.filter(user=alice).exists()
 
 
 # --- 3 ------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_nist_vendor_just_in_time_session_end_to_end(gateway, bob, carol, static
     assert "vendor-fix-42" in said
     assert f"Your grant for {slug} expired" in said and "The session is closed." in said
     session = ended_session(vendor)
-    assert session.end_reason == Session.EndReason.GRANT_ENDED
+    assert session.end_reason == GatewaySession.EndReason.GRANT_ENDED
 
     # The worker's sweep expires the grant and rotates the password on the target.
     assert sweep_task()["grants_expired"] == 1
@@ -346,14 +346,14 @@ def test_nist_a_leaver_is_revoked_at_the_directory_sync(
     out, _err = client.communicate(timeout=20)
     assert LEFT in out.decode(errors="replace")
     session = ended_session(lena)
-    assert session.end_reason in (Session.EndReason.TERMINATED, Session.EndReason.REVOKED)
+    assert session.end_reason in (GatewaySession.EndReason.TERMINATED, GatewaySession.EndReason.REVOKED)
     event = AuditEvent.objects.get(action="identity.directory.deactivated", object_id=str(lena.pk))
     assert event.details["grants_revoked"] == [grant.pk]
     assert event.details["gateway_sessions_terminated"] == [session.pk]
 
     result = gateway.ssh(lena, login, "id", password=password)
     assert result.returncode == 255 and not result.stdout
-    assert Session.objects.filter(user=lena).count() == 1
+    assert GatewaySession.objects.filter(user=lena).count() == 1
 
 
 # --- 5 ------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from django.utils import timezone
 
 from access import notifications
 from access.models import Grant
+from gateway.ssh.connection import GatewayConnection
 from identity.models import DirectorySyncRun
-from sessions.gateway.connection import GatewayConnection
 from tests.conftest import verified_client
-from tests.sessions.test_services import make_grant
+from tests.recordings.test_services import make_grant
 
 pytestmark = pytest.mark.django_db
 

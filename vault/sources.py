@@ -2,7 +2,7 @@
 
 Pure of Django models: the access workflow describes an account with an ``AccountRef``
 and calls these functions; every Vault call goes through ``vault.client.VaultClient``,
-every call to a target through ``sessions.upstream``.
+every call to a target through ``targets.upstream``.
 
 | kind     | checkout                        | reveal (show once)         | release                    |
 | -------- | ------------------------------- | -------------------------- | -------------------------- |
@@ -34,7 +34,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from audit.timefmt import duration_words
-from sessions import upstream
+from targets import upstream
 from vault.client import VaultClient, VaultConflict, VaultError, VaultNotFound, get_client
 
 logger = logging.getLogger(__name__)

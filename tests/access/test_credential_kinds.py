@@ -13,7 +13,7 @@ from django.urls import reverse
 from access import services
 from access.models import AccessPolicy, Account, Grant, Target
 from audit.models import AuditEvent
-from sessions import upstream
+from targets import upstream
 from tests.conftest import verified_client
 from tests.fixtures.pacs import grant_for, make_database_account, target_on
 from tests.totp import totp_code

@@ -24,7 +24,7 @@ from access.models import AccessPolicy, Account, Target
 from access.services import account_ref
 from audit.models import AuditEvent
 from identity.models import User
-from sessions import upstream
+from targets import upstream
 from tests.conftest import make_user
 from tests.fixtures.openbao import free_port
 from tests.fixtures.sshd import USER_PREFIX

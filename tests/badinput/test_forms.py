@@ -23,7 +23,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from access.models import AccessPolicy, AccessRequest, Account, Target
-from sessions.models import Session
+from recordings.models import GatewaySession
 from tests.badinput.conftest import TICKET_PATTERN, live_grant
 from tests.badinput.helpers import (
     BADINPUT,
@@ -484,7 +484,7 @@ def test_an_unknown_role_is_a_clear_form_error(pat_client):
 
 @pytest.fixture
 def live_session(alice):
-    return Session.objects.create(user=alice, account="pacs01-ssh-ca", client_address="192.0.2.7")
+    return GatewaySession.objects.create(user=alice, account="pacs01-ssh-ca", client_address="192.0.2.7")
 
 
 @BADINPUT
@@ -511,7 +511,7 @@ def test_terminate_form_answers_any_input_with_a_message(bob_client, live_sessio
     )
 )
 def test_legal_hold_form_answers_any_input_with_a_message(carol_client, live_session, data):
-    from sessions.models import LegalHold
+    from recordings.models import LegalHold
 
     if data.get("session") == "1":
         data["session"] = str(live_session.pk)

@@ -1,6 +1,6 @@
 """The gateway's login name (``alice``, ``alice:ACCOUNT``) under bad input.
 
-Property tests of sessions/gateway/usernames.py: any text either parses or raises
+Property tests of gateway/ssh/usernames.py: any text either parses or raises
 LoginNameError (nothing else) with a short, printable message; usable names round-trip;
 control and invisible characters and huge names are refused; the gateway's ``parse_login``
 never raises, agrees with the strict parser on every usable name and gives no username for
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from sessions.gateway import usernames
-from sessions.gateway.usernames import (
+from gateway.ssh import usernames
+from gateway.ssh.usernames import (
     LOGIN_MAX,
     LoginName,
     LoginNameError,
@@ -29,7 +29,7 @@ from sessions.gateway.usernames import (
     parse_login,
     parse_login_name,
 )
-from sessions.models import Session
+from recordings.models import GatewaySession
 from tests.badinput.helpers import CHARS, HUGE
 from tests.conftest import PASSWORD
 
@@ -180,7 +180,7 @@ def _serves_alice(gateway, alice) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_an_unusable_account_part_is_refused_after_login_with_a_message(gateway, alice):
     # Told after login today; at the first request once the gateway checks names with
-    # sessions.gateway.usernames (its disconnect message says the same). A name longer than
+    # gateway.ssh.usernames (its disconnect message says the same). A name longer than
     # any usable one then fails like an unknown user's, before any lookup.
     cases = [
         ("alice:PACS_01", ("is not an account name",)),
@@ -193,7 +193,7 @@ def test_an_unusable_account_part_is_refused_after_login_with_a_message(gateway,
         assert result.returncode != 0
         err = result.stderr.decode(errors="replace")
         assert any(says in err for says in answers), (login, err)
-        assert not Session.objects.filter(user=alice, ended_at__isnull=True).exists()
+        assert not GatewaySession.objects.filter(user=alice, ended_at__isnull=True).exists()
     _serves_alice(gateway, alice)
 
 
@@ -210,7 +210,7 @@ def test_an_unusable_user_part_fails_like_an_unknown_user(gateway, alice):
         assert "Traceback" not in err
         prompts = gateway.askpass_log.read_text().lower() if gateway.askpass_log.exists() else ""
         assert "code" not in prompts, login  # never reached the second factor
-    assert not Session.objects.exists()
+    assert not GatewaySession.objects.exists()
     _serves_alice(gateway, alice)
 
 
@@ -225,7 +225,7 @@ def test_names_openssh_will_not_send_never_log_in_and_the_gateway_goes_on(gatewa
         assert answer.startswith(("refused", "disconnected", "code needed")), (login, answer)
         if login.strip() != "alice":
             assert not answer.startswith("code needed"), (login, answer)
-    assert not Session.objects.exists()
+    assert not GatewaySession.objects.exists()
     _serves_alice(gateway, alice)
 
 

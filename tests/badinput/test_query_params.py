@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit.services import audit_record
-from sessions.models import Session
+from recordings.models import GatewaySession
 from tests.badinput.helpers import BADINPUT, FEW, NUMBERS, assert_clear_answer, body_of, hostile, rolled_back
 
 pytestmark = pytest.mark.django_db
@@ -68,7 +68,7 @@ def history(db, alice, bob):
         audit_record(action="auth.login.success", actor=alice, details={"n": i})
     now = timezone.now()
     for i in range(3):
-        Session.objects.create(
+        GatewaySession.objects.create(
             user=alice,
             account="pacs01-root",
             client_address="192.0.2.7",

@@ -27,9 +27,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sessions import recorder as recorder_module
-from sessions.models import Session
-from sessions.recorder import ExecRecorder, TerminalRecorder
+from recordings import recorder as recorder_module
+from recordings.models import GatewaySession
+from recordings.recorder import ExecRecorder, TerminalRecorder
 from tests.badinput.helpers import BADINPUT, CHARS, FEW
 
 pytestmark = pytest.mark.django_db
@@ -108,7 +108,7 @@ def clock(monkeypatch):
 @pytest.fixture
 def sessions(alice):
     """A new session for each example (a channel has one recording per session)."""
-    return lambda: Session.objects.create(
+    return lambda: GatewaySession.objects.create(
         user=alice, account="pacs01-root", client_address="192.0.2.10", gateway_node="gw1"
     )
 

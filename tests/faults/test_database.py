@@ -32,8 +32,8 @@ from django.utils import timezone
 from access.models import Grant
 from audit.chain import verify_chain
 from audit.models import AuditEvent
-from sessions.models import Recording, Session
-from sessions.recorder import verify_recording
+from recordings.models import GatewaySession, Recording
+from recordings.recorder import verify_recording
 from tests.conftest import verified_client
 from tests.fixtures.gateway import live_session
 from tests.fixtures.gateway_process import (
@@ -195,7 +195,7 @@ def test_dropped_database_connections_are_reopened_and_nothing_is_lost(
         text = out.decode(errors="replace")
         assert "after-36" in text and "terminated by bob" in text and "database failover drill" in text
         session = wait_ended(session)
-        assert session.end_reason == Session.EndReason.TERMINATED
+        assert session.end_reason == GatewaySession.EndReason.TERMINATED
         for recording in session.recordings.all():
             ok, why = verify_recording(recording, root=gateway.recordings)
             assert ok, why

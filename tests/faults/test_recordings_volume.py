@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from audit.chain import verify_chain
-from sessions.models import Recording, Session
-from sessions.recorder import MIN_FREE_BYTES, verify_recording
+from recordings.models import GatewaySession, Recording
+from recordings.recorder import MIN_FREE_BYTES, verify_recording
 from tests.fixtures.gateway import live_session
 from tests.fixtures.pacs import grant_for
 
@@ -57,7 +57,7 @@ def _drain(stream, into: bytearray) -> threading.Thread:
     return reader
 
 
-def _ended(session: Session) -> Session:
+def _ended(session: GatewaySession) -> GatewaySession:
     deadline = time.monotonic() + 15
     while True:
         session.refresh_from_db()
@@ -95,9 +95,9 @@ def test_a_full_recordings_volume_ends_live_sessions_refuses_new_ones_and_corrup
     said = filler.stderr.decode(errors="replace")
     assert "The session recording failed" in said and "recordings volume is full" in said, said
     assert 0 < len(filler.stdout) < 2 * VOLUME_MIB * 1024 * 1024
-    exec_session = Session.objects.filter(user=alice).exclude(pk=shell_session.pk).get()
+    exec_session = GatewaySession.objects.filter(user=alice).exclude(pk=shell_session.pk).get()
     exec_session = _ended(exec_session)
-    assert exec_session.end_reason == Session.EndReason.ERROR
+    assert exec_session.end_reason == GatewaySession.EndReason.ERROR
     assert "recordings volume is full" in exec_session.end_message
     assert shutil.disk_usage(recordings_volume).free < MIN_FREE_BYTES
 
@@ -108,23 +108,24 @@ def test_a_full_recordings_volume_ends_live_sessions_refuses_new_ones_and_corrup
     reader.join(timeout=10)
     text = shell_out.decode(errors="replace")
     assert "The session recording failed" in text and "recordings volume is full" in text
-    assert _ended(shell_session).end_reason == Session.EndReason.ERROR
+    assert _ended(shell_session).end_reason == GatewaySession.EndReason.ERROR
 
     # A new session is refused, saying why.
     refused = gateway.ssh(alice, login, "echo never")
     said = refused.stdout.decode(errors="replace") + refused.stderr.decode(errors="replace")
     assert refused.returncode != 0
     assert "cannot be recorded" in said and "recordings volume is full" in said, said
-    refusal = Session.objects.filter(user=alice).order_by("-pk").first()
+    refusal = GatewaySession.objects.filter(user=alice).order_by("-pk").first()
     assert (
-        refusal.end_reason == Session.EndReason.ERROR and "recordings volume is full" in refusal.end_message
+        refusal.end_reason == GatewaySession.EndReason.ERROR
+        and "recordings volume is full" in refusal.end_message
     )
 
     # Room again (the volume grown): sessions work, and everything written verifies.
     subprocess.run(["mount", "-o", f"remount,size={4 * VOLUME_MIB}m", str(recordings_volume)], check=True)
     again = gateway.ssh(alice, login, "echo room-again")
     assert again.returncode == 0 and b"room-again" in again.stdout, again.stderr
-    assert _ended(Session.objects.filter(user=alice).order_by("-pk").first()).end_reason == "closed"
+    assert _ended(GatewaySession.objects.filter(user=alice).order_by("-pk").first()).end_reason == "closed"
     recordings = Recording.objects.filter(session__user=alice)
     assert recordings.filter(finalized_at__isnull=True).count() == 0
     for recording in recordings:

@@ -14,8 +14,8 @@ import pytest
 from access import services
 from access.models import Account
 from audit.models import AuditEvent
-from sessions.models import Recording, Session
-from sessions.recorder import verify_recording
+from recordings.models import GatewaySession, Recording
+from recordings.recorder import verify_recording
 from tests.fixtures.gateway import live_session
 from tests.fixtures.pacs import grant_for, policy_for, target_on
 from tests.fixtures.sshd import SshdTarget
@@ -96,10 +96,12 @@ def test_the_targets_sshd_killed_mid_session_ends_it_with_a_message_and_sealed_r
         assert time.monotonic() < deadline, "the session was not ended"
         time.sleep(0.1)
         session.refresh_from_db()
-    assert session.end_reason == Session.EndReason.ERROR
+    assert session.end_reason == GatewaySession.EndReason.ERROR
     assert "connection to target pacs02" in session.end_message and "was lost" in session.end_message
     ended = AuditEvent.objects.get(action="gateway.session.ended", object_id=str(session.pk))
-    assert ended.details["reason"] == Session.EndReason.ERROR and "was lost" in ended.details["message"]
+    assert (
+        ended.details["reason"] == GatewaySession.EndReason.ERROR and "was lost" in ended.details["message"]
+    )
     for recording in session.recordings.all():
         ok, why = verify_recording(recording, root=settings.RECORDINGS_ROOT)
         assert ok, why

@@ -18,8 +18,8 @@ from access import services
 from access.models import AccessRequest, Grant
 from audit.chain import verify_chain
 from audit.models import AuditEvent
-from sessions.models import Recording, Session
-from sessions.recorder import seal_leftovers, verify_recording
+from recordings.models import GatewaySession, Recording
+from recordings.recorder import seal_leftovers, verify_recording
 from tests.conftest import verified_client
 from tests.fixtures.gateway import live_session
 from tests.fixtures.pacs import grant_for
@@ -138,7 +138,7 @@ def test_vault_going_away_mid_session_keeps_the_session_refuses_new_ones_and_sea
     assert refused.returncode != 0 and "never" not in said.replace("echo never", "")
     why = "Vault is sealed" if fault == "sealed" else "Vault unreachable"
     assert "cannot log in to pacs01: Vault did not hand out the credential" in said and why in said
-    refusal = Session.objects.exclude(pk=session.pk).get(user=alice)
+    refusal = GatewaySession.objects.exclude(pk=session.pk).get(user=alice)
 
     client.stdin.write(b"echo after-$((20+3)); exit\n")
     client.stdin.flush()
@@ -153,8 +153,8 @@ def test_vault_going_away_mid_session_keeps_the_session_refuses_new_ones_and_sea
         session.refresh_from_db()
         refusal.refresh_from_db()
     # Ended as what they were, not as failures: only the signature waits for Vault.
-    assert (session.end_reason, session.end_message) == (Session.EndReason.CLOSED, "")
-    assert refusal.end_reason == Session.EndReason.REFUSED and why in refusal.end_message
+    assert (session.end_reason, session.end_message) == (GatewaySession.EndReason.CLOSED, "")
+    assert refusal.end_reason == GatewaySession.EndReason.REFUSED and why in refusal.end_message
     unsealed = Recording.objects.filter(session__in=[session, refusal])
     assert unsealed.count() == 3 and not unsealed.filter(finalized_at__isnull=False).exists()
 

@@ -13,8 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from sessions.models import Recording
-from sessions.recorder import (
+from recordings.models import Recording
+from recordings.recorder import (
     KEY_NOT_FOUND_REASON,
     SealDeferred,
     SignatureUncheckable,
@@ -25,8 +25,8 @@ from sessions.recorder import (
 )
 from tests.conftest import verified_client
 from tests.fixtures.openbao import bootstrap_server
-from tests.sessions.test_search import record_session
-from tests.sessions.test_services import make_grant, make_session
+from tests.recordings.test_search import record_session
+from tests.recordings.test_services import make_grant, make_session
 from vault.client import reset_client
 from vault.models import TransitPublicKey
 from vault.signatures import transit_keys_keep

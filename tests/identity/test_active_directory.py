@@ -28,7 +28,7 @@ from audit.models import AuditEvent
 from identity.directory import DISABLED, LEFT, directory_sync
 from identity.ldap_client import DirectoryClient, DirectoryError, get_config, reset_config
 from identity.models import User
-from sessions.models import Session
+from recordings.models import GatewaySession
 from tests.fixtures.gateway import ended_session, live_session
 from tests.fixtures.pacs import grant_for
 from tests.fixtures.samba import UF_ACCOUNTDISABLE, UF_DONT_EXPIRE_PASSWD, UF_NORMAL_ACCOUNT, ad_password
@@ -385,13 +385,13 @@ def test_a_leavers_live_gateway_session_is_cut_by_the_sync(how, gateway, bob, ss
     out, _err = client.communicate(timeout=20)
     assert reason in out.decode(errors="replace")
     session = ended_session(user)
-    assert session.end_reason in (Session.EndReason.TERMINATED, Session.EndReason.REVOKED)
+    assert session.end_reason in (GatewaySession.EndReason.TERMINATED, GatewaySession.EndReason.REVOKED)
     event = AuditEvent.objects.get(action="identity.directory.deactivated", object_id=str(user.pk))
     assert event.details["gateway_sessions_terminated"] == [session.pk]
 
     again = gateway.ssh(user, login_name, "id", password=lena["password"])
     assert again.returncode == 255 and not again.stdout
-    assert Session.objects.filter(user=user).count() == 1
+    assert GatewaySession.objects.filter(user=user).count() == 1
 
 
 def test_the_web_sign_in_takes_the_ad_password_then_the_code(client, lena):

@@ -4,7 +4,7 @@ sshd, with OpenBao handing out the certificate, and slapd for the directory sync
 
 Each path goes through access.services.user_deactivate (the Users page, the Configuration
 pages' "Active" box, the directory sync) or, for a change made straight in the database, is
-seen by the gateway itself (sessions/gateway/records.py watches user.is_active and the
+seen by the gateway itself (recordings/records.py watches user.is_active and the
 account's is_active).
 """
 
@@ -20,7 +20,7 @@ from access import services
 from access.models import AccessRequest, Account, Grant
 from audit.models import AuditEvent
 from identity.models import User
-from sessions.models import Session
+from recordings.models import GatewaySession
 from tests.conftest import verified_client
 from tests.fixtures.gateway import ended_session, live_session
 from tests.fixtures.pacs import grant_for
@@ -82,7 +82,7 @@ def test_deactivating_on_the_users_page_cuts_the_session_and_ends_everything_she
     assert "administrator" not in text
 
     session = ended_session(alice)
-    assert session.end_reason == Session.EndReason.REVOKED
+    assert session.end_reason == GatewaySession.EndReason.REVOKED
     assert session.end_message == "Your pamsite account was deactivated: by pat: contract ended, INC-7."
     grant.refresh_from_db()
     assert grant.state == Grant.State.REVOKED and grant.ended_by == pat
@@ -149,7 +149,7 @@ def test_a_change_made_straight_in_the_database_cuts_the_session_too(gateway, al
     User.objects.filter(pk=alice.pk).update(is_active=False)
     text = _cut(ssh, time.monotonic())
     assert "Your pamsite account was deactivated." in text
-    assert ended_session(alice).end_reason == Session.EndReason.REVOKED
+    assert ended_session(alice).end_reason == GatewaySession.EndReason.REVOKED
 
 
 def test_an_account_made_inactive_cuts_its_sessions(gateway, alice, bob, ssh_account):
@@ -191,7 +191,7 @@ def test_a_leaver_cut_by_the_sync_is_told_so_and_not_terminated_by_an_administra
     assert "Your pamsite account was deactivated: left the directory." in text
     assert "terminated by" not in text and "administrator" not in text
     session = ended_session(lena)
-    assert session.end_reason == Session.EndReason.REVOKED and session.terminate_requested_at is None
+    assert session.end_reason == GatewaySession.EndReason.REVOKED and session.terminate_requested_at is None
     grant.refresh_from_db()
     assert grant.state == Grant.State.REVOKED and grant.ended_by is None
     event = AuditEvent.objects.get(action="identity.directory.deactivated")
@@ -203,10 +203,10 @@ def test_a_leaver_cut_by_the_sync_is_told_so_and_not_terminated_by_an_administra
 def test_a_user_terminated_by_someone_unnamed_is_not_told_an_administrator_did_it(alice, bob, ssh_account):
     """A termination row without a requester (left by an earlier version of the sync) reads
     plainly, naming no one."""
-    from sessions.gateway.records import end_of
+    from recordings.records import end_of
 
     grant = grant_for(alice, bob, ssh_account)
-    session = Session.objects.create(
+    session = GatewaySession.objects.create(
         user=alice,
         grant=grant,
         account=ssh_account.slug,

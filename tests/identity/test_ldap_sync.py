@@ -247,9 +247,9 @@ def _ssh_grant(user, approver):
 
 
 def _live_session(user, grant, account="pacs01-root"):
-    from sessions.models import Session
+    from recordings.models import GatewaySession
 
-    return Session.objects.create(user=user, grant=grant, account=account, gateway_node="gw1")
+    return GatewaySession.objects.create(user=user, grant=grant, account=account, gateway_node="gw1")
 
 
 @pytest.mark.parametrize("how", ["removed", "disabled"])
@@ -291,15 +291,15 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
     # Every gateway process sees her deactivated and cuts both live sessions (the one whose
     # grant had ended too), saying why in words: no administrator acted, and none is named.
     # (sessions_to_cut itself runs on the gateway's threads: tests/identity/test_deactivation.py.)
-    from sessions.gateway.records import end_of
-    from sessions.models import Session
+    from recordings.models import GatewaySession
+    from recordings.records import end_of
 
-    live = Session.objects.filter(pk__in=[session.pk, old_session.pk]).select_related(
+    live = GatewaySession.objects.filter(pk__in=[session.pk, old_session.pk]).select_related(
         "user", "grant__account"
     )
     for row in live:
         end_reason, message = end_of(session=row)
-        assert end_reason == Session.EndReason.REVOKED
+        assert end_reason == GatewaySession.EndReason.REVOKED
         assert message == f"Your pamsite account was deactivated: {reason}."
         assert "administrator" not in message
         assert row.terminate_requested_at is None  # no termination pretending someone asked
@@ -509,7 +509,7 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     assert grant.state == Grant.State.REVOKED
     assert grant.cleanup == Grant.Cleanup.DONE, grant.cleanup_error
     assert grant.login not in pg_target.roles()
-    from sessions.gateway.records import sessions_to_cut
+    from recordings.records import sessions_to_cut
 
     assert sessions_to_cut(session_ids=[session.pk]) == {
         session.pk: ("revoked", "Your pamsite account was deactivated: left the directory.")

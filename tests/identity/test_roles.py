@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser, Group
 from django.core.exceptions import PermissionDenied
 
-from identity.roles import Role, has_role, require_role, roles_of
+from common.roles import Role, has_role, require_role, roles_of
 
 pytestmark = pytest.mark.django_db
 

@@ -180,7 +180,7 @@ def test_a_pam_admins_reason_never_reads_as_the_syncs(pat):
 
 
 def test_deactivation_keeps_the_roles_for_the_record(alice, pat):
-    from identity.roles import roles_of
+    from common.roles import roles_of
 
     services.user_deactivate(user=alice, acting_user=pat, reason="left the trust")
     alice = User.objects.get(pk=alice.pk)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sessions.test_browser_replay import sign_in
+from tests.recordings.test_browser_replay import sign_in
 from vault.signatures import transit_keys_keep
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -14,9 +14,9 @@ import pytest
 
 from access import services
 from access.models import Account
-from sessions import upstream
-from sessions.models import Session
-from sessions.recorder import signed_manifest, verify_recording
+from recordings.models import GatewaySession
+from recordings.recorder import signed_manifest, verify_recording
+from targets import upstream
 from tests.fixtures.openbao import bootstrap_embedded
 from tests.fixtures.pacs import grant_for, policy_for, target_on
 from tests.fixtures.sshd import SshdTarget, vault_ssh_ca_public_key
@@ -42,11 +42,11 @@ def stack(settings, approle_settings, embedded_openbao, tmp_path):
         sshd.remove_users()
 
 
-def session_ended(user, count: int) -> Session:
+def session_ended(user, count: int) -> GatewaySession:
     """The user's ``count``-th gateway session with a grant, once the gateway ended it."""
     deadline = time.monotonic() + 15
     while True:
-        sessions = list(Session.objects.filter(user=user, grant__isnull=False).order_by("pk"))
+        sessions = list(GatewaySession.objects.filter(user=user, grant__isnull=False).order_by("pk"))
         if len(sessions) >= count and sessions[count - 1].ended_at is not None:
             return sessions[count - 1]
         assert time.monotonic() < deadline, f"the gateway did not end session {count}: {sessions}"

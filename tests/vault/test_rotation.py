@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sessions import upstream
+from targets import upstream
 from tests.fixtures.openbao import free_port
 from tests.fixtures.pacs import account_ref_on
 from vault import sources

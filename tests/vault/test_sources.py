@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 
-from sessions import upstream
+from targets import upstream
 from tests.fixtures.pacs import account_ref_on, configure_pg_connection
 from vault import sources
 from vault.bootstrap import vault_bootstrap

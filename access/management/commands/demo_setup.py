@@ -13,7 +13,7 @@ from access.demo import (
     demo_setup,
     shown_path,
 )
-from sessions.upstream import UpstreamError
+from targets.upstream import UpstreamError
 from vault.client import VaultError
 
 

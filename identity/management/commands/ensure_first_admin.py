@@ -6,8 +6,8 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from common.roles import Role
 from identity.models import User
-from identity.roles import Role
 
 
 class Command(BaseCommand):
