@@ -317,7 +317,7 @@ def _build_world(root: Path) -> World:
         ("access", "target"): target,
         ("access", "account"): account,
         ("access", "accesspolicy"): policy,
-        ("recordings", "session"): session,
+        ("recordings", "gatewaysession"): session,
         ("recordings", "recording"): recording,
     }
     return World(

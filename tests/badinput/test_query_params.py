@@ -258,7 +258,7 @@ ADMIN_LISTS = [
     "admin:access_accesspolicy_changelist",
     "admin:identity_user_changelist",
     "admin:identity_directorysyncrun_changelist",
-    "admin:recordings_session_changelist",
+    "admin:recordings_gatewaysession_changelist",
 ]
 
 
