@@ -38,6 +38,7 @@ from audit_bench import insert_events, make_users  # bench/audit_bench.py
 from shared import (  # bench/shared.py
     ROOT,
     add_output_arguments,
+    add_quick_argument,
     date_and_machine,
     machine_basics,
     publish,
@@ -57,6 +58,9 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=20_000,
         help="events recorded while the receiver is down (default 20,000)",
+    )
+    add_quick_argument(
+        parser, "5,000 events, 500 during the outage (a check that it runs)", events=5_000, outage_events=500
     )
     add_output_arguments(parser)
     return parser.parse_args()

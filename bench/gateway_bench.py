@@ -66,6 +66,7 @@ from shared import add_output_arguments, percentile, publish, run, say, start_as
 from stack import (  # bench/stack.py
     Gateway,
     cpu_seconds,
+    ed25519_public_line,
     fmt,
     gateway_env,
     kill_processes_of,
@@ -810,7 +811,6 @@ def component_timings(site: Site, samples: int = 10) -> dict[str, float]:
     from django.contrib.auth.hashers import check_password
 
     from access.services import account_ref
-    from targets.upstream import generate_keypair
     from vault import sources
 
     encoded = site.users[0].user.password
@@ -822,7 +822,7 @@ def component_timings(site: Site, samples: int = 10) -> dict[str, float]:
     signing = []
     ref = account_ref(site.account)
     for _ in range(samples):
-        _private, public = generate_keypair()
+        public = ed25519_public_line()
         t0 = time.perf_counter()
         sources.ssh_sign(account=ref, public_key=public, ttl_seconds=600)
         signing.append(time.perf_counter() - t0)

@@ -43,6 +43,7 @@ from pathlib import Path
 from shared import (  # bench/shared.py
     ROOT,
     add_output_arguments,
+    add_quick_argument,
     create_throwaway_database,
     machine_basics,
     publish,
@@ -60,6 +61,7 @@ def parse_args() -> argparse.Namespace:
         "--users", default="10000,100000", help="directory sizes, comma-separated (default 10000,100000)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each read, median kept (default 3)")
+    add_quick_argument(parser, "1,000 users, one read each (a check that it runs)", users="1000", repeat=1)
     add_output_arguments(parser, keep="keep the throwaway databases afterwards")
     args = parser.parse_args()
     args.users = [int(n.replace("_", "")) for n in args.users.split(",") if n.strip()]
