@@ -289,6 +289,8 @@ def bench_size(count: int, args, workdir: Path) -> dict:
         say(f"   incremental, {changed} changed {row['incremental_changed']:.2f} s ({inc2.run.seen} read)")
         assert User.objects.filter(source="ldap", is_active=True).count() == count
         row["database"] = name
+        # Read while the throwaway database exists: the site's own (DATABASE_URL) need not.
+        row["machine"] = machine_info()
         connection.close()
     return row
 
@@ -305,7 +307,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ldap-bench-") as tmp:
         for count in args.users:
             rows.append(bench_size(count, args, Path(tmp)))
-    info = machine_info()
+    info = rows[-1]["machine"]  # at the end of the last size
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.1f}x"
