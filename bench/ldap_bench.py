@@ -325,7 +325,7 @@ def main() -> int:
         f"- Database: {info['database']} (throwaway, migrated; the site's settings), no broker",
         "- Ratio: the sync's time over a raw paged `ldapsearch` (`-E pr=500/noprompt`, the same "
         "entries and attributes, as the sync account, to a file) in the same run; reads are the median "
-        "of 3",
+        f"of {args.repeat}",
         "",
         "| Users | slapadd (s) | groups via ldapadd (s) | ldapsearch (s) | sync's read, python-ldap (s) "
         "| first full sync (s) | CPU (s) | of which audit events (s) | ratio | full sync, no change (s) "
