@@ -1564,7 +1564,8 @@ def before_after(args, r, labels: list[str]) -> list[str]:
         values = [figures[label].get(key, float("nan")) for label in labels]
         if all(v != v for v in values):
             continue
-        cells = [fmt(v, digits) + (unit if v == v else "") for v in values]
+        shown = signed if key.startswith("echo") else fmt  # added latency: a signed figure
+        cells = [shown(v, digits) + (unit if v == v else "") for v in values]
         change = values[-1] - values[0]
         rows.append([title, target, *cells, signed(change, digits) + (unit if change == change else "")])
     return [

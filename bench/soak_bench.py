@@ -396,7 +396,7 @@ def reset_code(person: Person) -> str:
 # --- Gateway sessions -------------------------------------------------------------------------
 
 
-class GatewaySession(Client):
+class GatewayClient(Client):
     """One client slot: logs in, works in the shell, logs out, again, until the stop."""
 
     KIND = "gateway: client"
@@ -934,7 +934,7 @@ def smoke_check(site: Site, gateway: Gateway, web: WebApp, host_key_blob: bytes,
 
     stats, stop = Stats(), threading.Event()
     if site.gateway_people:
-        session = GatewaySession(
+        session = GatewayClient(
             -1, site.gateway_people[0], gateway.port, host_key_blob, site.target_user, stats, stop, args
         )
         pkey = paramiko.Ed25519Key.from_private_key_file(str(site.gateway_people[0].key_path))
@@ -965,7 +965,7 @@ def run_load(
     outcome = Outcome(stats)
     stop = threading.Event()
     sessions = [
-        GatewaySession(n, person, gateway.port, host_key_blob, site.target_user, stats, stop, args)
+        GatewayClient(n, person, gateway.port, host_key_blob, site.target_user, stats, stop, args)
         for n, person in enumerate(site.gateway_people)
     ]
     users = [WebUser(n, person, web.url, stats, stop, args) for n, person in enumerate(site.web_people)]
