@@ -67,8 +67,9 @@ check-deploy: deps
 pytest: deps
 	DJANGO_ALLOW_ASYNC_UNSAFE=true $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# make bench BENCH_ARGS="--quick" (or "--baseline DIR"): see bench/run.py.
 bench: deps apt-test
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf var/ test-artifacts/

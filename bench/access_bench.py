@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from shared import (  # bench/shared.py
     add_output_arguments,
+    add_quick_argument,
     date_and_machine,
     machine_basics,
     percentile,
@@ -73,6 +74,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--grants", type=int, default=10_000, help="grants for the expiry sweep (default 10,000)"
+    )
+    add_quick_argument(
+        parser,
+        "3 runs, 5 concurrent, 200 grants per kind (a check that it runs)",
+        runs=3,
+        concurrency=5,
+        grants=200,
     )
     parser.add_argument(
         "--kinds",

@@ -23,6 +23,7 @@ import time
 
 from shared import (  # bench/shared.py
     add_output_arguments,
+    add_quick_argument,
     date_and_machine,
     machine_basics,
     publish,
@@ -63,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=5, help="timed runs per page, median reported (default 5)"
     )
+    add_quick_argument(parser, "20,000 events, 2 runs per page (a check that it runs)", rows=20_000, repeat=2)
     add_output_arguments(parser)
     return parser.parse_args()
 

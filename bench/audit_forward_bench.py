@@ -31,13 +31,16 @@ import re
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from audit_bench import insert_events, make_users  # bench/audit_bench.py
 from shared import (  # bench/shared.py
     ROOT,
     add_output_arguments,
+    add_quick_argument,
     date_and_machine,
     machine_basics,
     publish,
@@ -57,6 +60,9 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=20_000,
         help="events recorded while the receiver is down (default 20,000)",
+    )
+    add_quick_argument(
+        parser, "5,000 events, 500 during the outage (a check that it runs)", events=5_000, outage_events=500
     )
     add_output_arguments(parser)
     return parser.parse_args()
@@ -279,9 +285,10 @@ def main() -> int:
         users, _auditor, _device = make_users(50)
         print(f"Inserting {args.events:,} chained events…")
         insert_events(args.events, 5000, users)
-        tls_dir = ROOT / "var" / "bench" / "forward-tls"
-        tls_dir.mkdir(parents=True, exist_ok=True)
-        tls_files = make_tls_files(tls_dir)
+        # The throwaway CA's key and certificates: removed when the bench ends (also on failure).
+        (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
+        tls_dir = tempfile.TemporaryDirectory(prefix="forward-tls-", dir=ROOT / "var" / "bench")
+        tls_files = make_tls_files(Path(tls_dir.name))
         # Warm the database's page cache, as on a site that runs: each run below then reads alike.
         from audit.models import AuditEvent
 

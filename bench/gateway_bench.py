@@ -3,6 +3,15 @@
 Run from the repository root with the project's Python, as root (sshd, useradd):
 
     .venv/bin/python bench/gateway_bench.py [--quick] [--idle-sessions 1000] [--only 1,4,6]
+    .venv/bin/python bench/gateway_bench.py --baseline /tmp/base   # before/after, in one run
+
+``--baseline DIR``: DIR is a checkout of an older commit (``git worktree add /tmp/base 98f9764``).
+Its gateway runs beside this tree's, started with DIR's own manage.py (PYTHONPATH=DIR; DIR's
+.venv when it has one, else this interpreter), on a database of its own: migrated by DIR, then
+given a copy of every row the bench made (the same users, keys, TOTP devices and grants).
+Every measurement then runs direct ssh and both gateways in turn, interleaved (which gateway
+goes first alternates), and the report starts with a table of the headline figures of both
+side by side; each part shows both. Both gateways share the sshd, OpenBao and the host key.
 
 It never touches the site's own database or servers. It makes, and removes at the end
 (also on failure, Ctrl-C or SIGTERM):
@@ -64,9 +73,15 @@ from pathlib import Path
 
 from shared import add_output_arguments, percentile, publish, run, say, start_as_root  # bench/shared.py
 from stack import (  # bench/stack.py
+    ROOT,
     Gateway,
+    add_baseline_database,
+    checkout_label,
+    checkout_python,
     cpu_seconds,
+    ed25519_public_line,
     fmt,
+    gateway_database_url,
     gateway_env,
     kill_processes_of,
     last_session_pk,
@@ -87,7 +102,7 @@ from pamsite.env import usable_cpus  # after stack: the project is on sys.path
 SECTION = "## Gateway"
 # The gateway as it runs by default (GATEWAY_WORKERS=auto): one process per usable CPU.
 DEFAULT_WORKERS = usable_cpus()
-DEFAULT_WORKERS_LABEL = f"gateway, GATEWAY_WORKERS=auto ({DEFAULT_WORKERS} processes)"
+DEFAULT_WORKERS_SETTING = f"GATEWAY_WORKERS=auto ({DEFAULT_WORKERS} processes)"
 ACCOUNT = "pacs01-bench"
 PASSWORD = "correct horse battery staple 7"  # noqa: S105  # nosec B105 (throwaway users)
 CIPHER = "aes128-gcm@openssh.com"
@@ -132,8 +147,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="time-to-prompt runs per way (default 20)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each bulk/steady case (default 3)")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="measurements to run, e.g. 1,4 (default all)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="an older checkout (e.g. git worktree add /tmp/base 98f9764): its gateway measured too, "
+        "interleaved with this tree's, the figures side by side",
+    )
     add_output_arguments(parser)
     args = parser.parse_args()
+    if args.baseline:
+        args.baseline = Path(args.baseline).resolve()
+        if not (args.baseline / "manage.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no manage.py there (a checkout of the project?)")
     quick = args.quick
     defaults = {
         "idle_sessions": 50 if quick else 1000,
@@ -181,11 +206,15 @@ class BenchUser:
         return f"{self.user.username}:{ACCOUNT}"
 
 
-def fresh_code(user: BenchUser) -> str:
-    """Allow the device's next code again (a code counts once per 30 s step) and compute it."""
+def fresh_code(user: BenchUser, using: str = "default") -> str:
+    """Allow the device's next code again (a code counts once per 30 s step) and compute it.
+
+    ``using``: the database of the gateway logged into (the baseline's is a copy: same device)."""
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
-    TOTPDevice.objects.filter(pk=user.device_pk).update(last_t=-1, drift=0, throttling_failure_count=0)
+    TOTPDevice.objects.using(using).filter(pk=user.device_pk).update(
+        last_t=-1, drift=0, throttling_failure_count=0
+    )
     return totp_code(user.totp_key)
 
 
@@ -279,11 +308,13 @@ class Clients:
     sshd_host_key: str
     gateway_host_key: str
     gateway_port: int = 0
+    using: str = "default"  # the database of the gateway these clients log into
+    name: str = ""  # of the side ("before", "after"): its own known_hosts file
     known_hosts: Path = field(init=False)
     askpass: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.known_hosts = self.workdir / "known_hosts"
+        self.known_hosts = self.workdir / ("known_hosts-" + self.name if self.name else "known_hosts")
         self.askpass = self.workdir / "askpass"
         self.askpass.write_text(ASKPASS)
         self.askpass.chmod(0o700)
@@ -350,8 +381,38 @@ class Clients:
             f"{user.login}@127.0.0.1",
             *command,
         ]  # fmt: skip
-        env = dict(self.base_env, BENCH_PASSWORD=PASSWORD, BENCH_CODE=fresh_code(user))
+        env = dict(self.base_env, BENCH_PASSWORD=PASSWORD, BENCH_CODE=fresh_code(user, self.using))
         return argv, env
+
+
+@dataclass
+class Side:
+    """A gateway under test: this tree's, or (``--baseline``) an older checkout's, each with its
+    own process, log, recordings folder and database (the baseline's a copy of the site's), and
+    its clients. Every measurement runs the sides in turn, interleaved with direct ssh."""
+
+    name: str  # "after" / "before"; "" without a baseline
+    label: str  # in the report: "gateway", "gateway before (98f9764)"
+    using: str  # database alias
+    recordings: Path
+    gateway: Gateway
+    clients: Clients
+
+    def last_session_pk(self) -> int:
+        return last_session_pk(self.using)
+
+    def wait_ended(self, before: int, timeout: float = 120) -> list:
+        return wait_sessions_ended(before, timeout=timeout, using=self.using)
+
+    def restart(self, workers: int = 1) -> None:
+        self.gateway.stop()
+        self.gateway.start(workers=workers)
+        self.clients.set_gateway_port(self.gateway.port)
+
+
+def in_turn(sides: list[Side], n: int) -> list[Side]:
+    """The sides in the n-th run's order: alternated, so that neither always goes first."""
+    return sides if n % 2 == 0 else sides[::-1]
 
 
 @dataclass
@@ -428,21 +489,27 @@ def mbps(nbytes: int, seconds: float) -> float:
 # --- Sessions and recordings in the database --------------------------------------------------
 
 
-def recordings_of(sessions: list, kind: str) -> list:
+# The few fields read (``only``): an older checkout's schema (the baseline's database) has them too.
+RECORDING_FIELDS = ("pk", "kind", "path", "index_path", "size")
+
+
+def recordings_of(sessions: list, kind: str, using: str = "default") -> list:
     from recordings.models import Recording
 
-    return list(Recording.objects.filter(session__in=sessions, kind=kind).order_by("pk"))
+    found = Recording.objects.using(using).filter(session__in=[x.pk for x in sessions], kind=kind)
+    return list(found.order_by("pk").only(*RECORDING_FIELDS))
 
 
 def file_size(root: Path, relative: str) -> int:
     return (root / relative).stat().st_size if relative else 0
 
 
-def drop_recording_files(root: Path, sessions: list) -> None:
+def drop_recording_files(root: Path, sessions: list, using: str = "default") -> None:
     """Free the disk between measurements (the rows stay)."""
     from recordings.models import Recording
 
-    for recording in Recording.objects.filter(session__in=sessions):
+    found = Recording.objects.using(using).filter(session__in=[x.pk for x in sessions])
+    for recording in found.only(*RECORDING_FIELDS):
         for name in (recording.path, recording.index_path):
             if name:
                 with contextlib.suppress(OSError):
@@ -492,7 +559,9 @@ def make_files(directory: Path, size: int) -> tuple[Path, Path]:
 class BulkCase:
     name: str
     data_bytes: int
-    direct: list[Run] = field(default_factory=list)
+    side: str = "gateway"  # Side.label
+    direct: list[Run] = field(default_factory=list)  # shared by the sides' cases of one file
+    what: str = ""  # "text", "random", "pty"
     gateway: list[Run] = field(default_factory=list)
     recording_bytes: list[int] = field(default_factory=list)  # .bin/.cast
     index_bytes: list[int] = field(default_factory=list)
@@ -512,7 +581,8 @@ class BulkCase:
         return median(values)
 
 
-def measure_bulk(clients: Clients, gateway: Gateway, site: Site, root: Path, files, args) -> list[BulkCase]:
+def measure_bulk(sides: list[Side], site: Site, files, args) -> list[BulkCase]:
+    """Per file: direct, then each side, ``args.repeats`` times; one BulkCase per file and side."""
     from recordings.models import Recording
 
     text, rand = files
@@ -524,37 +594,53 @@ def measure_bulk(clients: Clients, gateway: Gateway, site: Site, root: Path, fil
     ]
     results = []
     user = site.users[0]
+    direct_clients = sides[0].clients
     for name, _mode, path, kind, tty in cases:
-        case = BulkCase(f"{args.bulk_mib} MiB {name}, {'pty (ssh -tt)' if tty else 'non-pty exec'}", size)
-        for n in range(args.repeats):
-            argv, env = clients.direct("cat", str(path), tty=tty)
-            run = run_reader(argv, env, expect=size, tty_stdin=tty)
-            case.direct.append(run)
-            if not run.ok:
-                case.errors.append(f"direct: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
-            before = last_session_pk()
-            argv, env = clients.gateway(user, "cat", str(path), tty=tty)
-            run = run_reader(argv, env, expect=size, tty_stdin=tty)
-            case.gateway.append(run)
-            case.after_cpu.append(gateway.settle(gateway.cpu_seconds()))  # from the client's exit
-            if not run.ok:
-                case.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
-            try:
-                sessions = wait_sessions_ended(before)
-                for rec in recordings_of(sessions, kind):
-                    case.recording_bytes.append(rec.size or file_size(root, rec.path))
-                    case.index_bytes.append(file_size(root, rec.index_path))
-                drop_recording_files(root, sessions)
-            except RuntimeError as exc:
-                case.errors.append(str(exc))
-            say(
-                f"  {case.name} #{n + 1}: "
-                f"direct {fmt(mbps(case.direct[-1].nbytes, case.direct[-1].total_s))} MB/s, "
-                f"gateway {fmt(mbps(run.nbytes, run.total_s))} MB/s"
-                + (f" (recording {case.recording_bytes[-1] / size:.3f}x)" if case.recording_bytes else "")
-                + f"; gateway CPU after the session {case.after_cpu[-1]:.1f} s"
+        title = f"{args.bulk_mib} MiB {name}, {'pty (ssh -tt)' if tty else 'non-pty exec'}"
+        direct: list[Run] = []
+        per_side = {
+            side.name: BulkCase(
+                title + (f", {side.label}" if side.name else ""),
+                size,
+                side.label,
+                direct,
+                "pty" if tty else name,
             )
-        results.append(case)
+            for side in sides
+        }
+        for n in range(args.repeats):
+            argv, env = direct_clients.direct("cat", str(path), tty=tty)
+            run = run_reader(argv, env, expect=size, tty_stdin=tty)
+            direct.append(run)
+            if not run.ok:
+                per_side[sides[0].name].errors.append(
+                    f"direct: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}"
+                )
+            line = f"  {title} #{n + 1}: direct {fmt(mbps(run.nbytes, run.total_s))} MB/s"
+            for side in in_turn(sides, n):
+                case, gateway = per_side[side.name], side.gateway
+                before = side.last_session_pk()
+                argv, env = side.clients.gateway(user, "cat", str(path), tty=tty)
+                run = run_reader(argv, env, expect=size, tty_stdin=tty)
+                case.gateway.append(run)
+                case.after_cpu.append(gateway.settle(gateway.cpu_seconds()))  # from the client's exit
+                if not run.ok:
+                    case.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
+                try:
+                    sessions = side.wait_ended(before)
+                    for rec in recordings_of(sessions, kind, side.using):
+                        case.recording_bytes.append(rec.size or file_size(side.recordings, rec.path))
+                        case.index_bytes.append(file_size(side.recordings, rec.index_path))
+                    drop_recording_files(side.recordings, sessions, side.using)
+                except RuntimeError as exc:
+                    case.errors.append(str(exc))
+                line += (
+                    f", {side.label} {fmt(mbps(run.nbytes, run.total_s))} MB/s"
+                    + (f" (recording {case.recording_bytes[-1] / size:.3f}x)" if case.recording_bytes else "")
+                    + f"; CPU after the session {case.after_cpu[-1]:.1f} s"
+                )
+            say(line)
+        results += per_side.values()
     return results
 
 
@@ -564,43 +650,50 @@ def measure_bulk(clients: Clients, gateway: Gateway, site: Site, root: Path, fil
 @dataclass
 class SteadyResult:
     data_bytes: int
-    direct: list[Run] = field(default_factory=list)
+    side: str = "gateway"  # Side.label
+    direct: list[Run] = field(default_factory=list)  # shared by the sides
     gateway: list[Run] = field(default_factory=list)
     during_cpu: list[float] = field(default_factory=list)  # gateway CPU s while the command ran
     after_cpu: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
-def measure_steady(clients: Clients, gateway: Gateway, site: Site, root: Path, args) -> SteadyResult:
+def measure_steady(sides: list[Side], site: Site, args) -> list[SteadyResult]:
     size = args.steady_mib * MiB
     command = text_stream(size)
-    result = SteadyResult(size)
+    direct: list[Run] = []
+    results = {side.name: SteadyResult(size, side.label, direct) for side in sides}
     user = site.users[0]
     for n in range(args.repeats):
-        argv, env = clients.direct(command)
+        argv, env = sides[0].clients.direct(command)
         run = run_reader(argv, env, expect=size)
-        result.direct.append(run)
+        direct.append(run)
         if not run.ok:
-            result.errors.append(f"direct: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
-        before = last_session_pk()
-        argv, env = clients.gateway(user, command)
-        cpu_before = gateway.cpu_seconds()
-        run = run_reader(argv, env, expect=size)
-        cpu_after = gateway.cpu_seconds()
-        result.gateway.append(run)
-        result.during_cpu.append(cpu_after - cpu_before)
-        result.after_cpu.append(gateway.settle(cpu_after))
-        if not run.ok:
-            result.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
-        with contextlib.suppress(RuntimeError):
-            drop_recording_files(root, wait_sessions_ended(before))
-        say(
-            f"  #{n + 1}: direct {fmt(mbps(size, result.direct[-1].transfer_s))} MB/s, "
-            f"gateway {fmt(mbps(size, run.transfer_s))} MB/s (first byte to last); gateway CPU "
-            f"{result.during_cpu[-1] / (size / GiB):.2f} s per GiB relayed, "
-            f"{result.after_cpu[-1]:.1f} s after"
-        )
-    return result
+            results[sides[0].name].errors.append(
+                f"direct: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}"
+            )
+        line = f"  #{n + 1}: direct {fmt(mbps(size, run.transfer_s))} MB/s"
+        for side in in_turn(sides, n):
+            result, gateway = results[side.name], side.gateway
+            before = side.last_session_pk()
+            argv, env = side.clients.gateway(user, command)
+            cpu_before = gateway.cpu_seconds()
+            run = run_reader(argv, env, expect=size)
+            cpu_after = gateway.cpu_seconds()
+            result.gateway.append(run)
+            result.during_cpu.append(cpu_after - cpu_before)
+            result.after_cpu.append(gateway.settle(cpu_after))
+            if not run.ok:
+                result.errors.append(f"gateway: exit {run.returncode}, {run.nbytes} bytes: {run.stderr}")
+            with contextlib.suppress(RuntimeError):
+                drop_recording_files(side.recordings, side.wait_ended(before), side.using)
+            line += (
+                f", {side.label} {fmt(mbps(size, run.transfer_s))} MB/s (CPU "
+                f"{result.during_cpu[-1] / (size / GiB):.2f} s per GiB relayed, "
+                f"{result.after_cpu[-1]:.1f} s after)"
+            )
+        say(line + " (first byte to last)")
+    return list(results.values())
 
 
 # --- 3. Concurrent streams --------------------------------------------------------------------
@@ -611,10 +704,12 @@ class ConcurrentResult:
     label: str
     streams: int
     stream_bytes: int
+    side: str = ""  # Side.label; "" for direct
     runs: list[Run] = field(default_factory=list)
     wall_s: float = float("nan")
     per_process: list[int] = field(default_factory=list)  # gateway sessions per worker process
     after_cpu: float = float("nan")  # gateway CPU s from the last client's exit until idle
+    default_workers: bool = False  # the gateway as it runs by default (the target is for it)
 
     @property
     def ok(self) -> int:
@@ -739,6 +834,8 @@ def measure_echo(label: str, argv, env, round_trips: int, warmup: int) -> EchoRe
 @dataclass
 class PromptResult:
     label: str
+    side: str = ""  # Side.label; "" for direct
+    way: str = ""  # "key", "password"; "" for direct
     samples: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -773,34 +870,40 @@ def time_to_ready(argv, env) -> float:
     return ready
 
 
-def measure_prompt(clients: Clients, site: Site, runs: int) -> list[PromptResult]:
+def measure_prompt(sides: list[Side], site: Site, runs: int) -> list[PromptResult]:
+    """Direct (two key exchanges), then per side password + TOTP and key + TOTP, interleaved."""
     results = {
-        "direct": PromptResult(f"direct ssh (certificate, {KEX})"),
-        "direct-default": PromptResult("direct ssh (certificate, OpenSSH's default key exchange)"),
-        "password": PromptResult("gateway: password + TOTP"),
-        "key": PromptResult("gateway: registered key + TOTP"),
+        ("direct", None): PromptResult(f"direct ssh (certificate, {KEX})"),
+        ("direct-default", None): PromptResult("direct ssh (certificate, OpenSSH's default key exchange)"),
     }
+    for side in sides:
+        results[("password", side.name)] = PromptResult(
+            f"{side.label}: password + TOTP", side.label, "password"
+        )
+        results[("key", side.name)] = PromptResult(f"{side.label}: registered key + TOTP", side.label, "key")
+    by_name = {side.name: side for side in sides}
     user = site.users[1 % len(site.users)]
     for n in range(runs + 1):  # the first round warms up
-        for way, result in results.items():
-            before = last_session_pk()
-            if way.startswith("direct"):
-                argv, env = clients.direct("echo READY", default_kex=way == "direct-default")
+        for (way, side_name), result in results.items():
+            side = by_name.get(side_name)
+            if side is None:
+                argv, env = sides[0].clients.direct("echo READY", default_kex=way == "direct-default")
             else:
-                argv, env = clients.gateway(user, "echo READY", password=way == "password")
+                before = side.last_session_pk()
+                argv, env = side.clients.gateway(user, "echo READY", password=way == "password")
             try:
                 took = time_to_ready(argv, env)
                 if n:
                     result.samples.append(took)
             except Exception as exc:
                 result.errors.append(f"{type(exc).__name__}: {exc}")
-            if not way.startswith("direct"):
+            if side is not None:
                 with contextlib.suppress(RuntimeError):
-                    wait_sessions_ended(before, timeout=30)
+                    side.wait_ended(before, timeout=30)
         if n and (n % 5 == 0 or n == runs):
             say(
                 f"  {n}/{runs}: "
-                + ", ".join(f"{w} p50 {fmt(median(r.samples) * 1000, 0)} ms" for w, r in results.items())
+                + ", ".join(f"{r.label} p50 {fmt(median(r.samples) * 1000, 0)} ms" for r in results.values())
             )
     return list(results.values())
 
@@ -810,7 +913,6 @@ def component_timings(site: Site, samples: int = 10) -> dict[str, float]:
     from django.contrib.auth.hashers import check_password
 
     from access.services import account_ref
-    from targets.upstream import generate_keypair
     from vault import sources
 
     encoded = site.users[0].user.password
@@ -822,7 +924,7 @@ def component_timings(site: Site, samples: int = 10) -> dict[str, float]:
     signing = []
     ref = account_ref(site.account)
     for _ in range(samples):
-        _private, public = generate_keypair()
+        public = ed25519_public_line()
         t0 = time.perf_counter()
         sources.ssh_sign(account=ref, public_key=public, ttl_seconds=600)
         signing.append(time.perf_counter() - t0)
@@ -849,6 +951,7 @@ def mem_available_kb() -> int:
 @dataclass
 class IdleResult:
     wanted: int
+    side: str = "gateway"  # Side.label
     opened: int = 0
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
@@ -869,7 +972,7 @@ class IdleResult:
         return (self.after[key] - self.before[key]) / self.opened if self.opened else float("nan")
 
 
-def open_idle_session(port: int, host_key_blob: bytes, user: BenchUser, pkey):
+def open_idle_session(port: int, host_key_blob: bytes, user: BenchUser, pkey, using: str = "default"):
     """A paramiko client: key, then the TOTP code, then a pty shell on the target; (transport, channel)."""
     import paramiko
 
@@ -882,7 +985,7 @@ def open_idle_session(port: int, host_key_blob: bytes, user: BenchUser, pkey):
         if transport.get_remote_server_key().asbytes() != host_key_blob:
             raise RuntimeError("the gateway's host key is not the pinned one")
         transport.auth_publickey(user.login, pkey)
-        code = fresh_code(user)
+        code = fresh_code(user, using)
         transport.auth_interactive(user.login, lambda title, instructions, prompts: [code for _ in prompts])
         channel = transport.open_session(timeout=60)
         channel.get_pty(term="xterm", width=120, height=40)
@@ -907,13 +1010,12 @@ LOG_PROBLEMS = {
 }
 
 
-def measure_idle(
-    gateway: Gateway, site: Site, host_key_blob: bytes, wanted: int, workers: int = 16
-) -> IdleResult:
+def measure_idle(side: Side, site: Site, host_key_blob: bytes, wanted: int, workers: int = 16) -> IdleResult:
     import paramiko
     from django.db import connections
 
-    result = IdleResult(wanted)
+    gateway, using = side.gateway, side.using
+    result = IdleResult(wanted, side.label)
     pid = gateway.process.pid
     log_offset = gateway.log_path.stat().st_size if gateway.log_path.exists() else 0
     time.sleep(2)
@@ -921,7 +1023,8 @@ def measure_idle(
     result.cpu_before = cpu_share(pid, 3)
     available0 = mem_available_kb()
     say(
-        f"  gateway before: VmRSS {result.before['rss_kb']:,} kB, Pss {result.before['pss_kb']:,} kB, "
+        f"  {side.label}, no session yet: VmRSS {result.before['rss_kb']:,} kB, "
+        f"Pss {result.before['pss_kb']:,} kB, "
         f"{result.before['threads']} threads, CPU {result.cpu_before * 100:.1f}% of a core"
     )
     users = site.users[: min(workers, len(site.users))]
@@ -947,7 +1050,7 @@ def measure_idle(
                     stop.set()
                     return
                 try:
-                    pair = open_idle_session(gateway.port, host_key_blob, users[i], keys[i])
+                    pair = open_idle_session(gateway.port, host_key_blob, users[i], keys[i], using)
                 except Exception as exc:
                     with lock:
                         result.errors.append(f"{type(exc).__name__}: {exc}")
@@ -975,7 +1078,7 @@ def measure_idle(
     try:
         from recordings.models import GatewaySession
 
-        live = GatewaySession.objects.filter(ended_at__isnull=True).count()
+        live = GatewaySession.objects.using(using).filter(ended_at__isnull=True).count()
         say(
             f"  {result.opened} sessions open in {result.open_s:.0f} s ({live} live in the database); "
             "settling"
@@ -985,7 +1088,8 @@ def measure_idle(
         result.cpu_after = cpu_share(pid, 5)
         result.machine_used_kb = available0 - mem_available_kb()
         say(
-            f"  gateway after: VmRSS {result.after['rss_kb']:,} kB, Pss {result.after['pss_kb']:,} kB, "
+            f"  {side.label}, with the sessions: VmRSS {result.after['rss_kb']:,} kB, "
+            f"Pss {result.after['pss_kb']:,} kB, "
             f"{result.after['threads']} threads, CPU {result.cpu_after * 100:.1f}% of a core"
         )
     finally:
@@ -1000,7 +1104,7 @@ def measure_idle(
         deadline = time.monotonic() + IDLE_CLOSE_BUDGET
         last, stable_since = None, time.monotonic()
         while time.monotonic() < deadline:
-            live = GatewaySession.objects.filter(ended_at__isnull=True).count()
+            live = GatewaySession.objects.using(using).filter(ended_at__isnull=True).count()
             threads = proc_memory(pid)["threads"]
             if threads <= baseline and result.close_busy_s != result.close_busy_s:
                 result.close_busy_s = time.perf_counter() - before
@@ -1012,8 +1116,8 @@ def measure_idle(
             elif threads <= baseline and time.monotonic() - stable_since > 15:
                 break
             time.sleep(0.5)
-        result.left_live = GatewaySession.objects.filter(ended_at__isnull=True).count()
-        result.left_unsealed = Recording.objects.filter(finalized_at__isnull=True).count()
+        result.left_live = GatewaySession.objects.using(using).filter(ended_at__isnull=True).count()
+        result.left_unsealed = Recording.objects.using(using).filter(finalized_at__isnull=True).count()
         with contextlib.suppress(OSError):
             with gateway.log_path.open(errors="replace") as log:
                 log.seek(log_offset)
@@ -1034,9 +1138,9 @@ def measure_idle(
 
 AFTER_CPU_NOTE = (
     "Gateway CPU after the session = CPU seconds the gateway process used from the client's exit until "
-    "it was idle again (sealing the recordings: sha256 and Vault signature; indexing the session for "
-    "search: `recordings.search.session_index`, called from the connection's `_finish`); the bench waits "
-    "for it before the next run"
+    "it was idle again (sealing the recordings: sha256 and Vault signature; and indexing the session for "
+    "search where the gateway itself still does it rather than the worker); the bench waits for it "
+    "before the next run"
 )
 
 
@@ -1105,71 +1209,92 @@ def report_bulk(args, bulk: list[BulkCase], summary: list[str]) -> list[str]:
         )
     for case in bulk:
         lines += [f"- error ({case.name}): {e}" for e in case.errors[:3]]
-    target = TARGETS["bulk_text_ratio"]
-    text = bulk[0]
-    summary.append(
-        f"Bulk text (non-pty) throughput ≥ {target}x direct: {fmt(text.ratio, 2)}x — "
-        f"{verdict(text.ratio, lambda v: v >= target)}"
-    )
-    target = TARGETS["recording_ratio"]
-    random_case = bulk[1] if len(bulk) > 1 else None
-    if random_case is not None and random_case.recording_bytes:
+    for side in dict.fromkeys(case.side for case in bulk):
+        cases = {case.what: case for case in bulk if case.side == side}
+        who = "" if side == "gateway" else f", {side}"
+        target = TARGETS["bulk_text_ratio"]
+        text = cases["text"]
         summary.append(
-            f"Recording of random data ≤ {target}x the data: {random_case.recording_ratio:.3f}x "
-            f"(.bin {median(random_case.recording_bytes):,.0f} B + .idx "
-            f"{median(random_case.index_bytes):,.0f} B) — "
-            f"{verdict(random_case.recording_ratio, lambda v: v <= target)}"
+            f"Bulk text (non-pty) throughput ≥ {target}x direct{who}: {fmt(text.ratio, 2)}x — "
+            f"{verdict(text.ratio, lambda v, t=target: v >= t)}"
         )
-    else:
-        summary.append(f"Recording of random data ≤ {target}x the data: {met(None)}")
-    if len(bulk) > 2:
-        summary.append(
-            f"(no target) Text through a pty: gateway {fmt(bulk[2].ratio, 2)}x direct; asciicast "
-            f"{fmt(bulk[2].recording_ratio, 3)}x the file's size"
-        )
+        target = TARGETS["recording_ratio"]
+        random_case = cases.get("random")
+        if random_case is not None and random_case.recording_bytes:
+            summary.append(
+                f"Recording of random data ≤ {target}x the data{who}: {random_case.recording_ratio:.3f}x "
+                f"(.bin {median(random_case.recording_bytes):,.0f} B + .idx "
+                f"{median(random_case.index_bytes):,.0f} B) — "
+                f"{verdict(random_case.recording_ratio, lambda v, t=target: v <= t)}"
+            )
+        else:
+            summary.append(f"Recording of random data ≤ {target}x the data{who}: {met(None)}")
+        if "pty" in cases:
+            summary.append(
+                f"(no target) Text through a pty: {side} {fmt(cases['pty'].ratio, 2)}x direct; asciicast "
+                f"{fmt(cases['pty'].recording_ratio, 3)}x the file's size"
+            )
     return lines
 
 
-def report_steady(steady: SteadyResult, summary: list[str]) -> list[str]:
-    def rate(runs: list[Run], whole: bool) -> float:
+def report_steady(steadies: list[SteadyResult], summary: list[str]) -> list[str]:
+    def rate(steady: SteadyResult, runs: list[Run], whole: bool) -> float:
         return median([mbps(steady.data_bytes, x.total_s if whole else x.transfer_s) for x in runs if x.ok])
 
-    d, g = rate(steady.direct, False), rate(steady.gateway, False)
-    dw, gw = rate(steady.direct, True), rate(steady.gateway, True)
-    ratio = ratio_of(g, d)
+    first = steadies[0]
+    d, dw = rate(first, first.direct, False), rate(first, first.direct, True)
+    rows = [["direct ssh", fmt(d), "1.00", fmt(dw), "1.00", "", ""]]
+    for steady in steadies:
+        g, gw = rate(steady, steady.gateway, False), rate(steady, steady.gateway, True)
+        steady.ratio = ratio_of(g, d)
+        steady.cpu_per_gib = median(steady.during_cpu) / (steady.data_bytes / GiB)
+        rows.append(
+            [
+                steady.side,
+                fmt(g),
+                fmt(steady.ratio, 2),
+                fmt(gw),
+                fmt(ratio_of(gw, dw), 2),
+                fmt(steady.cpu_per_gib, 2),
+                fmt(median(steady.after_cpu), 1),
+            ]
+        )
     lines = [
         "",
-        f"**2. Steady state**: {steady.data_bytes // MiB} MiB of log lines (`yes LINE | head -c N`), non-pty "
+        f"**2. Steady state**: {first.data_bytes // MiB} MiB of log lines (`yes LINE | head -c N`), non-pty "
         "exec; MB/s from the first byte to the last (no login, no sealing of the recording), median of "
-        f"{len(steady.direct)} run(s) each:",
+        f"{len(first.direct)} run(s) each:",
         "",
         *table(
-            ["", "Direct", "Gateway", "Ratio"],
             [
-                ["First → last byte MB/s", fmt(d), fmt(g), fmt(ratio, 2)],
-                ["Whole command MB/s", fmt(dw), fmt(gw), fmt(ratio_of(gw, dw), 2)],
-                [
-                    "Gateway CPU while relaying (s per GiB, login included)",
-                    "",
-                    fmt(median(steady.during_cpu) / (steady.data_bytes / GiB), 2),
-                    "",
-                ],
-                ["Gateway CPU after the session (s)", "", fmt(median(steady.after_cpu), 1), ""],
+                "Way",
+                "First → last byte MB/s",
+                "Ratio",
+                "Whole command MB/s",
+                "Ratio",
+                "Gateway CPU while relaying (s per GiB, login included)",
+                "Gateway CPU after the session (s)",
             ],
+            rows,
         ),
     ]
     lines.append(
         "- Each run, first → last byte MB/s: direct "
-        + ", ".join(fmt(mbps(steady.data_bytes, x.transfer_s)) for x in steady.direct)
-        + "; gateway "
-        + ", ".join(fmt(mbps(steady.data_bytes, x.transfer_s)) for x in steady.gateway)
+        + ", ".join(fmt(mbps(first.data_bytes, x.transfer_s)) for x in first.direct)
+        + "".join(
+            f"; {steady.side} "
+            + ", ".join(fmt(mbps(steady.data_bytes, x.transfer_s)) for x in steady.gateway)
+            for steady in steadies
+        )
     )
-    lines += [f"- error: {e}" for e in steady.errors[:3]]
     target = TARGETS["steady_ratio"]
-    summary.append(
-        f"Steady-state throughput ≥ {target}x direct: {fmt(ratio, 2)}x — "
-        f"{verdict(ratio, lambda v: v >= target)}"
-    )
+    for steady in steadies:
+        lines += [f"- error ({steady.side}): {e}" for e in steady.errors[:3]]
+        who = "" if steady.side == "gateway" else f", {steady.side}"
+        summary.append(
+            f"Steady-state throughput ≥ {target}x direct{who}: {fmt(steady.ratio, 2)}x — "
+            f"{verdict(steady.ratio, lambda v: v >= target)}"
+        )
     return lines
 
 
@@ -1217,12 +1342,12 @@ def report_concurrent(args, concurrent: list[ConcurrentResult], summary: list[st
             )
         lines += [f"- error ({c.label}): {e}" for e in c.errors()[:2]]
     lines.append(
-        f"- The target is for the gateway as it runs by default ({DEFAULT_WORKERS_LABEL}); one "
+        f"- The target is for the gateway as it runs by default ({DEFAULT_WORKERS_SETTING}); one "
         "process, which relays on one core, is shown for comparison."
     )
     target = TARGETS["concurrent_ratio"]
     for c in concurrent:
-        if c.label == DEFAULT_WORKERS_LABEL:
+        if c.default_workers:
             summary.append(
                 f"{args.streams} concurrent streams ≥ {target}x direct, {c.label}: {fmt(c.ratio, 2)}x — "
                 f"{verdict(c.ratio, lambda v: v >= target)}"
@@ -1230,8 +1355,9 @@ def report_concurrent(args, concurrent: list[ConcurrentResult], summary: list[st
     return lines
 
 
-def report_echo(args, echo: tuple[EchoResult, EchoResult], summary: list[str]) -> list[str]:
-    direct, gateway = echo
+def report_echo(args, echo: list[EchoResult], summary: list[str]) -> list[str]:
+    """``echo``: direct first, then one per side."""
+    direct, gateways = echo[0], echo[1:]
     rows = []
     for e in echo:
         s = e.samples_ms
@@ -1245,9 +1371,12 @@ def report_echo(args, echo: tuple[EchoResult, EchoResult], summary: list[str]) -
                 str(len(s)),
             ]
         )
-    added50 = percentile(gateway.samples_ms, 50) - percentile(direct.samples_ms, 50)
-    added99 = percentile(gateway.samples_ms, 99) - percentile(direct.samples_ms, 99)
-    rows.append(["added by the gateway", signed(added50), "", signed(added99), "", ""])
+    for gateway in gateways:
+        gateway.added50 = percentile(gateway.samples_ms, 50) - percentile(direct.samples_ms, 50)
+        gateway.added99 = percentile(gateway.samples_ms, 99) - percentile(direct.samples_ms, 99)
+        rows.append(
+            [f"added by the {gateway.label}", signed(gateway.added50), "", signed(gateway.added99), "", ""]
+        )
     lines = [
         "",
         "**4. Echo round trip** in a pty: the OpenSSH client `ssh -tt` on a local pty (os.openpty), the "
@@ -1259,12 +1388,16 @@ def report_echo(args, echo: tuple[EchoResult, EchoResult], summary: list[str]) -
     ]
     lines += [f"- error ({e.label}): {e.error}" for e in echo if e.error]
     p50, p99 = TARGETS["echo_p50_ms"], TARGETS["echo_p99_ms"]
-    summary.append(
-        f"Added echo latency p50 ≤ +{p50} ms: {signed(added50)} ms — {verdict(added50, lambda v: v <= p50)}"
-    )
-    summary.append(
-        f"Added echo latency p99 ≤ +{p99} ms: {signed(added99)} ms — {verdict(added99, lambda v: v <= p99)}"
-    )
+    for g in gateways:
+        who = "" if g.label == "gateway" else f", {g.label}"
+        summary.append(
+            f"Added echo latency p50 ≤ +{p50} ms{who}: {signed(g.added50)} ms — "
+            f"{verdict(g.added50, lambda v: v <= p50)}"
+        )
+        summary.append(
+            f"Added echo latency p99 ≤ +{p99} ms{who}: {signed(g.added99)} ms — "
+            f"{verdict(g.added99, lambda v: v <= p99)}"
+        )
     return lines
 
 
@@ -1308,13 +1441,14 @@ def report_prompt(args, prompt: list[PromptResult], parts: dict, summary: list[s
 
 
 def report_idle(idle: IdleResult, summary: list[str]) -> list[str]:
+    who = "" if idle.side == "gateway" else f", {idle.side}"
     rss = idle.per_session("rss_kb")
     pss = idle.per_session("pss_kb") if idle.after.get("pss_kb") else float("nan")
     cpu_each = (idle.cpu_after - idle.cpu_before) * 100 / idle.opened if idle.opened else float("nan")
     b, a = idle.before, idle.after
     lines = [
         "",
-        f"**6. Idle sessions**: {idle.opened:,} of {idle.wanted:,} wanted idle pty shells on the target "
+        f"**6. Idle sessions{who}**: {idle.opened:,} of {idle.wanted:,} wanted idle pty shells on the target "
         "through one gateway process (paramiko clients in the bench process, 16 logging in at a time: key, "
         f"TOTP code, pty, shell, its prompt read), opened in {fmt(idle.open_s, 0)} s; measured 5 s after "
         "the last one opened:",
@@ -1372,23 +1506,89 @@ def report_idle(idle: IdleResult, summary: list[str]) -> list[str]:
         lines.append(f"- {len(idle.errors)} sessions failed to open; first: {idle.errors[0]}")
     if idle.left_live or idle.left_unsealed:
         summary.append(
-            f"(no target) After {idle.opened:,} clients disconnected at once: {idle.left_live:,} sessions "
-            f"left live and {idle.left_unsealed:,} recordings left unsealed in the database — **a defect**"
+            f"(no target) After {idle.opened:,} clients disconnected at once{who}: "
+            f"{idle.left_live:,} sessions left live and {idle.left_unsealed:,} recordings left unsealed "
+            "in the database — **a defect**"
         )
     target = TARGETS["kb_per_session"]
     summary.append(
-        f"Memory per idle session ≤ {target} KB: {fmt(rss)} kB RSS ({fmt(pss)} kB PSS) with "
+        f"Memory per idle session ≤ {target} KB{who}: {fmt(rss)} kB RSS ({fmt(pss)} kB PSS) with "
         f"{idle.opened:,} sessions — {verdict(rss, lambda v: v <= target)}"
     )
     return lines
 
 
-def report(args, info, r) -> str:
+def before_after(args, r, labels: list[str]) -> list[str]:
+    """The headline figures of each side, side by side (the report functions computed the ratios)."""
+    figures: dict[str, dict[str, float]] = {label: {} for label in labels}
+    for case in r.get("bulk") or []:
+        if case.what == "text":
+            figures[case.side]["bulk"] = case.ratio
+    for steady in r.get("steady") or []:
+        figures[steady.side]["steady"] = steady.ratio
+        figures[steady.side]["cpu"] = steady.cpu_per_gib
+    for c in r.get("concurrent") or []:
+        if c.default_workers:
+            figures[c.side]["streams"] = c.ratio
+    for e in (r.get("echo") or [])[1:]:
+        figures[e.label]["echo50"], figures[e.label]["echo99"] = e.added50, e.added99
+    for idle in r.get("idle") or []:
+        figures[idle.side]["idle"] = idle.per_session("rss_kb")
+    for prompt in r.get("prompt") or []:
+        if prompt.way == "key":
+            figures[prompt.side]["prompt"] = median(prompt.samples) * 1000
+    rows_spec = [
+        ("Bulk text (non-pty) vs direct", f"≥ {TARGETS['bulk_text_ratio']}x", "bulk", 2, "x"),
+        ("Steady state vs direct", f"≥ {TARGETS['steady_ratio']}x", "steady", 2, "x"),
+        (
+            f"{args.streams} streams vs direct ({DEFAULT_WORKERS_SETTING})",
+            f"≥ {TARGETS['concurrent_ratio']}x",
+            "streams",
+            2,
+            "x",
+        ),
+        ("Echo added p50 (ms)", f"≤ +{TARGETS['echo_p50_ms']}", "echo50", 3, ""),
+        ("Echo added p99 (ms)", f"≤ +{TARGETS['echo_p99_ms']}", "echo99", 3, ""),
+        (
+            f"{args.idle_sessions:,} idle sessions: kB (RSS) each",
+            f"≤ {TARGETS['kb_per_session']}",
+            "idle",
+            1,
+            "",
+        ),
+        ("Gateway CPU while relaying (s per GiB)", "", "cpu", 2, ""),
+        ("Time to a prompt, key + TOTP, p50 (ms)", "", "prompt", 0, ""),
+    ]
+    rows = []
+    for title, target, key, digits, unit in rows_spec:
+        values = [figures[label].get(key, float("nan")) for label in labels]
+        if all(v != v for v in values):
+            continue
+        shown = signed if key.startswith("echo") else fmt  # added latency: a signed figure
+        cells = [shown(v, digits) + (unit if v == v else "") for v in values]
+        change = values[-1] - values[0]
+        rows.append([title, target, *cells, signed(change, digits) + (unit if change == change else "")])
+    return [
+        "",
+        f"**Before and after**, measured in this run, interleaved (each run of a measurement: direct, "
+        f"then the gateways in turn, alternating which goes first): {' and '.join(labels)}. "
+        "Each gateway has its own process, log, recordings folder and database (the older checkout's "
+        "migrated with its own manage.py, then given the same users, keys, devices and grants); they share "
+        "the sshd, OpenBao and the machine. The parts below show each figure for both:",
+        "",
+        *table(["Figure", "Target", *labels, "Change"], rows),
+    ]
+
+
+def report(args, info, r, sides: list[Side]) -> str:
+    labels = [side.label for side in sides]
+    command = "bench/gateway_bench.py" + (" --quick" if args.quick else "")
+    if args.baseline:
+        command += f" --baseline {args.baseline}"
     lines = [
         SECTION,
         "",
-        f"`bench/gateway_bench.py{' --quick' if args.quick else ''}`: every gateway figure against direct "
-        "`ssh` to the same private sshd in the same run.",
+        f"`{command}`: every gateway figure against direct `ssh` to the same private sshd in the same run.",
         "",
         f"- Date: {info['date']}",
         f"- Machine: `{info['platform']}`, {info['cpus']} CPUs ({info['cpu_model'] or 'unknown model'}), "
@@ -1408,6 +1608,7 @@ def report(args, info, r) -> str:
         + f" (on {info['cpus']} CPUs; whatever else runs on the machine shares them with the bench).",
     ]
     summary: list[str] = []
+    header, lines = lines, []  # the parts first: their report functions compute the ratios
     if r.get("bulk"):
         lines += report_bulk(args, r["bulk"], summary)
     if r.get("steady") is not None:
@@ -1418,11 +1619,12 @@ def report(args, info, r) -> str:
         lines += report_echo(args, r["echo"], summary)
     if r.get("prompt"):
         lines += report_prompt(args, r["prompt"], r.get("components", {}), summary)
-    if r.get("idle") is not None:
-        lines += report_idle(r["idle"], summary)
+    for idle in r.get("idle") or []:
+        lines += report_idle(idle, summary)
     if r.get("failures"):
         lines += ["", "Measurements that failed:", ""] + [f"- {f}" for f in r["failures"]]
     lines += ["", "Targets:", ""] + [f"- {s}" for s in summary]
+    lines = header + (before_after(args, r, labels) if len(sides) > 1 else []) + lines
     return "\n".join(lines) + "\n"
 
 
@@ -1474,20 +1676,60 @@ def main() -> int:
             GATEWAY_MAX_SESSIONS_PER_USER=many,
         )
         gateway_host_key = " ".join(gateway_key.export_public_key("openssh").decode().split()[:2])
-        gateway = Gateway(workdir, env)
-        stack.callback(gateway.stop)
-        gateway.start()
-        say(f"Gateway (pid {gateway.process.pid}) on 127.0.0.1:{gateway.port}")
-        clients = Clients(workdir, site, sshd.host, sshd.port, sshd.host_key, gateway_host_key)
-        clients.set_gateway_port(gateway.port)
+        ssh = (sshd.host, sshd.port, sshd.host_key, gateway_host_key)
+        sides = []
+        if args.baseline:
+            # The older checkout's gateway, on its own copy of the site (same users, keys, devices
+            # and grants), its own recordings folder and var folder; the same host key, sshd and Vault.
+            base_db = add_baseline_database(stack, args.baseline, keep=args.keep)
+            base_recordings = workdir / "recordings-before"
+            base_recordings.mkdir()
+            base_env = dict(
+                env,
+                DATABASE_URL=gateway_database_url(base_db),
+                RECORDINGS_ROOT=str(base_recordings),
+                PAMSITE_VAR_DIR=str(workdir / "var-before"),
+                GATEWAY_NODE="gateway-bench-before",
+            )
+            base_gateway = Gateway(
+                workdir,
+                base_env,
+                root=args.baseline,
+                python=checkout_python(args.baseline),
+                log_name="gateway-before.log",
+            )
+            name = f"gateway before ({checkout_label(args.baseline)})"
+            clients = Clients(workdir, site, *ssh, using="baseline", name="before")
+            sides.append(Side("before", name, "baseline", base_recordings, base_gateway, clients))
+            say(f"Baseline: {args.baseline} ({name}), its database {base_db} (a copy of the site)")
+        after_label = f"gateway after ({checkout_label(ROOT)})" if args.baseline else "gateway"
+        clients = Clients(workdir, site, *ssh, name="after" if args.baseline else "")
+        sides.append(
+            Side(
+                "after" if args.baseline else "",
+                after_label,
+                "default",
+                recordings,
+                Gateway(workdir, env),
+                clients,
+            )
+        )
+        for side in sides:
+            stack.callback(side.gateway.stop)
+            side.gateway.start()
+            side.clients.set_gateway_port(side.gateway.port)
+            say(f"{side.label} (pid {side.gateway.process.pid}) on 127.0.0.1:{side.gateway.port}")
 
         # A first login through each way: catches a broken set-up before the measurements.
-        for argv, env_ in (clients.direct("true"), clients.gateway(site.users[0], "true")):
+        checks = [(sides[0].clients.direct("true"), None)]
+        checks += [(side.clients.gateway(site.users[0], "true"), side) for side in sides]
+        for (argv, env_), side in checks:
             check = subprocess.run(argv, env=env_, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
             if check.returncode != 0:
                 raise SystemExit(
-                    f"A first login failed ({argv[-2]}): {check.stderr.decode(errors='replace')}\n"
-                    f"gateway log:\n{gateway.log_tail()}"
+                    f"A first login failed ({side.label if side else 'direct'}, {argv[-2]}): "
+                    f"{check.stderr.decode(errors='replace')}\n"
+                    + (f"gateway log:\n{side.gateway.log_tail()}" if side else "")
                 )
 
         def attempt(number: int, label: str, function):
@@ -1499,57 +1741,55 @@ def main() -> int:
                 return function()
             except Exception as exc:
                 results["failures"].append(f"{number}. {label}: {type(exc).__name__}: {exc}")
-                say(f"  failed: {type(exc).__name__}: {exc}\n{gateway.log_tail(10)}")
+                say(f"  failed: {type(exc).__name__}: {exc}")
+                for side in sides:
+                    say(f"  {side.label} log:\n{side.gateway.log_tail(10)}")
                 return None
 
-        results["bulk"] = attempt(
-            1, "Bulk transfer", lambda: measure_bulk(clients, gateway, site, recordings, files, args)
-        )
-        results["steady"] = attempt(
-            2, "Steady state", lambda: measure_steady(clients, gateway, site, recordings, args)
-        )
+        results["bulk"] = attempt(1, "Bulk transfer", lambda: measure_bulk(sides, site, files, args))
+        results["steady"] = attempt(2, "Steady state", lambda: measure_steady(sides, site, args))
 
         def concurrent():
             size = args.stream_mib * MiB
             command = text_stream(size)
             out = []
 
-            def streams(label: str, through_gateway: bool) -> None:
-                """``args.streams`` streams at once, direct or each its own user through the gateway."""
+            def streams(label: str, side: Side | None, *, default_workers: bool = False) -> None:
+                """``args.streams`` streams at once, direct or each its own user through a side's gateway."""
 
                 def make_command(i: int):
                     return (
-                        clients.gateway(site.users[i], command)
-                        if through_gateway
-                        else clients.direct(command)
+                        side.clients.gateway(site.users[i], command)
+                        if side
+                        else sides[0].clients.direct(command)
                     )
 
-                out.append(measure_concurrent(label, make_command, args.streams, size))
-                if through_gateway:
-                    out[-1].after_cpu = gateway.settle(gateway.cpu_seconds())
-                say(f"  {label}: {out[-1].ok}/{args.streams} OK, {fmt(out[-1].aggregate)} MB/s aggregate")
+                before = side.last_session_pk() if side else 0
+                result = measure_concurrent(label, make_command, args.streams, size)
+                result.side, result.default_workers = (side.label if side else ""), default_workers
+                out.append(result)
+                if side:
+                    result.after_cpu = side.gateway.settle(side.gateway.cpu_seconds())
+                    with contextlib.suppress(RuntimeError):
+                        ended = side.wait_ended(before)
+                        if default_workers:
+                            result.per_process = sorted(
+                                Counter(x.gateway_node for x in ended).values(), reverse=True
+                            )
+                        drop_recording_files(side.recordings, ended, side.using)
+                say(f"  {label}: {result.ok}/{args.streams} OK, {fmt(result.aggregate)} MB/s aggregate")
 
-            streams("direct", through_gateway=False)
-            before = last_session_pk()
-            streams("gateway, 1 process", through_gateway=True)
-            with contextlib.suppress(RuntimeError):
-                drop_recording_files(recordings, wait_sessions_ended(before))
-            gateway.stop()
-            gateway.start(workers=DEFAULT_WORKERS)
-            clients.set_gateway_port(gateway.port)
-            before = last_session_pk()
+            streams("direct", None)
+            for side in sides:
+                streams(f"{side.label}, 1 process", side)
             try:
-                streams(DEFAULT_WORKERS_LABEL, through_gateway=True)
-                with contextlib.suppress(RuntimeError):
-                    ended = wait_sessions_ended(before)
-                    out[-1].per_process = sorted(
-                        Counter(x.gateway_node for x in ended).values(), reverse=True
-                    )
-                    drop_recording_files(recordings, ended)
+                for side in sides:
+                    side.restart(workers=DEFAULT_WORKERS)
+                for side in sides[::-1]:
+                    streams(f"{side.label}, {DEFAULT_WORKERS_SETTING}", side, default_workers=True)
             finally:
-                gateway.stop()
-                gateway.start()
-                clients.set_gateway_port(gateway.port)
+                for side in sides:
+                    side.restart()
             return out
 
         results["concurrent"] = attempt(3, f"{args.streams} concurrent streams", concurrent)
@@ -1557,27 +1797,30 @@ def main() -> int:
         def echo():
             # Two halves each way, alternated, so that a slow spell of the machine hits both.
             warmup, half = 100, max(1, args.round_trips // 2)
-            direct, through = EchoResult("direct ssh"), EchoResult("gateway")
-            for _ in range(2):
-                for merged, make in ((direct, clients.direct), (through, None)):
-                    if make is None:
-                        argv, env_ = clients.gateway(site.users[0], ECHO_COMMAND, tty=True)
-                    else:
-                        argv, env_ = make(ECHO_COMMAND, tty=True)
+            direct = EchoResult("direct ssh")
+            through = {side.name: EchoResult(side.label) for side in sides}
+            for n in range(2):
+                parts = [(direct, sides[0].clients.direct(ECHO_COMMAND, tty=True))]
+                for side in in_turn(sides, n):
+                    parts.append(
+                        (through[side.name], side.clients.gateway(site.users[0], ECHO_COMMAND, tty=True))
+                    )
+                for merged, (argv, env_) in parts:
                     part = measure_echo(merged.label, argv, env_, half, warmup)
                     merged.samples_ms += part.samples_ms
                     merged.error = merged.error or part.error
-            for e in (direct, through):
+            out = [direct, *through.values()]
+            for e in out:
                 say(
                     f"  {e.label}: p50 {fmt(percentile(e.samples_ms, 50), 3)} ms, "
                     f"p99 {fmt(percentile(e.samples_ms, 99), 3)} ms {e.error}"
                 )
-            return direct, through
+            return out
 
         results["echo"] = attempt(4, "Echo round trip", echo)
 
         def prompt():
-            out = measure_prompt(clients, site, args.runs)
+            out = measure_prompt(sides, site, args.runs)
             results["components"] = component_timings(site)
             return out
 
@@ -1586,14 +1829,14 @@ def main() -> int:
         results["idle"] = attempt(
             6,
             f"{args.idle_sessions} idle sessions",
-            lambda: measure_idle(gateway, site, blob, args.idle_sessions),
+            lambda: [measure_idle(side, site, blob, args.idle_sessions) for side in sides],
         )
 
         from vault.client import get_client
 
         info = machine_info(get_client().health().version)
         info["loads"] = loads
-        publish(args, SECTION, report(args, info, results))
+        publish(args, SECTION, report(args, info, results, sides))
     say(f"Done in {time.perf_counter() - began:.0f} s (servers stopped, throwaway data removed)")
     return 1 if results["failures"] else 0
 

@@ -52,6 +52,7 @@ from pathlib import Path
 from shared import (  # bench/shared.py
     ROOT,
     add_output_arguments,
+    add_quick_argument,
     create_throwaway_database,
     setup_django,
     write_results,
@@ -69,6 +70,7 @@ REPEAT_THROTTLED = 3  # the throttled figures are mostly transfer time: steadier
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100, help="recording size in MB (default 100)")
+    add_quick_argument(parser, "a 5 MB recording (a check that it runs)", mb=5)
     add_output_arguments(parser, keep="keep the database and recording afterwards")
     return parser.parse_args()
 

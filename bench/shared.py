@@ -1,6 +1,7 @@
 """What the benchmarks share: their command line, a throwaway database, their section of RESULTS.md.
 
 - ``add_output_arguments``: ``--keep``, ``--results`` and ``--no-results``, alike in every bench;
+  ``add_quick_argument``: ``--quick``, a short run of the bench (what ``run.py --quick`` passes);
 - ``setup_django``: the site's settings (no DEBUG: it would keep every query), then ``django.setup``;
 - ``create_throwaway_database`` / ``throwaway_database``: a fresh, migrated database that is not
   the site's, dropped at the end;
@@ -40,6 +41,17 @@ def add_output_arguments(parser, *, keep: str = "keep the throwaway database aft
     parser.add_argument(
         "--no-results", action="store_true", help="print only; do not update the results file"
     )
+
+
+def add_quick_argument(parser, help: str, **quick: object) -> None:
+    """``--quick``: the ``quick`` defaults instead of the full run's (options given still win).
+
+    Every bench has one, so that ``bench/run.py --quick`` can check in a few minutes that each
+    still starts and runs to its end; its figures are not the ones to publish.
+    """
+    parser.add_argument("--quick", action="store_true", help=help)
+    if "--quick" in sys.argv[1:]:
+        parser.set_defaults(**quick)
 
 
 def _terminate(signum, frame):

@@ -57,8 +57,8 @@ load average and busy share during the load, and each process's CPU seconds.
 Every simulated person connects from 127.0.0.1, so the gateway is given
 ``GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`` above the session count (a site's users come from
 many addresses); both servers log at info. ``--keep`` keeps the work folder (the servers'
-logs, the recordings) and the database for a look at an error afterwards; an error inside
-the gateway's login (paramiko's thread) is not in its log: PostgreSQL's log may say more.
+logs, the recordings) and the database for a look at an error afterwards; a database error
+inside a login that the gateway only refuses may be in PostgreSQL's log rather than its own.
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def reset_code(person: Person) -> str:
 # --- Gateway sessions -------------------------------------------------------------------------
 
 
-class GatewaySession(Client):
+class GatewayClient(Client):
     """One client slot: logs in, works in the shell, logs out, again, until the stop."""
 
     KIND = "gateway: client"
@@ -934,7 +934,7 @@ def smoke_check(site: Site, gateway: Gateway, web: WebApp, host_key_blob: bytes,
 
     stats, stop = Stats(), threading.Event()
     if site.gateway_people:
-        session = GatewaySession(
+        session = GatewayClient(
             -1, site.gateway_people[0], gateway.port, host_key_blob, site.target_user, stats, stop, args
         )
         pkey = paramiko.Ed25519Key.from_private_key_file(str(site.gateway_people[0].key_path))
@@ -965,7 +965,7 @@ def run_load(
     outcome = Outcome(stats)
     stop = threading.Event()
     sessions = [
-        GatewaySession(n, person, gateway.port, host_key_blob, site.target_user, stats, stop, args)
+        GatewayClient(n, person, gateway.port, host_key_blob, site.target_user, stats, stop, args)
         for n, person in enumerate(site.gateway_people)
     ]
     users = [WebUser(n, person, web.url, stats, stop, args) for n, person in enumerate(site.web_people)]
@@ -1303,10 +1303,10 @@ def main() -> int:
         web.start()
         say(f"Web app (daphne, pid {web.process.pid}) at {web.url}")
 
-        smoke_check(site, gateway, web, host_key.asbytes(), args)
+        smoke_check(site, gateway, web, host_key.public_data, args)
         say("Check before the load: a gateway session and a web sign-in work")
         sampler = Sampler(gateway, web, bao.process.pid, name, sampler_interval(args))
-        outcome = run_load(site, gateway, web, host_key.asbytes(), sampler, args)
+        outcome = run_load(site, gateway, web, host_key.public_data, sampler, args)
         say("After the load: waiting for the sessions to end and their recordings to be sealed")
         after_checks(outcome, gateway, web, sampler)
 

@@ -294,7 +294,17 @@ def totp_code(key: bytes, at: float | None = None) -> str:
     return f"{value:06d}"
 
 
+def ed25519_public_line() -> str:
+    """The public key line of a fresh Ed25519 key (its private half dropped): a key to have signed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
 def write_ed25519(path: Path, comment: str) -> str:
+    """A fresh Ed25519 key in OpenSSH's file format at ``path`` (0600), its public line beside it."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -353,19 +363,22 @@ def server_env(
 
 
 def gateway_env(started: Started, *, node: str, **extra: str):
-    """The gateway's host key (made on first use) and the recordings folder, in the work folder,
-    and server_env for what start_vault_and_database started, with both and the gateway's node
-    name: (host key, recordings folder, environment).
+    """The gateway's host key (made on first use; an asyncssh key) and the recordings folder, in
+    the work folder, and server_env for what start_vault_and_database started, with both and the
+    gateway's node name: (host key, recordings folder, environment).
 
     This process's settings.RECORDINGS_ROOT is the folder too (it reads the recordings).
     ``extra`` adds or overrides settings, as for server_env.
     """
+    import asyncssh
     from django.conf import settings
 
-    from gateway.ssh.server import load_host_key
-
+    # Made here, in the file format the gateway reads (OpenSSH's), so that the bench does not
+    # depend on where the gateway's own key helper lives (it has moved between releases).
     host_key_path = started.workdir / "gateway_host_key"
-    host_key = load_host_key(host_key_path)
+    if not host_key_path.exists():
+        write_ed25519(host_key_path, "pamsite-gateway")
+    host_key = asyncssh.read_private_key(str(host_key_path))
     recordings = started.workdir / "recordings"
     recordings.mkdir()
     settings.RECORDINGS_ROOT = recordings
@@ -384,24 +397,28 @@ def gateway_env(started: Started, *, node: str, **extra: str):
 
 
 class ServerProcess:
-    """A server as its own process (process group) in ROOT, logging to ``workdir``/LOG_NAME,
-    stopped by its pid: SIGTERM, then SIGKILL to its group after STOP_TIMEOUT seconds."""
+    """A server as its own process (process group) in ``root`` (ROOT: this tree), logging to
+    ``workdir``/``log_name`` (LOG_NAME), stopped by its pid: SIGTERM, then SIGKILL to its group
+    after STOP_TIMEOUT seconds."""
 
     LABEL = "the server"  # in errors
     LOG_NAME = "server.log"
     STOP_TIMEOUT = 20
 
-    def __init__(self, workdir: Path, env: dict[str, str]):
+    def __init__(self, workdir: Path, env: dict[str, str], *, root: Path = ROOT, log_name: str = ""):
         self.workdir = workdir
+        self.root = Path(root)
         self.env = env
+        if self.root != ROOT:  # another checkout: its own packages first (its manage.py runs from it)
+            self.env = dict(env, PYTHONPATH=str(self.root))
         self.process: subprocess.Popen | None = None
         self.port = 0
-        self.log_path = workdir / self.LOG_NAME
+        self.log_path = workdir / (log_name or self.LOG_NAME)
 
     def _spawn(self, argv: list[str], log) -> None:
         self.process = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -443,14 +460,21 @@ class ServerProcess:
 
 
 class Gateway(ServerProcess):
-    """``manage.py ssh_gateway`` as its own process (process group), stopped by its pid."""
+    """``manage.py ssh_gateway`` as its own process (process group), stopped by its pid.
+
+    ``root``: the checkout whose gateway runs (its own manage.py, its packages on PYTHONPATH),
+    this tree by default; ``python``: the interpreter (this one by default).
+    """
 
     LABEL = "the gateway"
     LOG_NAME = "gateway.log"
     STOP_TIMEOUT = 40
 
-    def __init__(self, workdir: Path, env: dict[str, str]):
-        super().__init__(workdir, env)
+    def __init__(
+        self, workdir: Path, env: dict[str, str], *, root: Path = ROOT, python: str = "", log_name: str = ""
+    ):
+        super().__init__(workdir, env, root=root, log_name=log_name)
+        self.python = python or sys.executable
         self.workers = 1
 
     def start(self, *, workers: int = 1) -> None:
@@ -458,7 +482,13 @@ class Gateway(ServerProcess):
 
         self.port = free_port()
         self.workers = workers
-        argv = [sys.executable, str(ROOT / "manage.py"), "ssh_gateway", "--listen", f"127.0.0.1:{self.port}"]
+        argv = [
+            self.python,
+            str(self.root / "manage.py"),
+            "ssh_gateway",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
         argv += ["--workers", str(workers)]  # always said: GATEWAY_WORKERS defaults to one per CPU
         log = self.log_path.open("ab")
         log.write(f"\n=== start {' '.join(argv[2:])}\n".encode())
@@ -534,27 +564,148 @@ class WebApp(ServerProcess):
 # --- Sessions in the database ------------------------------------------------------------------
 
 
-def last_session_pk() -> int:
+# ``using``: the database alias; "baseline" is an older checkout's copy (add_baseline_database).
+# Only the few fields read here are selected, so that an older schema with the same tables serves.
+
+
+def last_session_pk(using: str = "default") -> int:
     from recordings.models import GatewaySession
 
-    return GatewaySession.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    return GatewaySession.objects.using(using).order_by("-pk").values_list("pk", flat=True).first() or 0
 
 
-def wait_sessions_ended(after_pk: int, timeout: float = 120) -> list:
-    """The sessions opened after after_pk, once all have ended and their recordings are sealed."""
+def wait_sessions_ended(after_pk: int, timeout: float = 120, using: str = "default") -> list:
+    """The sessions opened after after_pk, once all have ended and their recordings are sealed
+    (pk and gateway_node loaded)."""
     from recordings.models import GatewaySession, Recording
 
+    sessions = GatewaySession.objects.using(using)
+    recordings = Recording.objects.using(using)
     deadline = time.monotonic() + timeout
     while True:
-        live = GatewaySession.objects.filter(pk__gt=after_pk, ended_at__isnull=True).count()
-        unsealed = Recording.objects.filter(session__pk__gt=after_pk, finalized_at__isnull=True).count()
+        live = sessions.filter(pk__gt=after_pk, ended_at__isnull=True).count()
+        unsealed = recordings.filter(session__pk__gt=after_pk, finalized_at__isnull=True).count()
         if not live and not unsealed:
-            return list(GatewaySession.objects.filter(pk__gt=after_pk).order_by("pk"))
+            return list(sessions.filter(pk__gt=after_pk).order_by("pk").only("pk", "gateway_node"))
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"{live} sessions still live, {unsealed} recordings unsealed after {timeout:.0f} s"
             )
         time.sleep(0.1)
+
+
+# --- An older checkout beside this tree (before/after in one run) --------------------------------
+
+
+def checkout_label(root: Path) -> str:
+    """A checkout's short commit ("98f9764"; "+changes" when its work tree differs), else its folder name."""
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return Path(root).name
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
+def checkout_python(root: Path) -> str:
+    """The checkout's own venv interpreter when it has one (its pinned packages), else this one."""
+    own = Path(root) / ".venv" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
+
+
+def add_baseline_database(stack: contextlib.ExitStack, root: Path, *, keep: bool) -> str:
+    """A second database ("baseline" alias), migrated by the older checkout ``root`` with its own
+    manage.py, then given every row of this process's database (the site the bench made) for
+    the columns both schemas have; dropped by ``stack`` unless ``keep``. Returns its name.
+
+    The older gateway so reads the same users, keys, TOTP devices, targets and grants from a
+    schema of its own (a newer schema's NOT NULL columns would refuse its inserts).
+    """
+    from django.db import connection, connections
+
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        name = str(
+            Path(settings_dict["NAME"]).with_name(Path(settings_dict["NAME"]).stem + "_baseline.sqlite3")
+        )
+        Path(name).unlink(missing_ok=True)
+    else:
+        name = f"{settings_dict['NAME']}_baseline"
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cursor.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        connections["baseline"].close()
+        if keep:
+            return
+        if connection.vendor == "sqlite":
+            Path(name).unlink(missing_ok=True)
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+    stack.callback(drop)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PYTHONPATH"))}
+    env.update(DATABASE_URL=gateway_database_url(name), PYTHONPATH=str(root), DEBUG="false")
+    migrate = subprocess.run(
+        [checkout_python(root), str(Path(root) / "manage.py"), "migrate", "--no-input", "-v", "0"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrate.returncode != 0:
+        raise RuntimeError(f"migrate in {root} failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
+    connections.databases["baseline"] = dict(
+        settings_dict, NAME=name, TEST=dict(settings_dict.get("TEST", {}))
+    )
+    copy_rows(connections["default"], connections["baseline"])
+    return name
+
+
+def copy_rows(source, target) -> None:
+    """Every row of every table both databases have (django_migrations aside), for the columns
+    both have, into ``target`` in one transaction (its rows of those tables replaced); the
+    sequences moved past the ids copied. Foreign keys are checked at the commit (Django's are
+    deferred), so the order of the tables does not matter."""
+    from django.db import transaction
+
+    with source.cursor() as cursor:
+        source_tables = set(source.introspection.table_names(cursor))
+    with transaction.atomic(using=target.alias), target.cursor() as out:
+        tables = sorted(set(target.introspection.table_names(out)) & source_tables - {"django_migrations"})
+        for table in tables:
+            with source.cursor() as cursor:
+                have = [c.name for c in source.introspection.get_table_description(cursor, table)]
+            wanted = {c.name for c in target.introspection.get_table_description(out, table)}
+            columns = [c for c in have if c in wanted]
+            quoted = ", ".join(target.ops.quote_name(c) for c in columns)
+            with source.cursor() as cursor:
+                cursor.execute(f"SELECT {quoted} FROM {source.ops.quote_name(table)}")
+                rows = cursor.fetchall()
+            out.execute(f"DELETE FROM {target.ops.quote_name(table)}")
+            if rows:
+                marks = ", ".join(["%s"] * len(columns))
+                out.executemany(
+                    f"INSERT INTO {target.ops.quote_name(table)} ({quoted}) VALUES ({marks})",
+                    rows,
+                )
+            if target.vendor == "postgresql":
+                for sequence in target.introspection.get_sequences(out, table):
+                    column = target.ops.quote_name(sequence["column"])
+                    out.execute(
+                        "SELECT setval(pg_get_serial_sequence(%s, %s), "
+                        f"COALESCE(MAX({column}), 0) + 1, false) FROM {target.ops.quote_name(table)}",
+                        [table, sequence["column"]],
+                    )
 
 
 # --- /proc and the machine ---------------------------------------------------------------------
