@@ -41,7 +41,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from gateway.ssh import limits
+from gateway.ssh import asyncssh_compat, limits
 from gateway.ssh.connection import GatewayConnection, UserConnection
 from recordings import records
 from recordings.models import GatewaySession
@@ -238,7 +238,9 @@ class GatewayServer:
             server_host_keys=[self.host_key],
             server_version=limits.IDENTIFICATION.removeprefix("SSH-2.0-"),
             encryption_algs=list(self.ciphers),
-            compression_algs=["none"],
+            # Delayed compression only (after login, as OpenSSH's sshd since 7.4): a client
+            # asks for it (ssh -C) or not; the plain "zlib" would compress the login too.
+            compression_algs=["zlib@openssh.com", "none"],
             public_key_auth=True,
             password_auth=True,
             kbdint_auth=True,
@@ -268,6 +270,10 @@ class GatewayServer:
 
     def serve_forever(self) -> None:
         quiet_asyncssh()
+        problem = asyncssh_compat.version_problem()
+        if problem:
+            logger.warning("%s", problem)
+        asyncssh_compat.reuse_gcm_contexts()
         asyncio.run(self._serve())
 
     def stop(self) -> None:
