@@ -11,10 +11,12 @@ those tests before it can change what the gateway does.
   public way to answer "partial success" (RFC 4252, 5.1) or to disconnect instead; it
   also refuses a second ssh-userauth service request, which some clients (paramiko) send
   before each method, and its agent and X11 forwarding refusals cannot be observed.
+- ``accept``: an accepted socket served by ``ServerConnection`` (asyncssh's ``listen()``
+  takes no connection class).
 - ``kex_done``, ``login_done``, ``is_open``, ``transport``: connection state asyncssh keeps
   in private attributes. ``is_open`` turns False the moment asyncssh decides to close
   (a protocol error, an abort), where the public ``is_closed()`` waits for the clean-up.
-- ``route_output``, ``skip_empty_ignore``, ``receive_through``: the three places where
+- ``route_output``, ``end_input_at_close``, ``skip_empty_ignore``, ``receive_through``: where
   ``gateway.ssh.relay.streamline`` changes how packets reach the socket and how reads reach
   asyncssh. Framing, sequence numbers, encryption and rekeying stay asyncssh's.
 - ``reuse_gcm_contexts``: one AES-GCM object per key on asyncssh's own GCM cipher objects,
@@ -121,6 +123,18 @@ class ServerConnection(asyncssh.SSHServerConnection):
         return None
 
 
+async def accept(
+    sock, connection_class: type[ServerConnection], options: asyncssh.SSHServerConnectionOptions
+) -> None:
+    """Serve an accepted socket as a ``connection_class`` connection.
+
+    asyncssh's ``listen()`` accepts by itself and takes no connection class; the gateway
+    accepts (its limits refuse before any key exchange, its workers share one socket) and
+    needs its own class, so it builds the connection as ``listen()`` does inside."""
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: connection_class(loop, options), sock)
+
+
 # --- Connection state -------------------------------------------------------------------
 
 
@@ -162,6 +176,23 @@ def route_output(conn, send: Callable[[bytes], None], *, before_close: Callable[
 
     conn._send = send
     conn._force_close = close_now
+
+
+def end_input_at_close(conn) -> None:
+    """Drop what asyncssh has read but not yet parsed the moment it decides to close.
+
+    asyncssh parses its input buffer packet after packet until it is empty, also after a
+    packet that closed the connection (an SSH_MSG_DISCONNECT, a handler that called
+    ``abort()``): channel data behind it in the same read would still reach its channel
+    before the clean-up. Emptying the buffer there ends that loop (the clean-up empties
+    it anyway, a moment later)."""
+    force_close = conn._force_close
+
+    def close_and_stop_reading(exc) -> None:
+        force_close(exc)
+        conn._inpbuf = b""
+
+    conn._force_close = close_and_stop_reading
 
 
 def skip_empty_ignore(conn, wanted: Callable[[], bool]) -> None:

@@ -52,13 +52,15 @@ def streamline(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection
       countermeasure against attacks on CBC ciphers: left out unless the sending cipher
       is CBC (``ignore_needed``; the gateway offers GCM).
     - A large read is handed to asyncssh in steps of RECEIVE_STEP bytes, because asyncssh
-      copies its whole input buffer again for each packet it takes from it; the steps stop
-      as soon as asyncssh has closed the connection (``feed_in_steps``): nothing that came
-      after a protocol error in the same read is processed.
+      copies its whole input buffer again for each packet it takes from it. Nothing read
+      after a packet that closed the connection (a protocol error, a disconnect) is
+      parsed: the steps stop (``feed_in_steps``), and what asyncssh holds of the current
+      step is dropped (``asyncssh_compat.end_input_at_close``).
     """
     loop = asyncio.get_running_loop()
     out = Coalescer(lambda: asyncssh_compat.transport(conn), loop.call_soon)
     asyncssh_compat.route_output(conn, out.send, before_close=out.flush)
+    asyncssh_compat.end_input_at_close(conn)
     asyncssh_compat.skip_empty_ignore(conn, lambda: ignore_needed(conn.get_extra_info("send_cipher")))
     asyncssh_compat.receive_through(
         conn, lambda receive, data: feed_in_steps(receive, data, lambda: asyncssh_compat.is_open(conn))
@@ -114,14 +116,17 @@ def feed_in_steps(
 
     A step that makes the connection close (a bad MAC, a malformed packet, a disconnect)
     is the last one: the bytes after it are never parsed, so no channel data that follows
-    a protocol error in the same read reaches a channel.
+    a protocol error in the same read reaches a channel. Nor is a read that comes after
+    the close (asyncio may deliver one more before the transport is gone).
     """
+    if not is_open():
+        return
     if len(data) <= step:
         receive(data)
         return
     view = memoryview(data)
     for start in range(0, len(data), step):
-        if not is_open():
+        if start and not is_open():
             return
         receive(bytes(view[start : start + step]))
 

@@ -309,11 +309,7 @@ class GatewayServer:
         self.pool.shutdown(wait=True)
 
     async def _accept_loop(self, options) -> None:
-        loop = self.loop
         self.sock.setblocking(False)
-
-        def factory():
-            return UserConnection(loop, options)
 
         while True:
             await self._readable()
@@ -332,7 +328,7 @@ class GatewayServer:
                 continue
             try:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.connect_accepted_socket(factory, client)
+                await asyncssh_compat.accept(client, UserConnection, options)
             except Exception:
                 logger.exception("Could not set up a connection from %s", address[0])
                 client.close()
