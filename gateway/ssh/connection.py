@@ -29,16 +29,13 @@ import time
 from dataclasses import dataclass, field
 
 import asyncssh
-from asyncssh.constants import MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST
-from asyncssh.misc import ChannelOpenError
-from asyncssh.packet import String
 from django.conf import settings
 from django.db import connections
 from django.db.models import Sum
 
 from access.models import Account, Grant
 from audit.timefmt import duration_words
-from gateway.ssh import limits, usernames
+from gateway.ssh import asyncssh_compat, limits, usernames
 from gateway.ssh.relay import CHANNEL_GONE, Counter, ForwardSession, Pipe, streamline
 from gateway.ssh.transfers import ScpTracker, SftpTracker
 from gateway.ssh.usernames import parse_login
@@ -67,7 +64,6 @@ INLINE_INDEX_MAX_BYTES = 8 * 1024 * 1024
 # A menu answer longer than this is not a number from the menu.
 MENU_ANSWER_MAX = 32
 MENU_TIMEOUT = 120
-_USERAUTH_SERVICE = b"ssh-userauth"
 # SSH channel open failure codes (RFC 4254, 5.1).
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
@@ -76,89 +72,61 @@ CUT_GRACE = 2.0
 CLOSE_SOON = 1.0
 
 
-class UserConnection(asyncssh.SSHServerConnection):
+class UserConnection(asyncssh_compat.ServerConnection):
     """asyncssh's server connection, with the gateway's two-factor login and its guards.
 
     asyncssh answers a verified public key or a right password with "success"; here a
     first factor is answered "partial success, go on with keyboard-interactive", and only
-    a right code after it is a success (RFC 4252, 5.1). Before login the client's bytes
-    pass a guard (``limits.PreauthGuard``). Agent and X11 forwarding are refused and
-    audited; the session limit is said in a disconnect (OpenSSH prints it). Why a login
-    cannot go on (locked until when, wait N seconds for the authenticator) is said in a
-    last keyboard-interactive round without a prompt (OpenSSH prints its text), then in
-    the disconnect too (``GatewayConnection.notice``).
+    a right code after it is a success (RFC 4252, 5.1; the hooks are
+    ``asyncssh_compat.ServerConnection``'s). Before login the client's bytes pass a guard
+    (``limits.PreauthGuard``). Agent and X11 forwarding are refused and audited; the
+    session limit is said in a disconnect (OpenSSH prints it). Why a login cannot go on
+    (locked until when, wait N seconds for the authenticator) is said in a last
+    keyboard-interactive round without a prompt (OpenSSH prints its text), then in the
+    disconnect too (``GatewayConnection.notice``).
     """
 
     @property
     def gateway(self) -> GatewayConnection | None:
-        return self._owner
+        return self.get_owner()
 
     def data_received(self, data: bytes, datatype=None) -> None:
-        if not self._auth_complete:
-            owner = self._owner
+        if not asyncssh_compat.login_done(self):
+            owner = self.get_owner()
             if owner is not None and not owner.guard.check(data):
                 self.abort()
                 return
         super().data_received(data, datatype)
 
-    def send_userauth_failure(self, partial_success: bool) -> None:
-        owner = self._owner
+    def auth_failure_answer(self, partial_success: bool) -> bool | None:
+        owner = self.get_owner()
         if owner is not None and owner.goodbye is None and owner.notice is not None:
             if not owner.notice_offered:
                 # Only keyboard-interactive is left to the client (the *_auth_supported
                 # methods): its round carries the notice.
                 owner.notice_offered = True
-                super().send_userauth_failure(False)
-                return
+                return False
             # A client that would not take that round reads the notice in the disconnect.
             owner.goodbye = (limits.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, owner.notice)
         if owner is not None and owner.goodbye is not None:
             reason, message = owner.goodbye
             self.disconnect(reason, message)
-            return
-        super().send_userauth_failure(partial_success)
+            return None
+        return partial_success
 
-    async def send_userauth_success(self) -> None:
-        owner = self._owner
+    async def auth_verdict(self, username: str) -> str | None:
+        owner = self.get_owner()
         if owner is None:
-            return
-        verdict = await owner.factor_passed(self._username)
-        if self._owner is None or self._transport is None:
-            return  # the client left meanwhile
+            return None
+        verdict = await owner.factor_passed(username)
         if owner.goodbye is not None:
-            reason, message = owner.goodbye
-            self.disconnect(reason, message)
-        elif verdict == "login":
-            await super().send_userauth_success()
-        else:
-            self.send_userauth_failure(verdict == "partial")
+            return asyncssh_compat.FAILURE  # auth_failure_answer says goodbye
+        return verdict
 
-    def _process_service_request(self, pkttype: int, pktid: int, packet) -> None:
-        # Some clients (paramiko) ask for the ssh-userauth service again before each
-        # method; OpenSSH's sshd accepts that, asyncssh would disconnect.
-        if self._next_service is None and self._auth_in_progress and not self._auth_complete:
-            service = packet.get_string()
-            packet.check_end()
-            if service != _USERAUTH_SERVICE:
-                raise asyncssh.ServiceNotAvailable("Unexpected service in service request")
-            self.send_packet(MSG_SERVICE_ACCEPT, String(service))
-            return
-        super()._process_service_request(pkttype, pktid, packet)
-
-    _packet_handlers = {
-        **asyncssh.SSHServerConnection._packet_handlers,
-        MSG_SERVICE_REQUEST: _process_service_request,
-    }
-
-    async def create_agent_listener(self) -> bool:
-        if self._owner is not None:
-            await self._owner.refuse("agent forwarding")
-        return False
-
-    async def attach_x11_listener(self, chan, auth_proto, auth_data, screen):
-        if self._owner is not None:
-            await self._owner.refuse("X11 forwarding")
-        return None
+    async def forwarding_refused(self, what: str) -> None:
+        owner = self.get_owner()
+        if owner is not None:
+            await owner.refuse(what)
 
 
 @dataclass
@@ -749,7 +717,7 @@ class GatewayConnection(asyncssh.SSHServer):
             logger.info(
                 "Forward to %s:%s for session %s failed: %s", host, port, self.session.pk, exc or "timeout"
             )
-            raise ChannelOpenError(OPEN_CONNECT_FAILED, f"{host}:{port} cannot be reached") from None
+            raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, f"{host}:{port} cannot be reached") from None
         await self.call(
             records.record_forward,
             session=self.session,
@@ -1146,8 +1114,8 @@ def _menu_input(state: ChannelState, data: bytes) -> None:
                 chan.write(bytes([byte]))
 
 
-def _prohibited(message: str) -> ChannelOpenError:
-    return ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, message)
+def _prohibited(message: str) -> asyncssh.ChannelOpenError:
+    return asyncssh.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, message)
 
 
 def _credential(account: Account) -> dict:

@@ -42,6 +42,7 @@ from django.db import connection as db_connection
 from django.db import transaction
 
 from audit.services import audit_record
+from gateway.ssh import asyncssh_compat
 from identity.models import User
 from recordings import records
 from recordings.models import GatewaySession
@@ -221,11 +222,8 @@ class PreauthGuard:
 
     @staticmethod
     def kex_done(conn) -> bool:
-        """Whether the connection got past its first key exchange (asyncssh's flag)."""
-        return bool(
-            (conn is not None and getattr(conn, "_kex_complete", False))
-            or getattr(conn, "_auth_complete", False)
-        )
+        """Whether the connection got past its first key exchange."""
+        return asyncssh_compat.kex_done(conn)
 
     def failure_reason(self, exc: BaseException | None) -> str:
         """One short line saying why a handshake failed (the guard's reason first)."""

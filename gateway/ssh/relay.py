@@ -18,22 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import time
 from collections.abc import Callable
 
 import asyncssh
 from asyncssh import EXTENDED_DATA_STDERR
-from asyncssh.constants import (
-    MSG_CHANNEL_DATA,
-    MSG_CHANNEL_EXTENDED_DATA,
-    MSG_CHANNEL_WINDOW_ADJUST,
-    MSG_IGNORE,
-)
-from asyncssh.encryption import GCMEncryption
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.ssh import asyncssh_compat
 from recordings.recorder import RecordingError
 
 logger = logging.getLogger(__name__)
@@ -43,202 +33,102 @@ CHANNEL_GONE = (BrokenPipeError, ConnectionError, OSError, asyncssh.Error)
 # A channel's queued output before the other side is paused. asyncssh's 64 KiB paused the
 # target's channel for every 2 MiB window a client granted: a window's worth keeps it going.
 WRITE_BUFFER_HIGH = 2 * 1024 * 1024
-_EMPTY_STRING = b"\x00\x00\x00\x00"  # an SSH string of no bytes
-_SEALED_HERE = frozenset({MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_DATA, MSG_CHANNEL_EXTENDED_DATA})
 RECEIVE_STEP = 64 * 1024  # bytes handed to asyncssh at a time (see streamline)
-
-
-def _asyncssh_as_expected() -> bool:
-    """Whether asyncssh has the internals the GCM path uses (it is pinned; an upgrade that
-    changed them falls back to asyncssh's own path, slower but correct, and says so)."""
-    from asyncssh.connection import SSHConnection
-    from asyncssh.crypto import GCMCipher
-
-    needed = {
-        SSHConnection: ("_send", "_force_close", "send_packet", "data_received"),
-        GCMCipher: ("_update_iv",),
-        GCMEncryption: ("decrypt_packet", "encrypt_packet"),
-    }
-    missing = [
-        f"{cls.__name__}.{name}" for cls, names in needed.items() for name in names if not hasattr(cls, name)
-    ]
-    if missing:
-        logger.warning(
-            "asyncssh %s lacks %s: the gateway relays through asyncssh's own path",
-            asyncssh.__version__,
-            ", ".join(missing),
-        )
-    return not missing
-
-
-# What the GCM path reads and updates on a connection (set by asyncssh at its start).
-_CONNECTION_STATE = (
-    "_send_encryption",
-    "_recv_encryption",
-    "_kex_complete",
-    "_auth_complete",
-    "_compressor",
-    "_send_seq",
-    "_send_blocksize",
-    "_send_enchdrlen",
-    "_rekey_bytes",
-    "_rekey_bytes_sent",
-    "_rekey_seconds",
-    "_rekey_time",
-)
-_ASYNCSSH_AS_EXPECTED = _asyncssh_as_expected()
 
 
 def streamline(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
     """Make ``conn`` cheaper per packet; the bytes on the wire mean the same.
 
-    asyncssh has no option for any of this: ``send_packet``, ``_send``, ``_force_close`` and
-    ``data_received`` are wrapped on the instance (asyncssh is pinned; the gateway's tests
-    run every kind of channel through these paths).
+    Framing, sequence numbers, encryption, rekeying and the deferral of packets during a
+    key exchange all stay asyncssh's; only how its packets reach the socket, one packet
+    it adds, and how a large read is handed to it change (the hooks are
+    ``asyncssh_compat``'s, the rules here):
 
-    - asyncssh puts an empty SSH_MSG_IGNORE packet before every packet it encrypts, a
-      countermeasure against attacks on CBC ciphers: left out unless the sending cipher is
-      CBC (the gateway offers GCM; CTR and GCM need no such packet).
     - asyncssh writes each packet to the socket as it is made: the packets made while the
-      loop handles one read are joined and written at once, when that read is done. What is
-      pending is written before the connection closes (a disconnect message is not lost).
-    - Channel data and window adjustments, once keys are exchanged and the user logged in,
-      are framed and sealed with AES-GCM here (``_GcmSender``), with one copy of the data
-      instead of asyncssh's seven. Anything else (key exchange, rekeying when due, other
-      ciphers, compression, asyncssh's packet-level debug log) takes asyncssh's own path.
-    - Received GCM packets are opened with one AES-GCM object per key, the data copied once.
-    - A large read is handed to asyncssh in steps of RECEIVE_STEP bytes: asyncssh copies its
-      whole input buffer again for each packet it takes from it.
+      loop handles one read are joined and written at once, when that read is done
+      (``Coalescer``). What is pending is written before the connection closes (a
+      disconnect message is not lost).
+    - asyncssh puts an empty SSH_MSG_IGNORE packet before every packet it encrypts, a
+      countermeasure against attacks on CBC ciphers: left out unless the sending cipher
+      is CBC (``ignore_needed``; the gateway offers GCM).
+    - A large read is handed to asyncssh in steps of RECEIVE_STEP bytes, because asyncssh
+      copies its whole input buffer again for each packet it takes from it. Nothing read
+      after a packet that closed the connection (a protocol error, a disconnect) is
+      parsed: the steps stop (``feed_in_steps``), and what asyncssh holds of the current
+      step is dropped (``asyncssh_compat.end_input_at_close``).
     """
     loop = asyncio.get_running_loop()
-    pending: list[bytes] = []
-    force_close = conn._force_close
-    send_packet = conn.send_packet
-    data_received = conn.data_received
+    out = Coalescer(lambda: asyncssh_compat.transport(conn), loop.call_soon)
+    asyncssh_compat.route_output(conn, out.send, before_close=out.flush)
+    asyncssh_compat.end_input_at_close(conn)
+    asyncssh_compat.skip_empty_ignore(conn, lambda: ignore_needed(conn.get_extra_info("send_cipher")))
+    asyncssh_compat.receive_through(
+        conn, lambda receive, data: feed_in_steps(receive, data, lambda: asyncssh_compat.is_open(conn))
+    )
 
-    def flush() -> None:
+
+class Coalescer:
+    """The writes made during one turn of the event loop, joined into one socket write.
+
+    ``send`` queues; the first send of a turn schedules ``flush`` with ``call_soon``, so the
+    packets asyncssh makes while it handles one read (channel data, window adjustments)
+    leave in one write, and one system call, instead of one each. ``transport()`` gives the
+    current transport, None once the connection is closing: nothing is queued then.
+    """
+
+    __slots__ = ("call_soon", "pending", "transport")
+
+    def __init__(self, transport: Callable[[], asyncio.WriteTransport | None], call_soon: Callable):
+        self.transport = transport
+        self.call_soon = call_soon
+        self.pending: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if self.transport() is None:
+            return
+        if not self.pending:
+            self.call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        pending = self.pending
         if not pending:
             return
         data = b"".join(pending) if len(pending) > 1 else pending[0]
         pending.clear()
-        transport = conn._transport
+        transport = self.transport()
         if transport is not None:
             with contextlib.suppress(ConnectionError):
                 transport.write(data)
 
-    def send(data: bytes) -> None:
-        if conn._transport is None:
-            return
-        if not pending:
-            loop.call_soon(flush)
-        pending.append(data)
 
-    def close_now(exc) -> None:
-        flush()
-        force_close(exc)
-
-    gcm = _GcmSender(conn, send)
-
-    def send_packet_lean(pkttype: int, *args: bytes, **kwargs) -> None:
-        if pkttype in _SEALED_HERE and gcm.try_send(pkttype, args):
-            return
-        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,) and not kwargs:
-            cipher = conn.get_extra_info("send_cipher") or ""
-            if not cipher.endswith("-cbc"):
-                return
-        send_packet(pkttype, *args, **kwargs)
-
-    def data_received_in_steps(data: bytes, datatype=None) -> None:
-        if gcm.enabled:
-            _open_gcm_once(conn._recv_encryption)
-        if len(data) <= RECEIVE_STEP:
-            data_received(data)
-            return
-        view = memoryview(data)
-        for start in range(0, len(data), RECEIVE_STEP):
-            data_received(bytes(view[start : start + RECEIVE_STEP]))
-            if gcm.enabled:
-                _open_gcm_once(conn._recv_encryption)  # new keys may have come in this step
-
-    conn._send = send
-    conn._force_close = close_now
-    conn.send_packet = send_packet_lean
-    conn.data_received = data_received_in_steps
+def ignore_needed(cipher: str | None) -> bool:
+    """Whether the empty SSH_MSG_IGNORE asyncssh sends before each encrypted packet is
+    worth its bytes: only for CBC ciphers, whose chained IVs it protects (the chosen
+    plaintext attack of RFC 4251, 9.3.1). CTR, GCM and ChaCha20-Poly1305 need none."""
+    return (cipher or "").endswith("-cbc")
 
 
-class _GcmSender:
-    """Frames and seals one connection's channel data with AES-GCM (RFC 5647, as OpenSSH's
-    aes128-gcm@openssh.com): the 4-byte length in clear as associated data, then padding
-    length, type, payload and random padding sealed, the 16-byte tag after."""
+def feed_in_steps(
+    receive: Callable[[bytes], None], data: bytes, is_open: Callable[[], bool], step: int = RECEIVE_STEP
+) -> None:
+    """Hand ``data`` to ``receive`` in pieces of at most ``step`` bytes, while ``is_open()``.
 
-    __slots__ = ("aead", "cipher", "conn", "enabled", "write")
-
-    def __init__(self, conn, write: Callable[[bytes], None]):
-        self.conn, self.write = conn, write
-        self.cipher = self.aead = None
-        self.enabled = _ASYNCSSH_AS_EXPECTED and all(hasattr(conn, name) for name in _CONNECTION_STATE)
-
-    def try_send(self, pkttype: int, args: tuple[bytes, ...]) -> bool:
-        """Send the packet if this path may (see streamline); False: asyncssh must."""
-        conn = self.conn
-        encryption = conn._send_encryption
-        if (
-            not self.enabled
-            or type(encryption) is not GCMEncryption
-            or not (conn._kex_complete and conn._auth_complete)
-            or conn._compressor
-            or conn._transport is None
-            or conn._rekey_bytes_sent >= conn._rekey_bytes
-            or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)
-            or conn.logger._debug_level >= 3
-        ):
-            return False
-        cipher = encryption._cipher
-        if cipher is not self.cipher:
-            if not _gcm_cipher_as_expected(cipher):
-                return False
-            self.cipher, self.aead = cipher, AESGCM(cipher._key)
-        blocksize = conn._send_blocksize
-        padlen = -(conn._send_enchdrlen + 1 + sum(map(len, args))) % blocksize
-        if padlen < 4:
-            padlen += blocksize
-        packet = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
-        header = len(packet).to_bytes(4, "big")
-        sealed = self.aead.encrypt(cipher._iv, packet, header)
-        cipher._update_iv()
-        self.write(header)
-        self.write(sealed)
-        conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
-        conn._rekey_bytes_sent += len(packet)
-        return True
-
-
-def _gcm_cipher_as_expected(cipher) -> bool:
-    return all(hasattr(cipher, name) for name in ("_key", "_iv", "_update_iv"))
-
-
-def _open_gcm_once(encryption) -> None:
-    """Give a GCM receiving key one AES-GCM object, and its packets one copy (see streamline)."""
-    if (
-        not _ASYNCSSH_AS_EXPECTED
-        or type(encryption) is not GCMEncryption
-        or "decrypt_packet" in encryption.__dict__
-    ):
+    A step that makes the connection close (a bad MAC, a malformed packet, a disconnect)
+    is the last one: the bytes after it are never parsed, so no channel data that follows
+    a protocol error in the same read reaches a channel. Nor is a read that comes after
+    the close (asyncio may deliver one more before the transport is gone).
+    """
+    if not is_open():
         return
-    cipher = encryption._cipher
-    if not _gcm_cipher_as_expected(cipher):
+    if len(data) <= step:
+        receive(data)
         return
-    aead = AESGCM(cipher._key)
-
-    def decrypt_packet(seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes) -> bytes | None:
-        try:
-            data = aead.decrypt(cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
-        except InvalidTag:
-            data = None
-        cipher._update_iv()
-        return data
-
-    encryption.decrypt_packet = decrypt_packet
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        if start and not is_open():
+            return
+        receive(bytes(view[start : start + step]))
 
 
 class Counter:

@@ -41,7 +41,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from gateway.ssh import limits
+from gateway.ssh import asyncssh_compat, limits
 from gateway.ssh.connection import GatewayConnection, UserConnection
 from recordings import records
 from recordings.models import GatewaySession
@@ -238,7 +238,9 @@ class GatewayServer:
             server_host_keys=[self.host_key],
             server_version=limits.IDENTIFICATION.removeprefix("SSH-2.0-"),
             encryption_algs=list(self.ciphers),
-            compression_algs=["none"],
+            # Delayed compression only (after login, as OpenSSH's sshd since 7.4): a client
+            # asks for it (ssh -C) or not; the plain "zlib" would compress the login too.
+            compression_algs=["zlib@openssh.com", "none"],
             public_key_auth=True,
             password_auth=True,
             kbdint_auth=True,
@@ -268,6 +270,10 @@ class GatewayServer:
 
     def serve_forever(self) -> None:
         quiet_asyncssh()
+        problem = asyncssh_compat.version_problem()
+        if problem:
+            logger.warning("%s", problem)
+        asyncssh_compat.reuse_gcm_contexts()
         asyncio.run(self._serve())
 
     def stop(self) -> None:
@@ -303,11 +309,7 @@ class GatewayServer:
         self.pool.shutdown(wait=True)
 
     async def _accept_loop(self, options) -> None:
-        loop = self.loop
         self.sock.setblocking(False)
-
-        def factory():
-            return UserConnection(loop, options)
 
         while True:
             await self._readable()
@@ -326,7 +328,7 @@ class GatewayServer:
                 continue
             try:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.connect_accepted_socket(factory, client)
+                await asyncssh_compat.accept(client, UserConnection, options)
             except Exception:
                 logger.exception("Could not set up a connection from %s", address[0])
                 client.close()
