@@ -810,7 +810,7 @@ def component_timings(site: Site, samples: int = 10) -> dict[str, float]:
     from django.contrib.auth.hashers import check_password
 
     from access.services import account_ref
-    from targets.upstream import generate_keypair
+    from targets.ssh import generate_keypair
     from vault import sources
 
     encoded = site.users[0].user.password
