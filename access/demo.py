@@ -208,15 +208,6 @@ def _write_if_changed(path: Path, text: str, *, mode: int = 0o644) -> bool:
     return True
 
 
-def _answers_ssh(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1) as sock:
-            sock.settimeout(2)
-            return sock.recv(64).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 def demo_prepare_host(*, host: DemoHost | None = None, vault=None) -> DemoHost:
     """Write what the demo sshd needs before it starts: host key (made once), the Vault SSH
     CA's public key, the config; as root, ``/run/sshd``. Changes only what differs.
@@ -294,7 +285,7 @@ def demo_wait_for_stack(*, web_url: str, timeout: float = 60) -> None:
     port = settings.DEMO_SSH_PORT
     _wait(
         f"The demo sshd on {HOST}:{port}",
-        lambda: _answers_ssh(HOST, port),
+        lambda: ssh_blocking.answers_ssh(HOST, port),
         timeout=timeout,
         log=str(logs / "demo-sshd.log"),
     )
@@ -302,7 +293,7 @@ def demo_wait_for_stack(*, web_url: str, timeout: float = 60) -> None:
     gateway_host = gateway_host.strip("[]") or "127.0.0.1"
     _wait(
         f"The gateway on {settings.GATEWAY_LISTEN}",
-        lambda: _answers_ssh(gateway_host, int(gateway_port)),
+        lambda: ssh_blocking.answers_ssh(gateway_host, int(gateway_port)),
         timeout=timeout,
         log=str(logs / "gateway.log"),
     )
@@ -563,7 +554,7 @@ def demo_setup(
     else:
         _wait(
             f"The demo sshd on {HOST}:{port}",
-            lambda: _answers_ssh(HOST, port),
+            lambda: ssh_blocking.answers_ssh(HOST, port),
             timeout=timeout,
             log=str(Path(settings.VAR_DIR) / "log" / "demo-sshd.log"),
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import socket
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from targets.ssh import HostKey, RunResult
 
 __all__ = [
     "Connection",
+    "answers_ssh",
     "change_password",
     "check_password_login",
     "connect",
@@ -225,3 +227,16 @@ def change_password(
         ),
         timeout=4 * timeout,
     )
+
+
+def answers_ssh(host: str, port: int, *, timeout: float = 2) -> bool:
+    """Whether an SSH server answers on host:port (its banner, "SSH-..."), to wait for one to start.
+
+    Only the server's banner is read; nothing is sent.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 1)) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
