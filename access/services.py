@@ -22,6 +22,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from access import notifications, rotation
+from access.changes import assign_changes
 from access.models import AccessPolicy, AccessRequest, Account, Approval, Grant, InvalidTransition
 from access.selectors import policy_for
 from access.ticket_patterns import ticket_pattern_matches
@@ -883,8 +884,6 @@ def policy_update(
 
     Requests already made keep the terms they were made under; new ones get the new terms.
     """
-    from access.targets import assign_changes
-
     locked = AccessPolicy.objects.select_for_update().get(pk=policy.pk)
     relations = {k: list(values[k]) for k in POLICY_RELATIONS if k in values}
     changes = assign_changes(locked, values, POLICY_FIELDS)

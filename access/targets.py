@@ -17,7 +17,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from access import rotation
+from access.changes import assign_changes
 from access.models import Account, Target
+from access.services import account_ref
 from audit.services import audit_record
 from identity.models import User
 from targets import errors, postgres, ssh, ssh_blocking
@@ -43,34 +45,8 @@ ACCOUNT_FIELDS = (
 TEST_CERTIFICATE_SECONDS = 60
 
 
-def _account_ref(account):
-    from access.services import account_ref
-
-    return account_ref(account)
-
-
 def _via(via: str) -> dict:
     return {"via": via} if via else {}
-
-
-def _shown(value):
-    """A field's value as the audit trail shows it (a group by name)."""
-    if hasattr(value, "_meta"):
-        return str(value)
-    return value
-
-
-def assign_changes(obj, values: dict, fields: tuple[str, ...]) -> list[dict]:
-    """Set ``values`` (those of ``fields`` only) on obj; the changes as ``{field, from, to}``."""
-    changes = []
-    for name in fields:
-        if name not in values:
-            continue
-        before, after = getattr(obj, name), values[name]
-        if before != after:
-            changes.append({"field": name, "from": _shown(before), "to": _shown(after)})
-            setattr(obj, name, after)
-    return changes
 
 
 def _full_clean(obj, *, exclude=()) -> None:
@@ -271,7 +247,7 @@ def account_update(
 @transaction.atomic
 def account_setup_ssh(*, account, acting_user: User, http_request=None) -> None:
     """Create (or update) the Vault SSH role that signs certificates for the account's principal."""
-    sources.configure_ssh_role(account=_account_ref(account))
+    sources.configure_ssh_role(account=account_ref(account))
     audit_record(
         action="vault.account.configured",
         actor=acting_user,
@@ -300,7 +276,7 @@ def account_setup_database(
     The administrative password goes to Vault only; pamsite keeps none of it. The account
     keeps the database and the TLS mode (its connection test uses them).
     """
-    ref = _account_ref(account)
+    ref = account_ref(account)
     sources.configure_database_connection(
         name=ref.connection,
         host=host,
@@ -314,7 +290,7 @@ def account_setup_database(
         account.database_name = database
         account.database_sslmode = sslmode
         account.save(update_fields=["database_name", "database_sslmode"])
-    sources.configure_database_role(account=_account_ref(account), max_ttl=max_ttl_seconds)
+    sources.configure_database_role(account=account_ref(account), max_ttl=max_ttl_seconds)
     audit_record(
         action="vault.account.configured",
         actor=acting_user,
@@ -337,7 +313,7 @@ def account_setup_static(*, account, acting_user: User, current_password: str, h
     The password is checked against the target first when its host key is pinned, so a
     typo never becomes the password pamsite hands out and rotates from.
     """
-    ref = _account_ref(account)
+    ref = account_ref(account)
     verified = False
     if ref.host_key:
         verified = ssh_blocking.check_password_login(
@@ -413,7 +389,7 @@ def account_test_connection(
 
 def _try_login(account: Account, vault) -> tuple[bool, str]:
     target = account.target
-    ref = _account_ref(account)
+    ref = account_ref(account)
     where = errors.describe_target(host=target.host, port=target.port, target=target.name)
     if target.kind == Target.Kind.WEB_CONSOLE:
         return False, (
@@ -526,7 +502,7 @@ def accounts_readiness(*, accounts: list[Account], vault=None) -> dict[int, Read
             in_vault, message = None, health.message
         else:
             try:
-                status = sources.account_vault_readiness(account=_account_ref(account), vault=vault)
+                status = sources.account_vault_readiness(account=account_ref(account), vault=vault)
                 in_vault, message = status.ready, status.message
             except VaultError as exc:
                 in_vault, message = None, str(exc)
