@@ -63,7 +63,7 @@ class DemoSshd:
         self.process = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT)
         port = demo_sshd_port()
         wait_for(
-            lambda: self.process.poll() is not None or demo._answers_ssh("127.0.0.1", port),
+            lambda: self.process.poll() is not None or ssh_blocking.answers_ssh("127.0.0.1", port),
             f"the demo sshd on port {port}",
         )
         assert self.process.poll() is None, f"sshd exited: {log.read_text()[-2000:]}"

@@ -269,3 +269,35 @@ def test_generated_passwords_are_strong_and_safe_for_chpasswd():
         assert set(password) & set(rotation.PASSWORD_SYMBOLS)
         assert not rotation._too_similar(old, password)
     assert rotation._too_similar("abcdefgh", "hgfedcbaXYZ")  # pam_unix's "too similar" rule
+
+
+def test_the_login_password_settles_an_interrupted_rotation_first(static_account, vault_app, sshd_target):
+    """The gateway's read: the target took the pending password before the crash, so that one."""
+    account, user = static_account()
+    interrupted(vault_app, account, user, "Pending-Password-42.u")
+    sshd_target.set_password(user.name, "Pending-Password-42.u")
+
+    assert rotation.static_login_password(account=account, vault=vault_app) == "Pending-Password-42.u"
+    assert vault_app.kv_read(account.secret_path) == {
+        "username": user.name,
+        "password": "Pending-Password-42.u",
+    }
+
+
+def test_vault_alone_never_hands_out_a_password_while_a_rotation_is_pending(
+    static_account, vault_app, sshd_target
+):
+    """vault.sources cannot ask the target: it refuses, and leaves the settling to access.rotation."""
+    account, user = static_account()
+    interrupted(vault_app, account, user, "Pending-Password-42.t")
+    offset = len(sshd_target.log())
+
+    with pytest.raises(
+        sources.RotationPending, match="is running or was interrupted, and pamsite cannot tell"
+    ):
+        sources.static_login_password(account=account, vault=vault_app)
+    with pytest.raises(sources.RotationPending):
+        sources.reveal(account=account, grant_ref="1", vault=vault_app)
+
+    assert "Connection from" not in sshd_target.log()[offset:]
+    assert vault_app.kv_read(account.secret_path)["pending_password"] == "Pending-Password-42.t"
