@@ -31,7 +31,7 @@ from access.models import AccessPolicy, Account, SslMode, Target
 from audit.services import audit_record
 from common.roles import Role, has_role
 from identity.models import User
-from targets import upstream
+from targets import errors, ssh
 
 FORMAT_VERSION = 1
 
@@ -464,8 +464,8 @@ def _check_target(values: dict, where: str, problems: _Problems) -> None:
             )
         else:
             try:
-                values["host_key"] = upstream.parse_host_key(values["host_key"]).openssh
-            except upstream.UpstreamError as exc:
+                values["host_key"] = ssh.parse_host_key(values["host_key"]).openssh
+            except errors.TargetError as exc:
                 problems.add(_line_of(values)("host_key"), f"{where}.host_key", str(exc))
 
 
@@ -625,7 +625,7 @@ def _plan(wanted: _Wanted, *, pin_host_keys: bool) -> Outcome:
 
 
 def _fingerprint(line: str) -> str:
-    return upstream.parse_host_key(line).fingerprint
+    return ssh.parse_host_key(line).fingerprint
 
 
 def _as_changes(fields: dict) -> list[dict]:

@@ -36,6 +36,7 @@ from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from access.models import AccessPolicy, Account, Target
+from access.rotation import generate_password, static_login_password
 from access.services import account_ref, policy_create, policy_update
 from access.targets import (
     account_create,
@@ -50,9 +51,9 @@ from access.targets import (
 from audit.services import audit_record
 from common.roles import Role
 from identity.models import User
-from targets import upstream
+from targets import errors, ssh, ssh_blocking
 from vault.client import get_client
-from vault.sources import CredentialError, generate_password, static_login_password
+from vault.sources import CredentialError
 
 SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
@@ -207,15 +208,6 @@ def _write_if_changed(path: Path, text: str, *, mode: int = 0o644) -> bool:
     return True
 
 
-def _answers_ssh(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1) as sock:
-            sock.settimeout(2)
-            return sock.recv(64).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 def demo_prepare_host(*, host: DemoHost | None = None, vault=None) -> DemoHost:
     """Write what the demo sshd needs before it starts: host key (made once), the Vault SSH
     CA's public key, the config; as root, ``/run/sshd``. Changes only what differs.
@@ -293,7 +285,7 @@ def demo_wait_for_stack(*, web_url: str, timeout: float = 60) -> None:
     port = settings.DEMO_SSH_PORT
     _wait(
         f"The demo sshd on {HOST}:{port}",
-        lambda: _answers_ssh(HOST, port),
+        lambda: ssh_blocking.answers_ssh(HOST, port),
         timeout=timeout,
         log=str(logs / "demo-sshd.log"),
     )
@@ -301,7 +293,7 @@ def demo_wait_for_stack(*, web_url: str, timeout: float = 60) -> None:
     gateway_host = gateway_host.strip("[]") or "127.0.0.1"
     _wait(
         f"The gateway on {settings.GATEWAY_LISTEN}",
-        lambda: _answers_ssh(gateway_host, int(gateway_port)),
+        lambda: ssh_blocking.answers_ssh(gateway_host, int(gateway_port)),
         timeout=timeout,
         log=str(logs / "gateway.log"),
     )
@@ -380,11 +372,11 @@ def _ensure_account(
     return Account.objects.select_related("target").get(pk=account.pk)
 
 
-def _host_key_line(files: DemoFiles) -> upstream.HostKey:
+def _host_key_line(files: DemoFiles) -> ssh.HostKey:
     public = files.host_key.with_name(files.host_key.name + ".pub")
     if not public.exists():
         raise DemoError(f"No demo host key at {public}: run `manage.py demo_setup --prepare` first.")
-    return upstream.parse_host_key(public.read_text())
+    return ssh.parse_host_key(public.read_text())
 
 
 def _ssh_role_allows(account: Account) -> bool:
@@ -450,7 +442,7 @@ def _static_password_works(account: Account) -> bool:
         password = static_login_password(account=ref)
     except CredentialError:
         return False  # nothing in Vault yet (or a Vault that lost its data)
-    return upstream.check_password_login(
+    return ssh_blocking.check_password_login(
         host=ref.host,
         port=ref.port,
         username=ref.username,
@@ -562,7 +554,7 @@ def demo_setup(
     else:
         _wait(
             f"The demo sshd on {HOST}:{port}",
-            lambda: _answers_ssh(HOST, port),
+            lambda: ssh_blocking.answers_ssh(HOST, port),
             timeout=timeout,
             log=str(Path(settings.VAR_DIR) / "log" / "demo-sshd.log"),
         )
@@ -657,8 +649,8 @@ def _ensure_policy(*, accounts: list[Account], acting_user: User, changes: list[
 def _gateway_fingerprint() -> str:
     public = Path(str(settings.GATEWAY_HOST_KEY_FILE) + ".pub")
     try:
-        return upstream.parse_host_key(public.read_text()).fingerprint
-    except (OSError, upstream.UpstreamError):
+        return ssh.parse_host_key(public.read_text()).fingerprint
+    except (OSError, errors.TargetError):
         return ""
 
 

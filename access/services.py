@@ -21,7 +21,8 @@ from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from access import notifications
+from access import notifications, rotation
+from access.changes import assign_changes
 from access.models import AccessPolicy, AccessRequest, Account, Approval, Grant, InvalidTransition
 from access.selectors import policy_for
 from access.ticket_patterns import ticket_pattern_matches
@@ -435,7 +436,7 @@ def grant_cleanup(*, grant_pk: int, vault=None) -> bool:
         )
         rotated_version = None
         if grant.account.kind == Account.Kind.STATIC:
-            rotated_version = sources.static_rotate(account=ref, vault=vault)
+            rotated_version = rotation.static_rotate(account=ref, vault=vault)
     except Exception as exc:
         if isinstance(exc, VaultError) and str(exc):  # worded for the people who read it
             message = str(exc)[:1000]
@@ -516,7 +517,7 @@ def grant_reveal(*, grant: Grant, acting_user: User, code: str, http_request: Ht
         locked = Grant.objects.select_for_update().get(pk=grant.pk)
         if locked.revealed_at is not None:
             raise InvalidTransition("The secret of this grant was already shown once.")
-        secret = sources.reveal(account=account_ref(grant.account), grant_ref=str(grant.pk), vault=vault)
+        secret = rotation.reveal(account=account_ref(grant.account), grant_ref=str(grant.pk), vault=vault)
         locked.revealed_at = timezone.now()
         locked.save(update_fields=["revealed_at"])
         audit_record(
@@ -641,7 +642,7 @@ def break_glass_rotations_due(*, vault=None) -> int:
 
     Runs with the worker's sweep. While Vault is still down it does nothing (the next sweep
     tries again); once Vault is back each flagged static account gets a new password on its
-    target (``sources.static_rotate``), so the envelope's password stops working, and its
+    target (``rotation.static_rotate``), so the envelope's password stops working, and its
     flag is cleared. A rotation that fails stays flagged and is retried at the next sweep;
     the emergency grant's own release, when it ends, retries with back-off and alerts.
     """
@@ -658,7 +659,7 @@ def break_glass_rotations_due(*, vault=None) -> int:
     rotated = 0
     for account in due:
         try:
-            version = sources.static_rotate(account=account_ref(account), vault=vault)
+            version = rotation.static_rotate(account=account_ref(account), vault=vault)
         except Exception as exc:  # Vault or the target: retried at the next sweep
             logger.warning("Rotation of %s after break-glass without Vault failed: %s", account.slug, exc)
             continue
@@ -883,8 +884,6 @@ def policy_update(
 
     Requests already made keep the terms they were made under; new ones get the new terms.
     """
-    from access.targets import assign_changes
-
     locked = AccessPolicy.objects.select_for_update().get(pk=policy.pk)
     relations = {k: list(values[k]) for k in POLICY_RELATIONS if k in values}
     changes = assign_changes(locked, values, POLICY_FIELDS)

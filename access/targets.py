@@ -16,10 +16,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from access import rotation
+from access.changes import assign_changes
 from access.models import Account, Target
+from access.services import account_ref
 from audit.services import audit_record
 from identity.models import User
-from targets import upstream
+from targets import errors, postgres, ssh, ssh_blocking
 from vault import sources
 from vault.client import VaultError, get_client
 
@@ -42,34 +45,8 @@ ACCOUNT_FIELDS = (
 TEST_CERTIFICATE_SECONDS = 60
 
 
-def _account_ref(account):
-    from access.services import account_ref
-
-    return account_ref(account)
-
-
 def _via(via: str) -> dict:
     return {"via": via} if via else {}
-
-
-def _shown(value):
-    """A field's value as the audit trail shows it (a group by name)."""
-    if hasattr(value, "_meta"):
-        return str(value)
-    return value
-
-
-def assign_changes(obj, values: dict, fields: tuple[str, ...]) -> list[dict]:
-    """Set ``values`` (those of ``fields`` only) on obj; the changes as ``{field, from, to}``."""
-    changes = []
-    for name in fields:
-        if name not in values:
-            continue
-        before, after = getattr(obj, name), values[name]
-        if before != after:
-            changes.append({"field": name, "from": _shown(before), "to": _shown(after)})
-            setattr(obj, name, after)
-    return changes
 
 
 def _full_clean(obj, *, exclude=()) -> None:
@@ -151,9 +128,9 @@ def target_update(
     return changes
 
 
-def target_fetch_host_key(*, target: Target) -> upstream.HostKey:
+def target_fetch_host_key(*, target: Target) -> ssh.HostKey:
     """Ask the target for its SSH host key (to be shown to a pam-admin, not trusted yet)."""
-    return upstream.fetch_host_key(host=target.host, port=target.port, target=target.name)
+    return ssh_blocking.fetch_host_key(host=target.host, port=target.port, target=target.name)
 
 
 @transaction.atomic
@@ -177,13 +154,13 @@ def target_set_host_key(*, target: Target, acting_user: User, host_key: str, via
     if acting_user is None:
         raise ValidationError("Pinning a host key is a pam-admin's decision: name the pam-admin.")
     try:
-        key = upstream.parse_host_key(host_key)
-    except upstream.UpstreamError as exc:
+        key = ssh.parse_host_key(host_key)
+    except errors.TargetError as exc:
         raise ValidationError({"host_key": str(exc)}) from None
     _pin(target, key, acting_user=acting_user, http_request=None, via=via)
 
 
-def _pin(target: Target, key: upstream.HostKey, *, acting_user: User, http_request, via: str = "") -> None:
+def _pin(target: Target, key: ssh.HostKey, *, acting_user: User, http_request, via: str = "") -> None:
     previous = target.host_key_fingerprint
     target.host_key = key.openssh
     target.host_key_fingerprint = key.fingerprint
@@ -270,7 +247,7 @@ def account_update(
 @transaction.atomic
 def account_setup_ssh(*, account, acting_user: User, http_request=None) -> None:
     """Create (or update) the Vault SSH role that signs certificates for the account's principal."""
-    sources.configure_ssh_role(account=_account_ref(account))
+    sources.configure_ssh_role(account=account_ref(account))
     audit_record(
         action="vault.account.configured",
         actor=acting_user,
@@ -299,7 +276,7 @@ def account_setup_database(
     The administrative password goes to Vault only; pamsite keeps none of it. The account
     keeps the database and the TLS mode (its connection test uses them).
     """
-    ref = _account_ref(account)
+    ref = account_ref(account)
     sources.configure_database_connection(
         name=ref.connection,
         host=host,
@@ -313,7 +290,7 @@ def account_setup_database(
         account.database_name = database
         account.database_sslmode = sslmode
         account.save(update_fields=["database_name", "database_sslmode"])
-    sources.configure_database_role(account=_account_ref(account), max_ttl=max_ttl_seconds)
+    sources.configure_database_role(account=account_ref(account), max_ttl=max_ttl_seconds)
     audit_record(
         action="vault.account.configured",
         actor=acting_user,
@@ -336,10 +313,10 @@ def account_setup_static(*, account, acting_user: User, current_password: str, h
     The password is checked against the target first when its host key is pinned, so a
     typo never becomes the password pamsite hands out and rotates from.
     """
-    ref = _account_ref(account)
+    ref = account_ref(account)
     verified = False
     if ref.host_key:
-        verified = upstream.check_password_login(
+        verified = ssh_blocking.check_password_login(
             host=ref.host,
             port=ref.port,
             username=ref.username,
@@ -412,8 +389,8 @@ def account_test_connection(
 
 def _try_login(account: Account, vault) -> tuple[bool, str]:
     target = account.target
-    ref = _account_ref(account)
-    where = upstream.describe_target(host=target.host, port=target.port, target=target.name)
+    ref = account_ref(account)
+    where = errors.describe_target(host=target.host, port=target.port, target=target.name)
     if target.kind == Target.Kind.WEB_CONSOLE:
         return False, (
             "pamsite cannot test a web console login yet: check the account by signing in to the "
@@ -424,11 +401,11 @@ def _try_login(account: Account, vault) -> tuple[bool, str]:
         if not readiness.ready:
             return False, f"Not set up in Vault: {readiness.message}. Next: Vault setup"
         if account.kind == Account.Kind.SSH_CA:
-            private, public = upstream.generate_keypair()
+            private, public = ssh.generate_keypair()
             certificate = sources.ssh_sign(
                 account=ref, public_key=public, ttl_seconds=TEST_CERTIFICATE_SECONDS, vault=vault
             )
-            upstream.connect(
+            ssh_blocking.connect(
                 host=target.host,
                 port=target.port,
                 username=account.username,
@@ -439,8 +416,8 @@ def _try_login(account: Account, vault) -> tuple[bool, str]:
             ).close()
             return True, f"Logged in to {where} as {account.username} with a certificate signed by Vault"
         if account.kind == Account.Kind.STATIC:
-            password = sources.static_login_password(account=ref, vault=vault)
-            works = upstream.check_password_login(
+            password = rotation.static_login_password(account=ref, vault=vault)
+            works = ssh_blocking.check_password_login(
                 host=target.host,
                 port=target.port,
                 username=account.username,
@@ -458,7 +435,7 @@ def _try_login(account: Account, vault) -> tuple[bool, str]:
             return True, f"Logged in to {where} as {account.username} with the password Vault holds"
         version = sources.database_probe(
             account=ref,
-            probe=lambda login, password: upstream.check_database_login(
+            probe=lambda login, password: postgres.check_database_login(
                 host=target.host,
                 port=target.port,
                 database=account.database_name,
@@ -473,20 +450,20 @@ def _try_login(account: Account, vault) -> tuple[bool, str]:
             f"Logged in to the database {account.database_name} on {where} (PostgreSQL {version}) as a "
             "short-lived user from Vault, released again"
         )
-    except upstream.HostKeyMismatch as exc:
+    except ssh.HostKeyMismatch as exc:
         return False, f"Host key changed or not pinned: {exc}"
-    except upstream.UpstreamUnreachable as exc:
+    except errors.TargetUnreachable as exc:
         return False, f"Host unreachable: {exc}"
-    except upstream.UpstreamTlsError as exc:
+    except errors.TlsError as exc:
         return False, f"TLS mode wrong: {exc}"
-    except upstream.UpstreamAuthFailed as exc:
+    except errors.AuthFailed as exc:
         if account.kind == Account.Kind.SSH_CA:
             return False, (
                 f"Certificate refused: {exc}. The target's sshd must trust pamsite's SSH CA "
                 f"(TrustedUserCAKeys; the key is on System status) and let {account.username} log in"
             )
         return False, f"Login refused: {exc}"
-    except upstream.UpstreamError as exc:
+    except errors.TargetError as exc:
         return False, f"The target refused: {exc}"
     except sources.CredentialError as exc:
         return False, f"Not set up in Vault: {exc}"
@@ -525,7 +502,7 @@ def accounts_readiness(*, accounts: list[Account], vault=None) -> dict[int, Read
             in_vault, message = None, health.message
         else:
             try:
-                status = sources.account_vault_readiness(account=_account_ref(account), vault=vault)
+                status = sources.account_vault_readiness(account=account_ref(account), vault=vault)
                 in_vault, message = status.ready, status.message
             except VaultError as exc:
                 in_vault, message = None, str(exc)

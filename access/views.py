@@ -31,7 +31,7 @@ from access.models import AccessRequest, Account, Grant, InvalidTransition, Targ
 from common.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
 from recordings import selectors as session_selectors
-from targets.upstream import UpstreamError
+from targets.errors import TargetError
 from vault.client import VaultError
 
 
@@ -429,7 +429,7 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
             )
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
-        except UpstreamError as exc:
+        except TargetError as exc:
             # The host stopped answering between showing its key and the confirmation.
             messages.error(request, f"Nothing was pinned: {exc}")
         else:
@@ -438,7 +438,7 @@ def target_host_key(request: HttpRequest, pk: int) -> HttpResponse:
     fetched, error = None, ""
     try:
         fetched = target_services.target_fetch_host_key(target=target)
-    except UpstreamError as exc:
+    except TargetError as exc:
         error = str(exc)
     context = {
         "target": target,
@@ -633,7 +633,7 @@ def account_setup(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("access:account", pk=account.pk)
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
-        except (VaultError, UpstreamError) as exc:
+        except (VaultError, TargetError) as exc:
             messages.error(request, f"Not done: {exc}")
     return render(request, "access/account_setup.html", {"account": account, "form": form})
 

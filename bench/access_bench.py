@@ -29,7 +29,7 @@ As in the embedded default (no broker: CELERY_BROKER_URL is ignored here), a gra
 release or rotation runs in the calling process right after the commit that ended it.
 E-mail notifications go to Django's in-memory backend. The time spent inside the
 credential sources (Vault, and the target for a rotation) is measured by wrapping
-``vault.sources.checkout/release/static_rotate``; nothing else is changed.
+``vault.sources.checkout/release`` and ``access.rotation.static_rotate``; nothing else is changed.
 """
 
 from __future__ import annotations
@@ -197,26 +197,32 @@ def make_site(kinds: list[str], people: int, sshd, pg) -> Site:
 
 
 class SourceTimer:
-    """Wraps vault.sources.checkout/release/static_rotate to add up their time per thread."""
+    """Wraps vault.sources.checkout/release and access.rotation.static_rotate to add up their
+    time per thread."""
 
-    NAMES = ("checkout", "release", "static_rotate")
+    NAMES = (
+        ("vault.sources", "checkout"),
+        ("vault.sources", "release"),
+        ("access.rotation", "static_rotate"),
+    )
 
     def __init__(self):
         self.local = threading.local()
         self.originals = {}
 
     def install(self) -> None:
-        from vault import sources
+        import importlib
 
-        for name in self.NAMES:
-            original = self.originals[name] = getattr(sources, name)
-            setattr(sources, name, self._timed(original))
+        for module_name, name in self.NAMES:
+            module = importlib.import_module(module_name)
+            original = self.originals[(module_name, name)] = getattr(module, name)
+            setattr(module, name, self._timed(original))
 
     def uninstall(self) -> None:
-        from vault import sources
+        import importlib
 
-        for name, original in self.originals.items():
-            setattr(sources, name, original)
+        for (module_name, name), original in self.originals.items():
+            setattr(importlib.import_module(module_name), name, original)
 
     def _timed(self, function):
         def timed(*args, **kwargs):

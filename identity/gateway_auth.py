@@ -125,7 +125,8 @@ def gateway_key_login(*, username: str, key_type: str, key_blob: bytes, client_i
 
     Call it only once the client's signature over the session has been verified
     with this key: a match is taken as proof that the client holds the private key.
-    ``key_type`` and ``key_blob`` are paramiko's ``key.get_name()`` and ``key.asbytes()``.
+    ``key_type`` and ``key_blob`` are asyncssh's ``key.get_algorithm()`` and ``key.public_data`` (an
+    RSA signature algorithm such as rsa-sha2-256 is taken as the key type ssh-rsa).
 
     A locked-out username or address is refused. A match updates the key's
     last_used_at and is audited "auth.login.key_ok". A key that matches no key of

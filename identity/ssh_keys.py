@@ -1,7 +1,8 @@
 """OpenSSH public keys: reading and checking the line a user pastes from a ``.pub`` file.
 
-Only paramiko's key classes are used here (to check that the key data is a real key
-of its type); nothing in identity opens an SSH connection.
+asyncssh's key parser checks that the key data is a real key of its type (the gateway,
+an asyncssh server, verifies the same keys' signatures); nothing in identity opens an
+SSH connection.
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from paramiko.ecdsakey import ECDSAKey
-from paramiko.ed25519key import Ed25519Key
-from paramiko.pkey import PKey
-from paramiko.rsakey import RSAKey
+import asyncssh
 
-# The key types the gateway can verify a signature for. paramiko has no FIDO (sk-*)
-# support, so a security-key SSH key could be registered but never used: refused.
-KEY_CLASSES: dict[str, type[PKey]] = {
-    "ssh-ed25519": Ed25519Key,
-    "ecdsa-sha2-nistp256": ECDSAKey,
-    "ecdsa-sha2-nistp384": ECDSAKey,
-    "ecdsa-sha2-nistp521": ECDSAKey,
-    "ssh-rsa": RSAKey,
-}
+# Security-key (FIDO) SSH keys: the gateway verifies their signatures like any other
+# (the user's security key signs on her side; nothing of FIDO is needed on the server).
 FIDO_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+# The key types the gateway can verify a signature for, and their size in bits (RSA's is
+# read from the key).
+KEY_TYPES: dict[str, int] = {
+    "ssh-ed25519": 256,
+    "ecdsa-sha2-nistp256": 256,
+    "ecdsa-sha2-nistp384": 384,
+    "ecdsa-sha2-nistp521": 521,
+    "ssh-rsa": 0,
+    "sk-ssh-ed25519@openssh.com": 256,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 256,
+}
 RSA_MIN_BITS = 2048
 # 16384-bit keys exist but are rare; above 8192 bits the key's text would no longer
 # fit a unique index on PostgreSQL (about 2.7 kB per entry).
@@ -84,6 +86,17 @@ def _embedded_type(blob: bytes) -> str | None:
         return None
 
 
+def _rsa_bits(blob: bytes) -> int:
+    """The size of an ssh-rsa key's modulus: the key data is the type, then mpints e and n."""
+    offset = 0
+    fields = []
+    for _ in range(3):
+        (length,) = struct.unpack_from(">I", blob, offset)
+        fields.append(blob[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return int.from_bytes(fields[2], "big").bit_length()
+
+
 def _refuse_by_type(key_type: str, tokens: list[str]) -> None:
     """Raise the clearest error for a first word that is not an accepted key type."""
     if key_type.endswith("-cert-v01@openssh.com"):
@@ -92,18 +105,12 @@ def _refuse_by_type(key_type: str, tokens: list[str]) -> None:
             "(for example id_ed25519.pub, not id_ed25519-cert.pub).",
             code="certificate",
         )
-    if key_type in FIDO_TYPES:
-        raise PublicKeyError(
-            "Security-key (FIDO) SSH keys are not supported by the gateway yet. "
-            f"Use an ed25519 key instead. {_NEW_KEY_HINT}",
-            code="unsupported_type",
-        )
     if key_type == "ssh-dss":
         raise PublicKeyError(
             f"DSA keys are obsolete and no longer safe: use an ed25519 key instead. {_NEW_KEY_HINT}",
             code="unsupported_type",
         )
-    if any(token in KEY_CLASSES or token.endswith("-cert-v01@openssh.com") for token in tokens[1:]):
+    if any(token in KEY_TYPES or token.endswith("-cert-v01@openssh.com") for token in tokens[1:]):
         raise PublicKeyError(
             "Paste the key without the options in front of it (as in authorized_keys): "
             "the line must start with the key type, e.g. ssh-ed25519.",
@@ -111,7 +118,8 @@ def _refuse_by_type(key_type: str, tokens: list[str]) -> None:
         )
     raise PublicKeyError(
         "This is not an OpenSSH public key. Paste the contents of your .pub file: one line "
-        "that starts with ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa.",
+        "that starts with ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa or (a security key) "
+        "sk-ssh-ed25519@openssh.com or sk-ecdsa-sha2-nistp256@openssh.com.",
         code="not_a_key",
     )
 
@@ -160,7 +168,7 @@ def parse_public_key(text: str) -> ParsedPublicKey:
 
     tokens = text.split()
     key_type = tokens[0]
-    if key_type not in KEY_CLASSES:
+    if key_type not in KEY_TYPES:
         _refuse_by_type(key_type, tokens)
     if len(tokens) < 2:
         raise PublicKeyError(
@@ -183,15 +191,15 @@ def parse_public_key(text: str) -> ParsedPublicKey:
             code="type_mismatch",
         )
     try:
-        key = KEY_CLASSES[key_type](data=blob)
-    except Exception:  # untrusted bytes: whatever paramiko or cryptography raise means "not a key"
+        key = asyncssh.import_public_key(f"{key_type} {tokens[1]}")
+        bits = KEY_TYPES[key_type] or _rsa_bits(blob)
+    except Exception:  # untrusted bytes: whatever asyncssh or cryptography raise means "not a key"
         key = None
-    if key is None or key.asbytes() != blob:
+    if key is None or key.get_algorithm() != key_type or key.public_data != blob:
         raise PublicKeyError(
             "The key data is damaged or incomplete: copy the whole line again from the .pub file.",
             code="bad_data",
         )
-    bits = key.get_bits()
     if key_type == "ssh-rsa" and bits < RSA_MIN_BITS:
         raise PublicKeyError(
             f"This RSA key has only {bits} bits, which is too weak: pamsite accepts RSA keys of "

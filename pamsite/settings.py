@@ -397,7 +397,8 @@ LOGGING = {
         # hvac and urllib3 at debug level would print request bodies (tokens).
         "hvac": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
-        "paramiko": {"level": "WARNING"},
+        # asyncssh logs every connection and channel at INFO (the gateway and the SSH door).
+        "asyncssh": {"level": "WARNING"},
     },
 }
 

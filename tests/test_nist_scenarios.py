@@ -40,7 +40,7 @@ from identity.directory import LEFT
 from identity.models import User
 from recordings import records
 from recordings.models import GatewaySession, Recording
-from targets import upstream
+from targets import ssh_blocking
 from tests.audit.conftest import drop_triggers, restore_triggers
 from tests.conftest import PASSWORD, make_user, verified_client
 from tests.fixtures.gateway import ended_session, live_session
@@ -281,8 +281,8 @@ def test_nist_vendor_just_in_time_session_end_to_end(gateway, bob, carol, static
     assert grant.cleanup == Grant.Cleanup.DONE, grant.cleanup_error
     password_after = sources.static_login_password(account=ref)
     assert digest(password_after) != digest(password_before)
-    assert upstream.check_password_login(**target_of(static_account), password=password_after)
-    assert not upstream.check_password_login(**target_of(static_account), password=password_before)
+    assert ssh_blocking.check_password_login(**target_of(static_account), password=password_after)
+    assert not ssh_blocking.check_password_login(**target_of(static_account), password=password_before)
 
     # An auditor replays it; the viewing is itself audited.
     auditor_web = signed_in(carol, address="192.0.2.77")
@@ -438,8 +438,8 @@ def test_nist_vault_down_checkouts_fail_closed_while_break_glass_works_and_alert
     assert account.emergency_rotation_due_since is None
     rotated = sources.static_login_password(account=ref)
     assert digest(rotated) != digest(local.password)
-    assert upstream.check_password_login(**target_of(account), password=rotated)
-    assert not upstream.check_password_login(**target_of(account), password=local.password)
+    assert ssh_blocking.check_password_login(**target_of(account), password=rotated)
+    assert not ssh_blocking.check_password_login(**target_of(account), password=local.password)
     event = AuditEvent.objects.get(action="access.password.rotated", object_type="access.account")
     assert event.details["after"] == "break-glass without Vault"
     assert sweep_task()["rotated_after_break_glass"] == 0

@@ -1,30 +1,29 @@
 """Credential sources: how each kind of account gets, shows and gives back its credential.
 
 Pure of Django models: the access workflow describes an account with an ``AccountRef``
-and calls these functions; every Vault call goes through ``vault.client.VaultClient``,
-every call to a target through ``targets.upstream``.
+and calls these functions; every Vault call goes through ``vault.client.VaultClient``.
+Nothing here talks to a target: the static-password rotation, which changes the password
+on the target and records it here, is ``access.rotation``; it uses the KV operations of
+the "Static passwords" section.
 
 | kind     | checkout                        | reveal (show once)         | release                    |
 | -------- | ------------------------------- | -------------------------- | -------------------------- |
 | ssh-ca   | checks the account's SSH role   | nothing to show            | nothing (certs expire)     |
 | database | dynamic role, lease = the grant | the stashed password, once | lease revoked, role dropped |
-| static   | checks the KV secret            | the KV password            | none; ``static_rotate``    |
+| static   | checks the KV secret            | the KV password            | none; ``access.rotation``  |
 
 A dynamic database password is handed out by Vault only when the role is created, and
 pamsite's database must never hold it: it is stashed in Vault's KV (``grants/<grant>``),
 destroyed when shown, and the stash is removed at release.
 
 Callers catch ``VaultError`` (Vault down, sealed, refused, misconfigured; ``CredentialError``
-and ``RotationError`` are subclasses) and ``UpstreamError`` (the target). No message, log
-line or repr here holds a secret.
+is a subclass). No message, log line or repr here holds a secret.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
-import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,6 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from audit.timefmt import duration_words
-from targets import upstream
 from vault.client import VaultClient, VaultConflict, VaultError, VaultNotFound, get_client
 
 logger = logging.getLogger(__name__)
@@ -51,20 +49,10 @@ CHECKOUT_LEASE_SECONDS = 300
 # The per-account SSH roles: a certificate only has to be valid when the gateway logs in.
 SSH_CERT_TTL = 300
 SSH_CERT_MAX_TTL = 3600
-# A pending_password younger than this belongs to a rotation that may still be running (its
-# logins and passwd each time out well within it); older, it is a crashed one to reconcile.
-ROTATION_RUNNING_SECONDS = 300
-
-PASSWORD_LENGTH = 32
-# The symbols generated passwords draw from (an alphabet, not a password): no ':' (chpasswd's
-# separator), no quotes, backslash, space or control characters.
-PASSWORD_SYMBOLS = "-_.,+=@%^*!#~"  # noqa: S105  # nosec B105
-PASSWORD_ALPHABET = string.ascii_letters + string.digits + PASSWORD_SYMBOLS
 # What the user is told to have done, in the words of the pages (never a function's name).
 SET_UP_IN_VAULT = (
     'a pam-admin must set the account up in Vault (Targets page: the account, "Set it up in Vault")'
 )
-SETTLED_LATER = "the next checkout or password rotation tries both on the target and keeps the one that works"
 
 # PostgreSQL identifiers we put inside double quotes ourselves: plain names only, so that
 # neither a quote nor a Vault template ({{...}}) can get into the statements.
@@ -102,8 +90,11 @@ class SecretAlreadyShown(CredentialError):
     """The show-once secret of a grant was already shown."""
 
 
-class RotationError(CredentialError):
-    """A static password rotation failed; Vault's KV and the target still agree (see message)."""
+class RotationPending(CredentialError):
+    """A static password rotation is pending in KV: which password the target takes is not known here.
+
+    ``access.rotation`` settles it by asking the target, then reads again.
+    """
 
 
 @dataclass(frozen=True)
@@ -241,7 +232,8 @@ def reveal(*, account: AccountRef, grant_ref: str, vault: VaultClient | None = N
 
     database: the stash is consumed (check-and-set, so two concurrent reveals cannot both
     succeed) and its password destroyed; a second reveal raises ``SecretAlreadyShown``.
-    static: a rotation left half done is settled first (``static_reconcile``).
+    static: the KV password; ``RotationPending`` while a rotation is pending (the access
+    layer settles it with ``access.rotation.static_reconcile`` first).
     """
     vault = vault or get_client()
     _check_kind(account)
@@ -280,21 +272,23 @@ def reveal(*, account: AccountRef, grant_ref: str, vault: VaultClient | None = N
 
 @sensitive_variables("data")
 def _current_static_password(account: AccountRef, vault: VaultClient) -> str:
-    """The static password the target takes now (a rotation left half done is settled first)."""
+    """The static password the target takes now; ``RotationPending`` while a rotation is pending."""
     data = _static_secret(account, vault)
     if data.get("pending_password"):
-        if static_reconcile(account=account, vault=vault) == "unknown":
-            raise CredentialError(
-                f"A password rotation of {account.slug} is running or was interrupted, and pamsite "
-                "cannot tell which password the target takes now: retry in a few minutes; if it "
-                "persists, a pam-admin must check the target and reset the password"
-            )
-        data = _static_secret(account, vault)
+        raise RotationPending(
+            f"A password rotation of {account.slug} is running or was interrupted, and pamsite "
+            "cannot tell which password the target takes now: retry in a few minutes; if it "
+            "persists, a pam-admin must check the target and reset the password"
+        )
     return data["password"]
 
 
 def static_login_password(*, account: AccountRef, vault: VaultClient | None = None) -> str:
-    """The static account's current password, for the gateway to log in with (never shown)."""
+    """The static account's current password, for the gateway to log in with (never shown).
+
+    ``RotationPending`` while a rotation is pending: ``access.rotation.static_login_password``
+    settles it first.
+    """
     vault = vault or get_client()
     _check_kind(account, STATIC)
     return _current_static_password(account, vault)
@@ -307,7 +301,7 @@ def release(
 
     database: the lease is revoked (Vault drops the role and its sessions; an expired or
     already revoked lease is fine) and the stash removed. ssh-ca, static: nothing (a
-    static password is rotated separately, ``static_rotate``).
+    static password is rotated separately, ``access.rotation.static_rotate``).
     """
     vault = vault or get_client()
     _check_kind(account)
@@ -622,210 +616,58 @@ def database_probe(
         _revoke_quietly(vault, creds.lease_id, account)
 
 
-# --- Rotation of static passwords ----------------------------------------------------------
+# --- Static passwords: the KV operations of a rotation (``access.rotation``) -----------------
 
 
-def generate_password(*, length: int = PASSWORD_LENGTH, unlike: str = "") -> str:
-    """A random password with every character class, safe for chpasswd and passwd.
-
-    ``unlike``: the password it replaces. PAM's ``obscure`` check refuses a new password
-    that shares more than half its characters with the old one, so such draws are redone.
-    """
-    while True:
-        password = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
-        if (
-            any(c.islower() for c in password)
-            and any(c.isupper() for c in password)
-            and any(c.isdigit() for c in password)
-            and any(c in PASSWORD_SYMBOLS for c in password)
-            and not _too_similar(unlike, password)
-        ):
-            return password
+def static_secret(*, account: AccountRef, vault: VaultClient | None = None) -> tuple[dict[str, Any], int]:
+    """A static account's KV data (a pending rotation's fields included) and its version."""
+    vault = vault or get_client()
+    _check_kind(account, STATIC)
+    return _static_secret_version(account, vault)
 
 
-def _too_similar(old: str, new: str) -> bool:
-    """pam_unix's ``obscure`` similarity rule (as in Debian's pam_unix and shadow's obscure.c)."""
-    n = min(len(old), len(new))
-    shared = sum(1 for c in old[:n] if c in new)
-    return n > 0 and n < shared * 2
+@sensitive_variables("data", "new_password", "pending")
+def static_write_pending(
+    *,
+    account: AccountRef,
+    data: dict[str, Any],
+    version: int,
+    new_password: str,
+    since: datetime,
+    vault: VaultClient | None = None,
+) -> int:
+    """A KV version holding the current password and ``new_password`` as pending; its version.
 
-
-@sensitive_variables("data", "current", "new")
-def static_rotate(*, account: AccountRef, vault: VaultClient | None = None) -> int:
-    """Give a static account a new random password on its target; returns the new KV version.
-
-    KV and the target never disagree without KV knowing both candidates: first a KV
-    version holds the current password and the new one as ``pending_password``; then the
-    target changes it (logged in with the current one); then a fresh login with the new
-    one must work and one with the old must not; only then a KV version holds just the
-    new password. Any failure raises ``RotationError`` after settling KV to what the
-    target takes (or, when that cannot be known, keeping the pending state for
-    ``static_reconcile``, which runs first here to repair an earlier crashed rotation).
-    A rotation younger than ``ROTATION_RUNNING_SECONDS`` is taken to be still running:
-    a second one is refused rather than racing it.
+    Written only if KV is still at ``version`` (check-and-set): ``VaultConflict`` if another
+    writer came first.
     """
     vault = vault or get_client()
     _check_kind(account, STATIC)
-    _check_rotatable(account)
-    slug = account.slug
-    try:
-        data, _ = _static_secret_version(account, vault)
-        if _rotation_running(data):
-            raise RotationError(
-                f"A rotation of {slug} started at {data.get('pending_since')} is still running: retry later"
-            )
-        if static_reconcile(account=account, vault=vault) == "unknown":
-            raise RotationError(
-                f"Cannot rotate {slug}: an earlier rotation was interrupted and neither the old nor the "
-                "new password logs in (or the target is unreachable): check the target, then retry"
-            )
-        data, version = _static_secret_version(account, vault)
-        current = data["password"]
-        new = generate_password(unlike=current)
-        pending = {**_settled(data, current), "pending_password": new, "pending_since": _now().isoformat()}
-        try:
-            pending_version = vault.kv_write(account.secret_path, pending, cas=version)
-        except VaultConflict:
-            raise RotationError(f"The password of {slug} changed in Vault while rotating: retry") from None
-    except RotationError:
-        raise
-    except VaultError as exc:
-        raise RotationError(f"Rotation of {slug} failed before the target was touched: {exc}") from exc
-    outcome = _Outcome(vault, account, data, pending_version)
-
-    target = _target_kwargs(account)
-    try:
-        upstream.change_password(**target, current_password=current, new_password=new)
-    except upstream.UpstreamNotLoggedIn as exc:
-        # The login failed: nothing ran on the target, the current password is still the one.
-        outcome.settle(current, verified=False)
-        raise RotationError(f"Rotation of {slug} failed; the password was not changed: {exc}") from exc
-    except upstream.UpstreamError as exc:
-        # passwd or chpasswd failed, or the connection dropped: ask the target what it takes now.
-        said = outcome.settle_by_probing(target, current, new)
-        raise RotationError(f"Rotation of {slug} failed ({exc}); {said}") from exc
-
-    try:
-        new_works = upstream.check_password_login(**target, password=new)
-        old_works = upstream.check_password_login(**target, password=current)
-    except upstream.UpstreamError as exc:
-        raise RotationError(
-            f"Rotation of {slug}: the target changed the password but the check failed ({exc}); Vault "
-            f"keeps both passwords until {SETTLED_LATER}"
-        ) from exc
-    if new_works and not old_works:
-        final = outcome.settle(new, verified=True)
-        logger.info("Rotated the password of %s (KV version %d)", slug, final)
-        return final
-    if new_works:
-        outcome.settle(new, verified=True)
-        raise RotationError(
-            f"Rotation of {slug}: the new password works but the old one still logs in too; Vault now "
-            "holds the new one. Check the target's authentication (another password source?)"
-        )
-    if old_works:
-        outcome.settle(current, verified=True)
-        raise RotationError(
-            f"Rotation of {slug}: the target said the password was changed but still takes only the old "
-            "one; Vault keeps the old one"
-        )
-    raise RotationError(
-        f"Rotation of {slug}: neither the old nor the new password logs in after the change; Vault "
-        f"keeps both until {SETTLED_LATER}. Check the target"
-    )
+    pending = {
+        **_settled(data, data["password"]),
+        "pending_password": new_password,
+        "pending_since": since.isoformat(),
+    }
+    return vault.kv_write(account.secret_path, pending, cas=version)
 
 
-class _Outcome:
-    """Records in KV which password the target takes at the end of a rotation."""
+@sensitive_variables("data", "password")
+def static_write_settled(
+    *,
+    account: AccountRef,
+    data: dict[str, Any],
+    password: str,
+    cas: int | None,
+    vault: VaultClient | None = None,
+) -> int:
+    """A KV version holding only ``password`` (no rotation pending); its version.
 
-    def __init__(self, vault: VaultClient, account: AccountRef, data: dict[str, Any], pending_version: int):
-        self.vault = vault
-        self.account = account
-        self.data = data
-        self.pending_version = pending_version
-
-    @sensitive_variables("password")
-    def settle(self, password: str, *, verified: bool) -> int | None:
-        """Write a KV version holding only ``password``; the new version (None: left to another writer).
-
-        ``verified``: the target was just asked, so its answer wins over whatever was written
-        to KV meanwhile. Otherwise (nothing was done on the target) a later write stands.
-        """
-        path, slug = self.account.secret_path, self.account.slug
-        settled = _settled(self.data, password)
-        try:
-            try:
-                return self.vault.kv_write(path, settled, cas=self.pending_version)
-            except VaultConflict:
-                if not verified:
-                    logger.warning("Rotation of %s: KV changed meanwhile; the target was not touched", slug)
-                    return None
-                logger.warning("Rotation of %s: KV changed meanwhile; recording what the target takes", slug)
-                return self.vault.kv_write(path, settled)
-        except VaultError as exc:
-            raise RotationError(
-                f"Rotation of {slug}: Vault could not record the outcome ({exc}); it keeps both passwords "
-                f"until {SETTLED_LATER}"
-            ) from exc
-
-    @sensitive_variables("current", "new")
-    def settle_by_probing(self, target: dict[str, Any], current: str, new: str) -> str:
-        """After a change that may or may not have happened: ask the target, record what works."""
-        try:
-            if upstream.check_password_login(**target, password=new):
-                self.settle(new, verified=True)
-                return "the target took the new password anyway, and Vault now holds it"
-            if upstream.check_password_login(**target, password=current):
-                self.settle(current, verified=True)
-                return "the target still takes the old password, which Vault keeps"
-        except upstream.UpstreamError:
-            pass
-        return f"Vault keeps both passwords until {SETTLED_LATER}"
-
-
-@sensitive_variables("data", "current", "pending")
-def static_reconcile(*, account: AccountRef, vault: VaultClient | None = None) -> str:
-    """Settle a static account whose rotation was left half done; "current", "rotated" or "unknown".
-
-    Without a ``pending_password`` in KV there is nothing to do ("current"). Otherwise the
-    target is asked which of the two logs in: the pending one → KV holds it ("rotated");
-    the current one → the pending one is dropped ("current"); neither, or the target is
-    unreachable → KV is left as it is ("unknown"). So is a rotation that started less than
-    ``ROTATION_RUNNING_SECONDS`` ago: it may still be running, and is left alone ("unknown").
+    ``cas``: written only if KV is still at that version (``VaultConflict`` otherwise);
+    None writes whatever KV holds.
     """
     vault = vault or get_client()
     _check_kind(account, STATIC)
-    data, version = _static_secret_version(account, vault)
-    pending = data.get("pending_password")
-    if not pending:
-        return "current"
-    if _rotation_running(data):
-        logger.info(
-            "Reconcile %s: a rotation started at %s may still run", account.slug, data["pending_since"]
-        )
-        return "unknown"
-    _check_rotatable(account)
-    current = data["password"]
-    target = _target_kwargs(account)
-    try:
-        if upstream.check_password_login(**target, password=pending):
-            password, state = pending, "rotated"
-        elif upstream.check_password_login(**target, password=current):
-            password, state = current, "current"
-        else:
-            logger.warning("Reconcile %s: neither the current nor the pending password logs in", account.slug)
-            return "unknown"
-    except upstream.UpstreamError as exc:
-        logger.warning("Reconcile %s: cannot ask the target: %s", account.slug, exc)
-        return "unknown"
-    try:
-        vault.kv_write(account.secret_path, _settled(data, password), cas=version)
-    except VaultConflict:
-        raise RotationError(
-            f"The password of {account.slug} changed in Vault while reconciling: retry"
-        ) from None
-    logger.info("Reconciled %s: %s", account.slug, state)
-    return state
+    return vault.kv_write(account.secret_path, _settled(data, password), cas=cas)
 
 
 @sensitive_variables("data", "password")
@@ -833,19 +675,6 @@ def _settled(data: dict[str, Any], password: str) -> dict[str, Any]:
     """The KV data of a static account holding only ``password`` (no rotation pending)."""
     kept = {k: v for k, v in data.items() if k not in ("password", "pending_password", "pending_since")}
     return {**kept, "password": password}
-
-
-def _rotation_running(data: dict[str, Any]) -> bool:
-    """Whether KV shows a rotation that started so recently it may still be running."""
-    if not data.get("pending_password"):
-        return False
-    try:
-        since = datetime.fromisoformat(str(data.get("pending_since")))
-    except ValueError:
-        return False  # no usable time: treat it as an old, crashed rotation
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    return _now() - since < timedelta(seconds=ROTATION_RUNNING_SECONDS)
 
 
 # --- Helpers ----------------------------------------------------------------------------------
@@ -869,24 +698,6 @@ def _check_kind(account: AccountRef, *expected: str) -> None:
 def _check_grant_ref(grant_ref: str) -> None:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", grant_ref or ""):
         raise CredentialError(f"Not a grant reference: {grant_ref[:40]!r}")
-
-
-def _check_rotatable(account: AccountRef) -> None:
-    if not account.host or not account.host_key:
-        raise RotationError(
-            f"{account.slug} cannot be rotated: its target has no host or no pinned host key "
-            "(a pam-admin must fetch and confirm it)"
-        )
-
-
-def _target_kwargs(account: AccountRef) -> dict[str, Any]:
-    return {
-        "host": account.host,
-        "port": account.port,
-        "username": account.username,
-        "host_key": account.host_key,
-        "target": account.slug,
-    }
 
 
 def _ssh_role(account: AccountRef, vault: VaultClient) -> dict:

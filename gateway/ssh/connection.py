@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import Sum
 
+from access import rotation
 from access.models import Account, Grant
 from audit.timefmt import duration_words
 from gateway.ssh import asyncssh_compat, limits, usernames
@@ -45,8 +46,8 @@ from recordings import records
 from recordings.models import GatewaySession
 from recordings.recorder import EventLog, ExecRecorder, RecordingError, SealDeferred, TerminalRecorder
 from recordings.search import session_index
-from targets import ssh_async as target
-from targets import upstream
+from targets import errors
+from targets import ssh as target
 from vault import sources
 from vault.client import VaultError
 
@@ -816,7 +817,7 @@ class GatewayConnection(asyncssh.SSHServer):
             return
         try:
             conn = await self._upstream()
-        except upstream.UpstreamError as exc:
+        except errors.TargetError as exc:
             self.end_reason = (
                 GatewaySession.EndReason.REFUSED,
                 f"Cannot log in to {self.account.target.name}: {exc}",
@@ -879,7 +880,7 @@ class GatewayConnection(asyncssh.SSHServer):
             and self.upstream.is_closed()
         ):
             row = self.account.target
-            where = upstream.describe_target(host=row.host, port=row.port, target=row.name)
+            where = errors.describe_target(host=row.host, port=row.port, target=row.name)
             self.cut(
                 GatewaySession.EndReason.ERROR,
                 f"The connection to {where} was lost: the target's SSH server stopped or the host went down.",
@@ -1002,7 +1003,7 @@ class GatewayConnection(asyncssh.SSHServer):
             try:
                 credential = await self.call(_credential, account)
             except VaultError as exc:
-                raise upstream.UpstreamError(f"Vault did not hand out the credential: {exc}") from None
+                raise errors.TargetError(f"Vault did not hand out the credential: {exc}") from None
             try:
                 self.upstream = await target.connect(
                     host=target_row.host,
@@ -1014,7 +1015,7 @@ class GatewayConnection(asyncssh.SSHServer):
                     **credential,
                 )
                 streamline(self.upstream)
-            except upstream.HostKeyMismatch as exc:
+            except errors.HostKeyMismatch as exc:
                 await self.call(
                     records.record_host_key_mismatch,
                     session=self.session,
@@ -1124,7 +1125,7 @@ def _credential(account: Account) -> dict:
 
     ref = account_ref(account)
     if account.kind == Account.Kind.SSH_CA:
-        private, public = upstream.generate_keypair()
+        private, public = target.generate_keypair()
         # sshd checks a certificate only when it logs in: it needs to live for the login
         # alone, whatever the grant's length (the gateway cuts the session when the grant
         # ends). A stolen one is soon worthless.
@@ -1132,7 +1133,7 @@ def _credential(account: Account) -> dict:
             account=ref, public_key=public, ttl_seconds=UPSTREAM_CERTIFICATE_SECONDS
         )
         return {"private_key": private, "certificate": certificate}
-    return {"password": sources.static_login_password(account=ref)}
+    return {"password": rotation.static_login_password(account=ref)}
 
 
 MAX_TERMINAL_SIZE = 1000  # columns or rows

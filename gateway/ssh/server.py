@@ -46,7 +46,7 @@ from gateway.ssh.connection import GatewayConnection, UserConnection
 from recordings import records
 from recordings.models import GatewaySession
 from recordings.recorder import finalize_interrupted, flush_due
-from targets.upstream import generate_keypair
+from targets.ssh import generate_keypair
 from vault.client import reset_client
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from django.urls import reverse
 from access import services
 from access.models import AccessPolicy, Account, Grant, Target
 from audit.models import AuditEvent
-from targets import upstream
+from targets import ssh_blocking
 from tests.conftest import verified_client
 from tests.fixtures.pacs import grant_for, make_database_account, target_on
 from tests.totp import totp_code
@@ -108,14 +108,14 @@ def test_static_password_is_rotated_after_the_grant(alice, bob, static_account, 
         "username": user.name,
         "host_key": sshd_target.host_key,
     }
-    assert upstream.check_password_login(password=user.password, **kwargs)
+    assert ssh_blocking.check_password_login(password=user.password, **kwargs)
     services.grant_checkin(grant=grant, acting_user=alice)
     grant.refresh_from_db()
     assert grant.cleanup == Grant.Cleanup.DONE, grant.cleanup_error
-    assert not upstream.check_password_login(password=user.password, **kwargs)
+    assert not ssh_blocking.check_password_login(password=user.password, **kwargs)
     new = sources.reveal(account=services.account_ref(account), grant_ref=str(grant.pk))
     assert new.password != user.password
-    assert upstream.check_password_login(password=new.password, **kwargs)
+    assert ssh_blocking.check_password_login(password=new.password, **kwargs)
     assert AuditEvent.objects.filter(action="access.password.rotated").exists()
 
 
@@ -140,7 +140,7 @@ def test_failed_rotation_is_retried_and_alerts_pam_admins(
         "host_key": sshd_target.host_key,
     }
     # Nothing half done: the old password still works and is still the one in KV.
-    assert upstream.check_password_login(password=user.password, **kwargs)
+    assert ssh_blocking.check_password_login(password=user.password, **kwargs)
     assert (
         sources.reveal(account=services.account_ref(account), grant_ref=str(grant.pk)).password
         == user.password
@@ -148,4 +148,4 @@ def test_failed_rotation_is_retried_and_alerts_pam_admins(
 
     Target.objects.filter(pk=account.target_id).update(host_key=sshd_target.host_key)
     assert services.grants_cleanup_due(now=grant.cleanup_next_at + timedelta(seconds=1)) == 1
-    assert not upstream.check_password_login(password=user.password, **kwargs)
+    assert not ssh_blocking.check_password_login(password=user.password, **kwargs)

@@ -21,17 +21,18 @@ import pytest
 
 from access import demo
 from access.models import AccessPolicy, Account, Target
+from access.rotation import generate_password
 from access.services import account_ref
 from audit.models import AuditEvent
 from identity.models import User
-from targets import upstream
+from targets import errors, ssh, ssh_blocking
 from tests.conftest import make_user
 from tests.fixtures.openbao import free_port
 from tests.fixtures.sshd import USER_PREFIX
 from tests.fixtures.waiting import wait_for
 from tests.secrets_registry import remember_secret
 from vault.client import get_client
-from vault.sources import generate_password, ssh_sign, static_login_password
+from vault.sources import ssh_sign, static_login_password
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -62,7 +63,7 @@ class DemoSshd:
         self.process = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT)
         port = demo_sshd_port()
         wait_for(
-            lambda: self.process.poll() is not None or demo._answers_ssh("127.0.0.1", port),
+            lambda: self.process.poll() is not None or ssh_blocking.answers_ssh("127.0.0.1", port),
             f"the demo sshd on port {port}",
         )
         assert self.process.poll() is None, f"sshd exited: {log.read_text()[-2000:]}"
@@ -117,7 +118,7 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
     files = demo.demo_files()
 
     target = Target.objects.get(name=demo.TARGET)
-    key_file = upstream.parse_host_key(Path(f"{files.host_key}.pub").read_text())
+    key_file = ssh.parse_host_key(Path(f"{files.host_key}.pub").read_text())
     assert (target.host, target.port) == ("127.0.0.1", demo_sshd_port())
     assert target.host_key == key_file.openssh and target.host_key_fingerprint == key_file.fingerprint
     assert target.host_key_confirmed_by == admin
@@ -127,9 +128,9 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
     # The ssh-ca account logs in as the user sshd runs as (root here) with a certificate from Vault.
     root = Account.objects.get(slug=demo.SSH_CA_ACCOUNT)
     assert (root.kind, root.username) == (Account.Kind.SSH_CA, "root")
-    private, public = upstream.generate_keypair()
+    private, public = ssh.generate_keypair()
     certificate = ssh_sign(account=account_ref(root), public_key=public, ttl_seconds=60)
-    with upstream.connect(
+    with ssh_blocking.connect(
         host=target.host,
         port=target.port,
         username="root",
@@ -137,14 +138,14 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
         private_key=private,
         certificate=certificate,
     ) as connection:
-        assert upstream.run(connection=connection, command="id -un").stdout.strip() == b"root"
+        assert ssh_blocking.run(connection=connection, command="id -un").stdout.strip() == b"root"
 
     # The static account is the demo's own OS user, its password in Vault, checked by a login.
     static = Account.objects.select_related("target").get(slug=demo.STATIC_ACCOUNT)
     assert (static.kind, static.username) == (Account.Kind.STATIC, demo_sshd_os_user())
     assert pwd.getpwnam(static.username).pw_gecos == demo.OS_USER_MARK
     password = remember_secret(static_login_password(account=account_ref(static)), "demo static password")
-    assert upstream.check_password_login(
+    assert ssh_blocking.check_password_login(
         host=target.host,
         port=target.port,
         username=static.username,
@@ -152,8 +153,8 @@ def test_the_demo_pins_its_key_sets_up_both_accounts_and_makes_the_personas(demo
         password=password,
     )
     # Only that user may use a password: root's is never tried, let alone changed.
-    with pytest.raises(upstream.UpstreamError, match="does not accept password"):
-        upstream.check_password_login(
+    with pytest.raises(errors.TargetError, match="does not accept password"):
+        ssh_blocking.check_password_login(
             host=target.host, port=target.port, username="root", host_key=target.host_key, password=password
         )
 
@@ -291,7 +292,7 @@ def test_a_static_password_vault_lost_is_set_again_and_audited(demo_sshd, admin,
         "Test connection of demo-static",
     ]
     password = remember_secret(static_login_password(account=account_ref(static)), "demo static password")
-    assert upstream.check_password_login(
+    assert ssh_blocking.check_password_login(
         host="127.0.0.1",
         port=demo_sshd_port(),
         username=static.username,
@@ -353,9 +354,9 @@ def test_as_an_ordinary_user_the_demo_has_the_certificate_account_only(demo_var,
             assert not Account.objects.filter(slug=demo.STATIC_ACCOUNT).exists()
             root = Account.objects.select_related("target").get(slug=demo.SSH_CA_ACCOUNT)
             assert root.username == name
-            private, public = upstream.generate_keypair()
+            private, public = ssh.generate_keypair()
             certificate = ssh_sign(account=account_ref(root), public_key=public, ttl_seconds=60)
-            with upstream.connect(
+            with ssh_blocking.connect(
                 host="127.0.0.1",
                 port=demo_var.DEMO_SSH_PORT,
                 username=name,
@@ -363,9 +364,11 @@ def test_as_an_ordinary_user_the_demo_has_the_certificate_account_only(demo_var,
                 private_key=private,
                 certificate=certificate,
             ) as connection:
-                assert upstream.run(connection=connection, command="id -un").stdout.strip() == name.encode()
-            with pytest.raises(upstream.UpstreamError, match="does not accept password"):
-                upstream.check_password_login(
+                assert (
+                    ssh_blocking.run(connection=connection, command="id -un").stdout.strip() == name.encode()
+                )
+            with pytest.raises(errors.TargetError, match="does not accept password"):
+                ssh_blocking.check_password_login(
                     host="127.0.0.1",
                     port=demo_var.DEMO_SSH_PORT,
                     username=name,

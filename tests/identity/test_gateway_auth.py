@@ -3,12 +3,13 @@ throttled together with the web login."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import subprocess
 from pathlib import Path
 
-import paramiko
+import asyncssh
 import pytest
 from django.contrib.sessions.models import Session
 from django.urls import reverse
@@ -28,6 +29,7 @@ from identity.gateway_auth import (
 from identity.models import LoginFailure
 from identity.services import MFAError, _new_backup_codes, ssh_key_add
 from tests.conftest import PASSWORD, make_user
+from tests.identity.test_ssh_keys import sk_public_key_line
 from tests.totp import totp_code
 
 pytestmark = pytest.mark.django_db
@@ -36,21 +38,24 @@ CLIENT_IP = "192.0.2.10"
 OTHER_IP = "198.51.100.7"
 
 
-def keygen(directory: Path, name: str, *args: str) -> paramiko.PKey:
-    """A key made by ssh-keygen, loaded as the gateway's paramiko server sees the client's key."""
+def keygen(directory: Path, name: str, *args: str) -> asyncssh.SSHKey:
+    """A key made by ssh-keygen, its public half as the gateway's asyncssh server sees the client's key."""
     path = directory / name
     subprocess.run(["ssh-keygen", "-q", "-N", "", "-f", str(path), *args], check=True, capture_output=True)
-    return paramiko.PKey.from_path(path)
+    return asyncssh.read_public_key(f"{path}.pub")
 
 
-def register(user, key: paramiko.PKey, name: str = "laptop"):
-    line = f"{key.get_name()} {key.get_base64()}"
+def register(user, key: asyncssh.SSHKey, name: str = "laptop"):
+    line = key.export_public_key().decode()
     return ssh_key_add(user=user, name=name, public_key_line=line, request=None)
 
 
-def key_login(username: str, key: paramiko.PKey, client_ip: str = CLIENT_IP, key_type: str | None = None):
+def key_login(username: str, key: asyncssh.SSHKey, client_ip: str = CLIENT_IP, key_type: str | None = None):
     return gateway_key_login(
-        username=username, key_type=key_type or key.get_name(), key_blob=key.asbytes(), client_ip=client_ip
+        username=username,
+        key_type=key_type or key.get_algorithm(),
+        key_blob=key.public_data,
+        client_ip=client_ip,
     )
 
 
@@ -187,6 +192,16 @@ def test_an_rsa_key_offered_with_a_sha2_signature_name_is_recognised(alice, tmp_
     key = keygen(tmp_path, "alice", "-t", "rsa", "-b", "2048")
     register(alice, key)
     assert key_login("alice", key, key_type="rsa-sha2-512") == alice
+
+
+@pytest.mark.parametrize("key_type", ["sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"])
+def test_a_registered_security_key_logs_its_owner_in(alice, key_type):
+    """A FIDO key as the gateway's asyncssh server hands it over once its signature checked out."""
+    key = asyncssh.import_public_key(sk_public_key_line(key_type))
+    registered = register(alice, key)
+    assert registered.key_type == key_type
+    assert key_login("alice", key) == alice
+    assert last("auth.login.key_ok").details["fingerprint"] == registered.fingerprint
 
 
 def test_another_users_key_is_refused_audited_and_not_counted(alice, bob, tmp_path, settings):
@@ -385,8 +400,8 @@ def test_no_password_code_or_key_reaches_the_audit_trail_logs_or_lockout_records
         "wrong password": wrong_password,
         "wrong code": bad_code,
         "right code": good_code,
-        "key": key.get_base64(),
-        "stray key": stray.get_base64(),
+        "key": base64.b64encode(key.public_data).decode(),
+        "stray key": base64.b64encode(stray.public_data).decode(),
     }
     events = AuditEvent.objects.all()
     assert {e.details.get("channel") for e in events if e.action.startswith("auth.")} == {"ssh"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import subprocess
 from pathlib import Path
 
@@ -46,6 +48,32 @@ def openssh_line(private_key, comment: str = "made-with-cryptography") -> str:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     return f"{public.decode()} {comment}"
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def sk_public_key_line(key_type: str, comment: str = "alice@yubikey", application: bytes = b"ssh:") -> str:
+    """A security-key (FIDO) public key line as ``ssh-keygen -t ed25519-sk`` or ``ecdsa-sk`` writes it.
+
+    The line is public data only: the key pair's public half (made with cryptography here,
+    on the security key in real life) and the FIDO application, "ssh:" by default.
+    """
+    if key_type == "sk-ssh-ed25519@openssh.com":
+        public = ed25519.Ed25519PrivateKey.generate().public_key()
+        point = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        blob = _ssh_string(key_type.encode()) + _ssh_string(point) + _ssh_string(application)
+    else:
+        public = ec.generate_private_key(ec.SECP256R1()).public_key()
+        point = public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        blob = (
+            _ssh_string(key_type.encode())
+            + _ssh_string(b"nistp256")
+            + _ssh_string(point)
+            + _ssh_string(application)
+        )
+    return f"{key_type} {base64.b64encode(blob).decode()} {comment}"
 
 
 def add(user, line: str, name: str = "") -> SSHPublicKey:
@@ -175,9 +203,27 @@ def test_a_certificate_is_refused(alice, tmp_path):
     assert "certificate" in error.message
 
 
-def test_fido_and_dsa_keys_are_refused_clearly(alice):
-    fido = "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA== me@yubikey"
-    assert "FIDO" in refusal(alice, fido).message
+@pytest.mark.parametrize("key_type", ["sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"])
+def test_security_key_fido_keys_are_accepted_with_the_fingerprint_openssh_prints(alice, tmp_path, key_type):
+    line = sk_public_key_line(key_type)
+    pub = tmp_path / "id_sk.pub"
+    pub.write_text(line + "\n")
+
+    key = add(alice, line)
+
+    assert key.key_type == key_type
+    assert key.key_base64 == line.split()[1]
+    assert key.name == "alice@yubikey"
+    assert key.fingerprint == ssh_keygen_fingerprint(pub)
+
+
+def test_a_damaged_security_key_and_a_dsa_key_are_refused_clearly(alice):
+    cut_short = "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA== me@yubikey"
+    assert refusal(alice, cut_short).code == "bad_data"
+    no_application = sk_public_key_line("sk-ecdsa-sha2-nistp256@openssh.com").split()[1]
+    blob = base64.b64decode(no_application)[: -len(_ssh_string(b"ssh:"))]
+    truncated = f"sk-ecdsa-sha2-nistp256@openssh.com {base64.b64encode(blob).decode()}"
+    assert refusal(alice, truncated).code == "bad_data"
     assert "DSA" in refusal(alice, "ssh-dss AAAAB3NzaC1kc3MAAACBAA== old@box").message
 
 

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from access import services
+from access import rotation, services
 from access.models import Account
 from recordings.models import GatewaySession
 from recordings.recorder import signed_manifest, verify_recording
-from targets import upstream
+from targets import ssh_blocking
 from tests.fixtures.openbao import bootstrap_embedded
 from tests.fixtures.pacs import grant_for, policy_for, target_on
 from tests.fixtures.sshd import SshdTarget, vault_ssh_ca_public_key
@@ -77,7 +77,7 @@ def test_after_a_restart_recordings_verify_certificates_sign_and_rotated_passwor
     assert result.returncode == 0 and b"before-42" in result.stdout, result.stderr
     before = list(session_ended(alice, 1).recordings.all())
     assert before and all(verify_recording(r)[0] for r in before)
-    sources.static_rotate(account=static_ref)
+    rotation.static_rotate(account=static_ref)
     rotated = sources.static_login_password(account=static_ref)
     assert rotated != svc.password
     signing_keys = get_client().transit_public_keys()
@@ -104,7 +104,7 @@ def test_after_a_restart_recordings_verify_certificates_sign_and_rotated_passwor
     assert after and all(r.signature.startswith("vault:v1:") and verify_recording(r)[0] for r in after)
     # The rotated password is where it was: in Vault, and the one the target takes.
     assert sources.static_login_password(account=static_ref) == rotated
-    assert upstream.check_password_login(
+    assert ssh_blocking.check_password_login(
         host=sshd.host, port=sshd.port, username=svc.name, host_key=sshd.host_key, password=rotated
     )
     grant_for(alice, bob, static_account)

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 
-from targets import upstream
+from targets import errors, ssh, ssh_blocking
 from tests.fixtures.pacs import account_ref_on, configure_pg_connection
 from vault import sources
 from vault.bootstrap import vault_bootstrap
@@ -335,7 +335,7 @@ def test_ssh_ca_checkout_needs_the_accounts_role(ssh_account, vault_app):
 def test_a_signed_certificate_logs_in_as_the_principal_and_no_one_else(ssh_account, vault_app, sshd_target):
     sources.configure_ssh_role(account=ssh_account, vault=vault_app)
     other = sshd_target.create_user()
-    private_key, public_key = upstream.generate_keypair()
+    private_key, public_key = ssh.generate_keypair()
 
     certificate = sources.ssh_sign(
         account=ssh_account, public_key=public_key, ttl_seconds=60, vault=vault_app
@@ -347,16 +347,18 @@ def test_a_signed_certificate_logs_in_as_the_principal_and_no_one_else(ssh_accou
     assert now + 55 <= cert.valid_before <= now + 60
     assert set(cert.extensions) == {b"permit-pty", b"permit-port-forwarding"}
     common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
-    with upstream.connect(
+    with ssh_blocking.connect(
         **common, username=ssh_account.username, private_key=private_key, certificate=certificate
     ) as c:
-        assert upstream.run(connection=c, command="id -un").stdout.decode().strip() == ssh_account.username
+        assert (
+            ssh_blocking.run(connection=c, command="id -un").stdout.decode().strip() == ssh_account.username
+        )
     with pytest.raises(
-        upstream.UpstreamAuthFailed, match=f"Authentication as {other.name} .* \\(certificate rejected\\)"
+        errors.AuthFailed, match=f"Authentication as {other.name} .* \\(certificate rejected\\)"
     ):
-        upstream.connect(**common, username=other.name, private_key=private_key, certificate=certificate)
-    with pytest.raises(upstream.UpstreamAuthFailed):  # the bare key, without the CA's signature
-        upstream.connect(**common, username=ssh_account.username, private_key=private_key)
+        ssh_blocking.connect(**common, username=other.name, private_key=private_key, certificate=certificate)
+    with pytest.raises(errors.AuthFailed):  # the bare key, without the CA's signature
+        ssh_blocking.connect(**common, username=ssh_account.username, private_key=private_key)
     # Vault itself refuses another principal on the account's role.
     with pytest.raises(VaultError):
         vault_app.ssh_sign_public_key(ssh_account.role_name, public_key, [other.name], 60)
@@ -384,7 +386,7 @@ def test_static_checkout_needs_the_password_and_reveal_gives_the_one_that_logs_i
 
     assert out == CheckedOut(lease_id="", login=user.name, expires_at=None)
     assert secret == RevealedSecret(login=user.name, password=user.password)
-    assert upstream.check_password_login(
+    assert ssh_blocking.check_password_login(
         host=sshd_target.host,
         port=sshd_target.port,
         username=user.name,

@@ -1,7 +1,5 @@
 """`manage.py demo_setup`: the demo PACS host, its accounts, three users and a policy (make demo)."""
 
-import logging
-
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -13,7 +11,7 @@ from access.demo import (
     demo_setup,
     shown_path,
 )
-from targets.upstream import UpstreamError
+from targets.errors import TargetError
 from vault.client import VaultError
 
 
@@ -45,11 +43,8 @@ class Command(BaseCommand):
                     f"Demo PACS host: sshd config {config} (127.0.0.1:{port}, run as {host.run_as})"
                 )
                 return
-            # The demo sshd resets the connections that only fetch its key or test a password;
-            # paramiko logs that as an ERROR, which is no error here: the walk-through stays clean.
-            logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
             report = demo_setup(web_url=web_url or None)
-        except (DemoError, VaultError, UpstreamError) as exc:
+        except (DemoError, VaultError, TargetError) as exc:
             raise CommandError(f"The demo could not be set up: {exc}") from None
         if report.changes:
             self.stdout.write("Demo set up:\n" + "\n".join(f"  - {change}" for change in report.changes))

@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from targets import upstream
+from access import rotation
+from access.rotation import RotationError
+from targets import ssh_blocking
 from tests.fixtures.openbao import free_port
 from tests.fixtures.pacs import account_ref_on
 from vault import sources
 from vault.client import get_client
-from vault.sources import AccountRef, RotationError
+from vault.sources import AccountRef
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def static_account(sshd_target, vault_app):
 
 
 def logs_in(sshd, name: str, password: str) -> bool:
-    return upstream.check_password_login(
+    return ssh_blocking.check_password_login(
         host=sshd.host, port=sshd.port, username=name, host_key=sshd.host_key, password=password
     )
 
@@ -55,7 +57,7 @@ def test_rotation_through_passwd_leaves_only_the_new_password_working(
     account, user = static_account()
     offset = len(sshd_target.log())
 
-    version = sources.static_rotate(account=account, vault=vault_app)
+    version = rotation.static_rotate(account=account, vault=vault_app)
 
     data, current_version = vault_app.kv_read_version(account.secret_path)
     assert version == current_version
@@ -67,7 +69,7 @@ def test_rotation_through_passwd_leaves_only_the_new_password_working(
     assert data["password"] not in caplog.text and user.password not in caplog.text
     assert f"Rotated the password of {account.slug} (KV version {version})" in caplog.text
     # The revealed secret is the new one.
-    assert sources.reveal(account=account, grant_ref="1", vault=vault_app).password == data["password"]
+    assert rotation.reveal(account=account, grant_ref="1", vault=vault_app).password == data["password"]
 
 
 def test_rotation_of_a_root_equivalent_account_uses_chpasswd(static_account, vault_app, sshd_target):
@@ -75,7 +77,7 @@ def test_rotation_of_a_root_equivalent_account_uses_chpasswd(static_account, vau
     account, user = static_account(uid0=True)
     offset = len(sshd_target.log())
 
-    sources.static_rotate(account=account, vault=vault_app)
+    rotation.static_rotate(account=account, vault=vault_app)
 
     data = vault_app.kv_read(account.secret_path)
     assert "pending_password" not in data
@@ -87,9 +89,9 @@ def test_rotation_of_a_root_equivalent_account_uses_chpasswd(static_account, vau
 def test_two_rotations_in_a_row_each_change_the_password(static_account, vault_app, sshd_target):
     account, user = static_account()
 
-    first = sources.static_rotate(account=account, vault=vault_app)
+    first = rotation.static_rotate(account=account, vault=vault_app)
     password_one = vault_app.kv_read(account.secret_path)["password"]
-    second = sources.static_rotate(account=account, vault=vault_app)
+    second = rotation.static_rotate(account=account, vault=vault_app)
     password_two = vault_app.kv_read(account.secret_path)["password"]
 
     assert second > first
@@ -103,7 +105,7 @@ def test_an_unreachable_target_fails_the_rotation_and_changes_nothing(static_acc
     unreachable = AccountRef(**{**account.__dict__, "port": free_port()})
 
     with pytest.raises(RotationError) as excinfo:
-        sources.static_rotate(account=unreachable, vault=vault_app)
+        rotation.static_rotate(account=unreachable, vault=vault_app)
 
     assert str(excinfo.value).startswith(
         f"Rotation of {account.slug} failed; the password was not changed: target {account.slug} "
@@ -119,7 +121,7 @@ def test_a_wrong_password_in_vault_fails_the_rotation_and_changes_nothing(
     account, user = static_account(stored_password="Not-The-Real-Password-1")
 
     with pytest.raises(RotationError) as excinfo:
-        sources.static_rotate(account=account, vault=vault_app)
+        rotation.static_rotate(account=account, vault=vault_app)
 
     message = str(excinfo.value)
     assert message.startswith(
@@ -141,7 +143,7 @@ def test_a_target_that_refuses_the_change_keeps_the_old_password_in_vault(
     subprocess.run(["chage", "-m", "7", user.name], check=True)
 
     with pytest.raises(RotationError) as excinfo:
-        sources.static_rotate(account=account, vault=vault_app)
+        rotation.static_rotate(account=account, vault=vault_app)
 
     message = str(excinfo.value)
     assert "refused to change the password" in message
@@ -157,7 +159,7 @@ def test_rotation_needs_a_pinned_host_key(static_account, vault_app):
     with pytest.raises(
         RotationError, match="cannot be rotated: its target has no host or no pinned host key"
     ):
-        sources.static_rotate(account=unpinned, vault=vault_app)
+        rotation.static_rotate(account=unpinned, vault=vault_app)
 
 
 # --- Reconciliation of an interrupted rotation --------------------------------------------------
@@ -182,7 +184,7 @@ def test_reconcile_keeps_the_pending_password_when_the_target_took_it(static_acc
     interrupted(vault_app, account, user, "Pending-Password-42.x")
     sshd_target.set_password(user.name, "Pending-Password-42.x")  # the crash came after the change
 
-    assert sources.static_reconcile(account=account, vault=vault_app) == "rotated"
+    assert rotation.static_reconcile(account=account, vault=vault_app) == "rotated"
     assert vault_app.kv_read(account.secret_path) == {
         "username": user.name,
         "password": "Pending-Password-42.x",
@@ -193,7 +195,7 @@ def test_reconcile_drops_the_pending_password_when_the_target_kept_the_old(stati
     account, user = static_account()
     interrupted(vault_app, account, user, "Pending-Password-42.y")  # the crash came before the change
 
-    assert sources.static_reconcile(account=account, vault=vault_app) == "current"
+    assert rotation.static_reconcile(account=account, vault=vault_app) == "current"
     assert vault_app.kv_read(account.secret_path) == {"username": user.name, "password": user.password}
 
 
@@ -203,14 +205,14 @@ def test_reconcile_leaves_kv_alone_when_neither_password_works(static_account, v
     sshd_target.set_password(user.name, "Someone-Else-Set-This-1")
     before = vault_app.kv_read(account.secret_path)
 
-    assert sources.static_reconcile(account=account, vault=vault_app) == "unknown"
+    assert rotation.static_reconcile(account=account, vault=vault_app) == "unknown"
     assert vault_app.kv_read(account.secret_path) == before
     with pytest.raises(RotationError, match="an earlier rotation was interrupted and neither"):
-        sources.static_rotate(account=account, vault=vault_app)
+        rotation.static_rotate(account=account, vault=vault_app)
     with pytest.raises(
         sources.CredentialError, match="is running or was interrupted, and pamsite cannot tell"
     ):
-        sources.reveal(account=account, grant_ref="1", vault=vault_app)
+        rotation.reveal(account=account, grant_ref="1", vault=vault_app)
 
 
 def test_rotation_repairs_an_interrupted_rotation_first(static_account, vault_app, sshd_target):
@@ -218,7 +220,7 @@ def test_rotation_repairs_an_interrupted_rotation_first(static_account, vault_ap
     interrupted(vault_app, account, user, "Pending-Password-42.w")
     sshd_target.set_password(user.name, "Pending-Password-42.w")
 
-    sources.static_rotate(account=account, vault=vault_app)
+    rotation.static_rotate(account=account, vault=vault_app)
 
     data = vault_app.kv_read(account.secret_path)
     assert set(data) == {"username", "password"}
@@ -234,9 +236,9 @@ def test_a_rotation_still_running_is_left_alone(static_account, vault_app, sshd_
     before = vault_app.kv_read(account.secret_path)
     offset = len(sshd_target.log())
 
-    assert sources.static_reconcile(account=account, vault=vault_app) == "unknown"
+    assert rotation.static_reconcile(account=account, vault=vault_app) == "unknown"
     with pytest.raises(RotationError, match=f"A rotation of {account.slug} started at .* is still running"):
-        sources.static_rotate(account=account, vault=vault_app)
+        rotation.static_rotate(account=account, vault=vault_app)
 
     assert vault_app.kv_read(account.secret_path) == before
     assert "Connection from" not in sshd_target.log()[offset:]
@@ -248,7 +250,7 @@ def test_reconcile_without_a_pending_password_does_not_touch_the_target(
     account, _ = static_account()
     offset = len(sshd_target.log())
 
-    assert sources.static_reconcile(account=account, vault=vault_app) == "current"
+    assert rotation.static_reconcile(account=account, vault=vault_app) == "current"
     assert "Connection from" not in sshd_target.log()[offset:]
 
 
@@ -256,14 +258,46 @@ def test_reconcile_without_a_pending_password_does_not_touch_the_target(
 
 
 def test_generated_passwords_are_strong_and_safe_for_chpasswd():
-    old = sources.generate_password()
+    old = rotation.generate_password()
     for _ in range(200):
-        password = sources.generate_password(unlike=old)
+        password = rotation.generate_password(unlike=old)
         assert len(password) == 32
         assert not set(password) & set(":\n\r\0 '\"\\")
         assert set(password) & set(string.ascii_lowercase)
         assert set(password) & set(string.ascii_uppercase)
         assert set(password) & set(string.digits)
-        assert set(password) & set(sources.PASSWORD_SYMBOLS)
-        assert not sources._too_similar(old, password)
-    assert sources._too_similar("abcdefgh", "hgfedcbaXYZ")  # pam_unix's "too similar" rule
+        assert set(password) & set(rotation.PASSWORD_SYMBOLS)
+        assert not rotation._too_similar(old, password)
+    assert rotation._too_similar("abcdefgh", "hgfedcbaXYZ")  # pam_unix's "too similar" rule
+
+
+def test_the_login_password_settles_an_interrupted_rotation_first(static_account, vault_app, sshd_target):
+    """The gateway's read: the target took the pending password before the crash, so that one."""
+    account, user = static_account()
+    interrupted(vault_app, account, user, "Pending-Password-42.u")
+    sshd_target.set_password(user.name, "Pending-Password-42.u")
+
+    assert rotation.static_login_password(account=account, vault=vault_app) == "Pending-Password-42.u"
+    assert vault_app.kv_read(account.secret_path) == {
+        "username": user.name,
+        "password": "Pending-Password-42.u",
+    }
+
+
+def test_vault_alone_never_hands_out_a_password_while_a_rotation_is_pending(
+    static_account, vault_app, sshd_target
+):
+    """vault.sources cannot ask the target: it refuses, and leaves the settling to access.rotation."""
+    account, user = static_account()
+    interrupted(vault_app, account, user, "Pending-Password-42.t")
+    offset = len(sshd_target.log())
+
+    with pytest.raises(
+        sources.RotationPending, match="is running or was interrupted, and pamsite cannot tell"
+    ):
+        sources.static_login_password(account=account, vault=vault_app)
+    with pytest.raises(sources.RotationPending):
+        sources.reveal(account=account, grant_ref="1", vault=vault_app)
+
+    assert "Connection from" not in sshd_target.log()[offset:]
+    assert vault_app.kv_read(account.secret_path)["pending_password"] == "Pending-Password-42.t"

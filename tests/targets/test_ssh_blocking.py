@@ -1,24 +1,26 @@
-"""targets/upstream.py against a real OpenSSH sshd (never a mock of paramiko)."""
+"""targets/ssh_blocking.py (the SSH door for synchronous callers) against a real OpenSSH sshd."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import subprocess
+import threading
 import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from targets import upstream
-from targets.upstream import HostKeyMismatch, UpstreamAuthFailed, UpstreamError, UpstreamUnreachable
+from targets import ssh, ssh_blocking
+from targets.errors import AuthFailed, HostKeyMismatch, NotLoggedIn, TargetError, TargetUnreachable
 from tests.fixtures.openbao import free_port
 from tests.fixtures.sshd import new_log_lines
 
 
 def login(sshd, user, **kwargs):
-    return upstream.connect(
+    return ssh_blocking.connect(
         host=sshd.host,
         port=sshd.port,
         username=user.name,
@@ -29,7 +31,7 @@ def login(sshd, user, **kwargs):
 
 
 def test_fetch_host_key_gives_the_key_and_the_fingerprint_ssh_keygen_prints(sshd_target):
-    key = upstream.fetch_host_key(host=sshd_target.host, port=sshd_target.port)
+    key = ssh_blocking.fetch_host_key(host=sshd_target.host, port=sshd_target.port)
     keygen = subprocess.run(
         ["ssh-keygen", "-lf", f"{sshd_target.host_key_path}.pub"], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -38,15 +40,17 @@ def test_fetch_host_key_gives_the_key_and_the_fingerprint_ssh_keygen_prints(sshd
     assert key.key_type == "ssh-ed25519"
     assert key.fingerprint == keygen[1]
     assert key.fingerprint.startswith("SHA256:")
-    assert upstream.parse_host_key(sshd_target.host_key + " root@pacs01") == key
+    assert ssh.parse_host_key(sshd_target.host_key + " root@pacs01") == key
 
 
 def test_a_pinned_key_connects_and_runs_commands_with_stdin(sshd_target):
     user = sshd_target.create_user()
 
     with login(sshd_target, user, target="pacs01") as conn:
-        whoami = upstream.run(connection=conn, command="id -un")
-        echoed = upstream.run(connection=conn, command="cat; echo oops >&2; exit 3", stdin=b"study 1.2.3\n")
+        whoami = ssh_blocking.run(connection=conn, command="id -un")
+        echoed = ssh_blocking.run(
+            connection=conn, command="cat; echo oops >&2; exit 3", stdin=b"study 1.2.3\n"
+        )
 
     assert whoami == (0, f"{user.name}\n".encode(), b"")
     assert echoed.exit_status == 3
@@ -56,11 +60,11 @@ def test_a_pinned_key_connects_and_runs_commands_with_stdin(sshd_target):
 
 def test_a_wrong_pinned_key_is_refused_before_any_authentication(sshd_target, caplog):
     user = sshd_target.create_user()
-    _, other_key = upstream.generate_keypair()  # a valid ed25519 key, but not the host's
+    _, other_key = ssh.generate_keypair()  # a valid ed25519 key, but not the host's
     offset = len(sshd_target.log())
 
     with pytest.raises(HostKeyMismatch) as excinfo:
-        upstream.connect(
+        ssh_blocking.connect(
             host=sshd_target.host,
             port=sshd_target.port,
             username=user.name,
@@ -70,17 +74,20 @@ def test_a_wrong_pinned_key_is_refused_before_any_authentication(sshd_target, ca
         )
 
     message = str(excinfo.value)
-    real = upstream.parse_host_key(sshd_target.host_key).fingerprint
+    real = ssh.parse_host_key(sshd_target.host_key).fingerprint
     assert message.startswith(
         f"The host key of target pacs01 ({sshd_target.host}:{sshd_target.port}) does not match the "
-        f"pinned key (pinned {upstream.parse_host_key(other_key).fingerprint}, offered {real} ssh-ed25519)"
+        f"pinned key (pinned {ssh.parse_host_key(other_key).fingerprint}, offered {real} ssh-ed25519)"
     )
     assert user.password not in message and user.password not in caplog.text
     # sshd saw the connection end before any authentication request.
     logged = new_log_lines(sshd_target, offset, until="[preauth]")
     assert "Connection from 127.0.0.1" in logged
-    # "closed" or, when the key exchange's last packet was still unread, "reset": both preauth.
-    assert re.search(r"Connection (closed|reset) by 127\.0\.0\.1 port \d+ \[preauth\]", logged), logged
+    # The client says why it leaves ("Disconnected"), or the connection is "closed" or, when the
+    # key exchange's last packet was still unread, "reset": all before authentication.
+    assert re.search(
+        r"(Disconnected from|Connection (closed|reset) by) 127\.0\.0\.1 port \d+ \[preauth\]", logged
+    ), logged
     for sign_of_auth in ("Accepted", "Failed", "Invalid user", "authenticating user", user.name):
         assert sign_of_auth not in logged
 
@@ -90,7 +97,7 @@ def test_a_missing_pin_is_refused_without_even_connecting(sshd_target):
     offset = len(sshd_target.log())
 
     with pytest.raises(HostKeyMismatch, match="No host key is pinned for target pacs01"):
-        upstream.connect(
+        ssh_blocking.connect(
             host=sshd_target.host,
             port=sshd_target.port,
             username=user.name,
@@ -118,7 +125,7 @@ def test_a_pin_of_a_key_type_the_target_lacks_is_a_mismatch(sshd_target, make_ke
     )
 
     with pytest.raises(HostKeyMismatch, match="offers no host key of the pinned type"):
-        upstream.connect(
+        ssh_blocking.connect(
             host=sshd_target.host,
             port=sshd_target.port,
             username=user.name,
@@ -128,31 +135,29 @@ def test_a_pin_of_a_key_type_the_target_lacks_is_a_mismatch(sshd_target, make_ke
 
 
 def test_a_malformed_pin_is_refused(sshd_target):
-    with pytest.raises(UpstreamError, match="Unsupported host key type 'ssh-dss'"):
-        upstream.parse_host_key("ssh-dss AAAAB3NzaC1kc3MAAACBAP")
-    with pytest.raises(
-        UpstreamError, match="says ssh-ed25519 but its blob holds a 'ecdsa-sha2-nistp256' key"
-    ):
+    with pytest.raises(TargetError, match="Unsupported host key type 'ssh-dss'"):
+        ssh.parse_host_key("ssh-dss AAAAB3NzaC1kc3MAAACBAP")
+    with pytest.raises(TargetError, match="says ssh-ed25519 but its blob holds a 'ecdsa-sha2-nistp256' key"):
         ecdsa = ec.generate_private_key(ec.SECP256R1()).public_key()
         blob = ecdsa.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[
             1
         ]
-        upstream.parse_host_key("ssh-ed25519 " + blob.decode())
+        ssh.parse_host_key("ssh-ed25519 " + blob.decode())
 
 
 def test_check_password_login_says_yes_or_no(sshd_target):
     user = sshd_target.create_user()
     common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
 
-    assert upstream.check_password_login(**common, username=user.name, password=user.password) is True
-    assert upstream.check_password_login(**common, username=user.name, password="not-it") is False
+    assert ssh_blocking.check_password_login(**common, username=user.name, password=user.password) is True
+    assert ssh_blocking.check_password_login(**common, username=user.name, password="not-it") is False
 
 
 def test_an_unreachable_target_is_a_clear_error(sshd_target):
     port = free_port()  # nothing listens there
 
-    with pytest.raises(UpstreamUnreachable) as excinfo:
-        upstream.check_password_login(
+    with pytest.raises(TargetUnreachable) as excinfo:
+        ssh_blocking.check_password_login(
             host="127.0.0.1",
             port=port,
             username="root",
@@ -169,8 +174,8 @@ def test_an_unreachable_target_is_a_clear_error(sshd_target):
 def test_a_wrong_password_is_an_authentication_failure(sshd_target):
     user = sshd_target.create_user()
 
-    with pytest.raises(UpstreamAuthFailed) as excinfo:
-        upstream.connect(
+    with pytest.raises(AuthFailed) as excinfo:
+        ssh_blocking.connect(
             host=sshd_target.host,
             port=sshd_target.port,
             username=user.name,
@@ -192,10 +197,12 @@ def test_change_password_answers_passwd_through_a_pty(sshd_target, caplog):
     common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
     offset = len(sshd_target.log())
 
-    upstream.change_password(**common, username=user.name, current_password=user.password, new_password=new)
+    ssh_blocking.change_password(
+        **common, username=user.name, current_password=user.password, new_password=new
+    )
 
-    assert upstream.check_password_login(**common, username=user.name, password=new) is True
-    assert upstream.check_password_login(**common, username=user.name, password=user.password) is False
+    assert ssh_blocking.check_password_login(**common, username=user.name, password=new) is True
+    assert ssh_blocking.check_password_login(**common, username=user.name, password=user.password) is False
     assert "command on pts/" in sshd_target.log()[offset:]  # passwd ran on a pty
     assert new not in caplog.text and user.password not in caplog.text
 
@@ -207,10 +214,12 @@ def test_change_password_as_a_root_equivalent_feeds_chpasswd(sshd_target):
     common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
     offset = len(sshd_target.log())
 
-    upstream.change_password(**common, username=root.name, current_password=root.password, new_password=new)
+    ssh_blocking.change_password(
+        **common, username=root.name, current_password=root.password, new_password=new
+    )
 
-    assert upstream.check_password_login(**common, username=root.name, password=new) is True
-    assert upstream.check_password_login(**common, username=root.name, password=root.password) is False
+    assert ssh_blocking.check_password_login(**common, username=root.name, password=new) is True
+    assert ssh_blocking.check_password_login(**common, username=root.name, password=root.password) is False
     logged = sshd_target.log()[offset:]
     assert f"Accepted password for {root.name}" in logged
     assert "on pts/" not in logged
@@ -220,8 +229,8 @@ def test_a_new_password_the_target_refuses_is_reported_without_secrets(sshd_targ
     user = sshd_target.create_user()
     common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
 
-    with pytest.raises(UpstreamError) as excinfo:
-        upstream.change_password(
+    with pytest.raises(TargetError) as excinfo:
+        ssh_blocking.change_password(
             **common, username=user.name, current_password=user.password, new_password="abc", target="pacs01"
         )
 
@@ -232,17 +241,39 @@ def test_a_new_password_the_target_refuses_is_reported_without_secrets(sshd_targ
     )
     assert "You must choose a longer password" in message
     assert user.password not in message
-    assert not isinstance(excinfo.value, upstream.UpstreamNotLoggedIn)
-    assert upstream.check_password_login(**common, username=user.name, password=user.password) is True
+    assert not isinstance(excinfo.value, NotLoggedIn)
+    assert ssh_blocking.check_password_login(**common, username=user.name, password=user.password) is True
 
 
 def test_change_password_with_a_wrong_current_password_changes_nothing(sshd_target):
     user = sshd_target.create_user()
     common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
 
-    with pytest.raises(UpstreamAuthFailed):
-        upstream.change_password(
+    with pytest.raises(AuthFailed):
+        ssh_blocking.change_password(
             **common, username=user.name, current_password="not-the-password", new_password="Whatever-2042.x"
         )
 
-    assert upstream.check_password_login(**common, username=user.name, password=user.password) is True
+    assert ssh_blocking.check_password_login(**common, username=user.name, password=user.password) is True
+
+
+def test_a_caller_on_a_running_event_loop_can_block_here_too(sshd_target):
+    """An async view's thread or a browser test's keeps a loop running: the facade still works there."""
+    user = sshd_target.create_user()
+    common = {"host": sshd_target.host, "port": sshd_target.port, "host_key": sshd_target.host_key}
+    outcome = {}
+
+    async def inside_a_loop():
+        return ssh_blocking.check_password_login(**common, username=user.name, password=user.password)
+
+    def main():
+        try:
+            outcome["value"] = asyncio.run(inside_a_loop())
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=main)  # a loop of its own, whatever this thread runs
+    worker.start()
+    worker.join(timeout=60)
+
+    assert outcome == {"value": True}

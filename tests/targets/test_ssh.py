@@ -1,4 +1,4 @@
-"""targets/ssh_async.py (asyncssh logins to targets) against a real OpenSSH sshd."""
+"""targets/ssh.py (the asyncssh client to targets, the gateway's) against a real OpenSSH sshd."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from targets import ssh_async as target
-from targets import upstream
-from targets.upstream import (
-    HostKeyMismatch,
-    UpstreamAuthFailed,
-    UpstreamAuthUnsupported,
-    UpstreamError,
-    UpstreamUnreachable,
-)
+from targets import ssh as target
+from targets.errors import AuthFailed, AuthUnsupported, HostKeyMismatch, TargetError, TargetUnreachable
 from tests.fixtures.openbao import free_port
 from tests.fixtures.pacs import account_ref_on
 from tests.fixtures.sshd import SSHD, SshdTarget, new_log_lines
@@ -111,7 +104,7 @@ def test_a_certificate_signed_by_vaults_ca_logs_in_as_its_principal_only(sshd_ta
     user, other = sshd_target.create_user(), sshd_target.create_user()
     account = account_ref_on(sshd_target, user, "ssh-ca")
     sources.configure_ssh_role(account=account, vault=vault_app)
-    private_key, public_key = upstream.generate_keypair()
+    private_key, public_key = target.generate_keypair()
     certificate = sources.ssh_sign(account=account, public_key=public_key, ttl_seconds=60, vault=vault_app)
     offset = len(sshd_target.log())
     common = on(sshd_target, private_key=private_key, certificate=certificate)
@@ -119,26 +112,26 @@ def test_a_certificate_signed_by_vaults_ca_logs_in_as_its_principal_only(sshd_ta
     assert run(login_and_run("id -un", username=user.name, **common)) == f"{user.name}\n"
     assert "Accepted publickey for" in sshd_target.log()[offset:]
     assert "ED25519-CERT" in sshd_target.log()[offset:]
-    with pytest.raises(UpstreamAuthFailed) as excinfo:
+    with pytest.raises(AuthFailed) as excinfo:
         run(target.connect(username=other.name, **common))
     assert str(excinfo.value) == (
         f"Authentication as {other.name} on {where(sshd_target)} failed (certificate rejected)"
     )
-    with pytest.raises(UpstreamAuthFailed, match=r"\(key rejected\)$"):  # the key without the certificate
+    with pytest.raises(AuthFailed, match=r"\(key rejected\)$"):  # the key without the certificate
         run(target.connect(username=user.name, **on(sshd_target, private_key=private_key)))
 
 
 def test_a_wrong_pinned_key_is_refused_before_any_authentication(sshd_target, caplog):
     caplog.set_level(logging.DEBUG)
     user = sshd_target.create_user()
-    _, other_key = upstream.generate_keypair()  # a valid ed25519 key, but not the host's
+    _, other_key = target.generate_keypair()  # a valid ed25519 key, but not the host's
     offset = len(sshd_target.log())
 
     with pytest.raises(HostKeyMismatch) as excinfo:
         run(target.connect(**on(sshd_target, user, host_key=other_key)))
 
-    pinned = upstream.parse_host_key(other_key).fingerprint
-    offered = upstream.parse_host_key(sshd_target.host_key).fingerprint
+    pinned = target.parse_host_key(other_key).fingerprint
+    offered = target.parse_host_key(sshd_target.host_key).fingerprint
     assert str(excinfo.value) == (
         f"The host key of {where(sshd_target)} does not match the pinned key (pinned {pinned}, "
         f"offered {offered} ssh-ed25519): the connection is refused. If the target's key was changed "
@@ -183,7 +176,7 @@ def test_a_pin_of_a_key_type_the_target_lacks_is_a_mismatch(sshd_target):
 def test_an_unreachable_target_is_a_clear_error(sshd_target):
     port = free_port()  # nothing listens there
 
-    with pytest.raises(UpstreamUnreachable) as excinfo:
+    with pytest.raises(TargetUnreachable) as excinfo:
         run(target.connect(**on(sshd_target, port=port), username="root", password="secret-pw"))
 
     assert str(excinfo.value) == (
@@ -197,7 +190,7 @@ def test_a_wrong_password_is_an_authentication_failure_and_never_shown(sshd_targ
     wrong = "Wrong-Password.For-The-Gateway-7"
     remember_secret(wrong, "target account password")
 
-    with pytest.raises(UpstreamAuthFailed) as excinfo:
+    with pytest.raises(AuthFailed) as excinfo:
         run(target.connect(**on(sshd_target, user, password=wrong)))
 
     assert (
@@ -217,7 +210,7 @@ def test_a_password_goes_to_a_keyboard_interactive_prompt_when_the_target_wants_
 
     assert run(login_and_run("id -un", **on(sshd, user))) == f"{user.name}\n"
     assert f"Accepted keyboard-interactive/pam for {user.name}" in sshd.log()[offset:]
-    with pytest.raises(UpstreamAuthFailed, match=r"\(password rejected\)$"):
+    with pytest.raises(AuthFailed, match=r"\(password rejected\)$"):
         run(target.connect(**on(sshd, user, password="Not-The-Password-42")))
 
 
@@ -226,7 +219,7 @@ def test_a_target_that_takes_no_passwords_says_what_it_allows(sshd_target, sshd_
     user = sshd_target.create_user()
     offset = len(sshd.log())
 
-    with pytest.raises(UpstreamAuthUnsupported) as excinfo:
+    with pytest.raises(AuthUnsupported) as excinfo:
         run(target.connect(**on(sshd, user)))
 
     assert str(excinfo.value) == (
@@ -249,8 +242,8 @@ def certificate_for(public_key: str) -> str:
 
 
 def test_bad_credentials_are_refused_before_connecting(sshd_target):
-    private_key, _ = upstream.generate_keypair()
-    _, other_public = upstream.generate_keypair()
+    private_key, _ = target.generate_keypair()
+    _, other_public = target.generate_keypair()
     cases = [
         ({}, "No credential to log in to target pacs01"),
         ({"password": "pw", "certificate": certificate_for(other_public)}, "needs its private key"),
@@ -267,7 +260,7 @@ def test_bad_credentials_are_refused_before_connecting(sshd_target):
     offset = len(sshd_target.log())
 
     for arguments, message in cases:
-        with pytest.raises(UpstreamError, match=re.escape(message)) as excinfo:
+        with pytest.raises(TargetError, match=re.escape(message)) as excinfo:
             run(target.connect(**on(sshd_target), username="x", **arguments))
         assert private_key not in str(excinfo.value)
 
