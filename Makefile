@@ -64,8 +64,11 @@ check-deploy: deps
 	DATABASE_URL=sqlite:///$(CURDIR)/var/check-deploy.sqlite3 \
 	$(PY) manage.py check --deploy --fail-level WARNING
 
+# Both cores (pytest-xdist): --dist loadgroup keeps each xdist_group, such as the tests of the
+# one Samba AD DC a machine can run, in one worker. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
 pytest: deps
-	DJANGO_ALLOW_ASYNC_UNSAFE=true $(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: deps apt-test
 	$(PY) bench/run.py
