@@ -119,12 +119,30 @@ def _uses_samba(item) -> bool:
     return "directory" in names and callspec is not None and callspec.params.get("directory") == "samba"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     # Samba's AD DC listens on the fixed ports 389 and 636: one per machine, so under
     # pytest-xdist (--dist loadgroup) every test that uses it runs in the same worker.
     for item in items:
         if _uses_samba(item):
             item.add_marker(pytest.mark.xdist_group("samba"))
+    if getattr(config.option, "loadgroup", False):  # a pytest-xdist worker, --dist loadgroup
+        _name_groups_in_node_ids(items)
+
+
+def _name_groups_in_node_ids(items) -> None:
+    """What pytest-xdist's loadgroup does, for pytest 9.2: it tells the controller an item's
+    group with a ``@group`` suffix on its node id, set through ``item._nodeid``, which pytest
+    9.2 no longer reads (node ids are structured there); without this, groups are ignored."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+            for m in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
 
 PASSWORD = "correct horse battery staple 7"
