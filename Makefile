@@ -64,8 +64,15 @@ check-deploy: deps
 	DATABASE_URL=sqlite:///$(CURDIR)/var/check-deploy.sqlite3 \
 	$(PY) manage.py check --deploy --fail-level WARNING
 
+# Both cores (pytest-xdist): --dist loadgroup keeps each xdist_group, such as the tests of the
+# one Samba AD DC a machine can run, in one worker. PYTEST_WORKERS=0 runs in this process.
+# Bytecode (with pytest's rewritten asserts) is kept in var/pycache even where the shell says
+# PYTHONDONTWRITEBYTECODE: compiling the suite again costs every run, each worker and each
+# process the tests start (the gateway, the worker) tens of seconds.
+PYTEST_WORKERS ?= 2
 pytest: deps
-	DJANGO_ALLOW_ASYNC_UNSAFE=true $(VENV)/bin/pytest $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/var/pycache \
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # make bench BENCH_ARGS="--quick" (or "--baseline DIR"): see bench/run.py.
 bench: deps apt-test

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -24,9 +25,11 @@ pytest_plugins = [
     "tests.fixtures.directory",
 ]
 
-# Playwright's sync API runs an event loop in the test thread; the ORM calls the tests
-# make there are still plain synchronous code.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# Django's guard against ORM calls on an event loop stays on for the run, and for every
+# process the tests start (the gateway's loop must not make one): an outer shell's setting
+# would switch it off everywhere. Only browser tests lift it, for themselves (below).
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
+os.environ.pop(ASYNC_UNSAFE, None)
 
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
 
@@ -50,6 +53,96 @@ def browser_type_launch_args(browser_type_launch_args):
             "--disable-quic",
         ],
     }
+
+
+class _PlaywrightLoop:
+    """Playwright's event loop while its sync API is started (None before and after).
+
+    The sync API runs its loop in the main thread from the first browser test to the end of
+    the session, so Django sees a running loop in every test after that one and its guard
+    refuses their (plain synchronous) ORM calls. Browser tests lift the guard; every other
+    test runs with that loop hidden, the guard on, as before any browser test ran.
+    """
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def _show_playwright_loop() -> None:
+    """Make Playwright's loop the thread's running loop again: closing its browser and
+    stopping it (at the end of the session, maybe in another test's teardown) run it."""
+    if _PlaywrightLoop.loop is not None:
+        asyncio._set_running_loop(_PlaywrightLoop.loop)
+
+
+@pytest.fixture(scope="session")
+def playwright(playwright):
+    """pytest-playwright's, with its loop recorded (to hide it from the other tests)."""
+    _PlaywrightLoop.loop = asyncio._get_running_loop()
+    yield playwright
+    _show_playwright_loop()
+    _PlaywrightLoop.loop = None
+
+
+@pytest.fixture(scope="session")
+def browser(browser):
+    """pytest-playwright's; Playwright's loop is shown again before it is closed."""
+    yield browser
+    _show_playwright_loop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Browser tests run (setup to teardown) with Django's async-safety guard lifted; the
+    others with Playwright's loop, if an earlier browser test started it, hidden."""
+    browser = item.get_closest_marker("browser") is not None
+    hidden = _PlaywrightLoop.loop is not None and not browser
+    if browser:
+        os.environ[ASYNC_UNSAFE] = "true"
+    if hidden:
+        # Low-level asyncio API (for event loop implementations): the loop stays as it was,
+        # only this thread stops presenting it as running until the test is over.
+        asyncio._set_running_loop(None)
+    try:
+        return (yield)
+    finally:
+        if browser:
+            os.environ.pop(ASYNC_UNSAFE, None)
+        if hidden:
+            _show_playwright_loop()
+
+
+def _uses_samba(item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & {"samba", "ad_tree"}:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return "directory" in names and callspec is not None and callspec.params.get("directory") == "samba"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # Samba's AD DC listens on the fixed ports 389 and 636: one per machine, so under
+    # pytest-xdist (--dist loadgroup) every test that uses it runs in the same worker.
+    for item in items:
+        if _uses_samba(item):
+            item.add_marker(pytest.mark.xdist_group("samba"))
+    if getattr(config.option, "loadgroup", False):  # a pytest-xdist worker, --dist loadgroup
+        _name_groups_in_node_ids(items)
+
+
+def _name_groups_in_node_ids(items) -> None:
+    """What pytest-xdist's loadgroup does, for pytest 9.2: it tells the controller an item's
+    group with a ``@group`` suffix on its node id, set through ``item._nodeid``, which pytest
+    9.2 no longer reads (node ids are structured there); without this, groups are ignored."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+            for m in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
 
 PASSWORD = "correct horse battery staple 7"

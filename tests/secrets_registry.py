@@ -14,6 +14,9 @@ file, and the ``*.log`` and ``*.jsonl`` files under the run's temporary folder: 
 servers' logs, those of the gateway, worker and forwarder processes the tests start, the
 recordings' event logs) is scanned. A secret in any of them fails the run, with a line
 naming the file, the line and the kind of secret; the secret itself is never printed.
+Under pytest-xdist each worker hands its secrets, tolerated lines and log files to the
+controller at its end, and the controller scans every worker's files for every worker's
+secrets (one worker's secret in another's log is found too).
 
 A value is found where it stands apart from other letters and digits, as a logged value
 does (``token=...``, quoted, on its own); its URL- and JSON-escaped forms count too.
@@ -124,6 +127,24 @@ class SecretRegistry:
     def scan(self, paths) -> list[Leak]:
         return [leak for path in paths for leak in self.scan_file(path)]
 
+    def export(self) -> dict:
+        """What another registry needs to find these secrets (plain data, for pytest-xdist)."""
+        with self._lock:
+            return {
+                "secrets": dict(self.secrets),
+                "tolerated": [[name, start, reason] for (name, start), reason in self.tolerated.items()],
+            }
+
+    def merge(self, exported: dict) -> None:
+        """Add the secrets and tolerated lines of ``export()`` from another registry."""
+        with self._lock:
+            for form, kind in exported["secrets"].items():
+                if form not in self.secrets:
+                    self.secrets[form] = kind
+                    self.anchors[form] = max(_ALNUM_RUN.findall(form), key=len, default="")
+            for name, start, reason in exported["tolerated"]:
+                self.tolerated.setdefault((name, start), reason)
+
 
 def _first_untolerated_line(text: str, value: str, tolerated_starts: list[str]) -> int:
     at = text.find(value)
@@ -192,6 +213,10 @@ class _Run:
     log_path: Path | None = None
     handler: logging.Handler | None = None
     basetemp: Path | None = None
+    # pytest-xdist's controller: the log file and temporary folder of each worker that ended.
+    worker_logs: list[Path] = []
+    worker_basetemps: list[Path] = []
+    workers_unreported: list[str] = []
     leaks: list[Leak] = []
     scanned: tuple[int, int, int] = (0, 0, 0)  # files, kinds of secret, values
 
@@ -249,20 +274,27 @@ def _attach_run_log() -> None:
     _Run.handler = handler
 
 
+def _basetemps() -> list[Path]:
+    folders = [_Run.basetemp] if _Run.basetemp is not None else []
+    return [folder for folder in [*folders, *_Run.worker_basetemps] if folder.exists()]
+
+
 def run_log_files() -> list[Path]:
-    """Every log file this run wrote: pamsite's own, and those under the run's temporary folder."""
+    """Every log file this run wrote: pamsite's own, and those under the run's temporary
+    folder; under pytest-xdist's controller, every worker's too."""
     files = [_Run.log_path] if _Run.log_path else []
-    if _Run.basetemp is not None and _Run.basetemp.exists():
-        files += log_files(_Run.basetemp)
-    return files
+    files += [path for path in _Run.worker_logs if path.exists()]
+    for folder in _basetemps():
+        files += log_files(folder)
+    return sorted(set(files), key=files.index)
 
 
 def scan_run() -> list[Leak]:
     """Scan the run's log files for every secret registered so far (and the run's private keys)."""
     if _Run.handler is not None:
         _Run.handler.flush()
-    if _Run.basetemp is not None and _Run.basetemp.exists():
-        remember_secret_files(_Run.basetemp)
+    for folder in _basetemps():
+        remember_secret_files(folder)
     files = run_log_files()
     _Run.scanned = (len(files), len(set(_registry.secrets.values())), len(_registry.secrets))
     return _registry.scan(files)
@@ -345,13 +377,49 @@ def _observe_secrets(tmp_path_factory):
     post_save.disconnect(sender=StaticToken, dispatch_uid="secrets_registry.backup")
 
 
+WORKER_OUTPUT_KEY = "pamsite_secrets"
+
+
 def pytest_sessionfinish(session, exitstatus):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # A pytest-xdist worker: the controller scans this worker's files with the rest.
+        if _Run.handler is not None:
+            _Run.handler.flush()
+        workeroutput[WORKER_OUTPUT_KEY] = {
+            **_registry.export(),
+            "log_path": str(_Run.log_path) if _Run.log_path else "",
+            "basetemp": str(_Run.basetemp) if _Run.basetemp else "",
+        }
+        return
     _Run.leaks = scan_run()
-    if _Run.leaks and session.exitstatus == 0:
+    if (_Run.leaks or _Run.workers_unreported) and session.exitstatus == 0:
         session.exitstatus = 1
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: a worker ended; keep what it registered for the final scan."""
+    output = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY)
+    if output is None:
+        # A worker that died cannot say which secrets it made: the scan would be blind to them.
+        _Run.workers_unreported.append(getattr(node, "gateway", node).id)
+        return
+    _registry.merge(output)
+    if output["log_path"]:
+        _Run.worker_logs.append(Path(output["log_path"]))
+    if output["basetemp"]:
+        _Run.worker_basetemps.append(Path(output["basetemp"]))
+
+
 def pytest_terminal_summary(terminalreporter):
+    if getattr(terminalreporter.config, "workeroutput", None) is not None:
+        return
+    for worker in _Run.workers_unreported:
+        terminalreporter.write_line(
+            f"FAILED: worker {worker} ended without handing over its secrets: its logs were not scanned.",
+            red=True,
+        )
     files, kinds, values = _Run.scanned
     if not _Run.leaks:
         terminalreporter.write_line(

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from pamsite.asgi import ConcurrencyLimit
+
+pytestmark = pytest.mark.unit
 
 
 def run(coroutine_function):

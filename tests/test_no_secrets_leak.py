@@ -119,8 +119,10 @@ def test_the_scan_passes_a_clean_log_and_tolerated_lines(tmp_path):
     assert registry.scan([elsewhere]) == [Leak(elsewhere, 1, "Vault root token")]
 
 
-def test_a_secret_in_a_log_fails_the_run_without_printing_it(tmp_path):
-    """A whole pytest run (with this suite's plugin) whose test writes a registered secret to a log file."""
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "two-xdist-workers"])
+def test_a_secret_in_a_log_fails_the_run_without_printing_it(tmp_path, workers):
+    """A whole pytest run (with this suite's plugin) whose test writes a registered secret to a log file;
+    under pytest-xdist the worker's secret and file reach the controller's scan."""
     secret = "planted-" + random_secrets.token_urlsafe(18)
     test_file = tmp_path / "test_planted.py"
     test_file.write_text(
@@ -141,7 +143,7 @@ def test_a_secret_in_a_log_fails_the_run_without_printing_it(tmp_path):
         str(tmp_path / "run"),
     ]
     result = subprocess.run(
-        [*command, str(test_file)],
+        [*command, *workers, str(test_file)],
         cwd=ROOT,
         env=env,
         capture_output=True,

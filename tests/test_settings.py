@@ -15,6 +15,7 @@ from pamsite.env import env_bool, env_choice, env_int, env_list, env_secret, usa
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.unit
 def test_env_int_names_the_variable_on_bad_input():
     with pytest.raises(ImproperlyConfigured, match="SESSION_IDLE_TIMEOUT_MINUTES must be a whole number"):
         env_int("SESSION_IDLE_TIMEOUT_MINUTES", 15, environ={"SESSION_IDLE_TIMEOUT_MINUTES": "fifteen"})
@@ -23,6 +24,7 @@ def test_env_int_names_the_variable_on_bad_input():
     assert env_int("X", 7, environ={}) == 7
 
 
+@pytest.mark.unit
 def test_auto_is_a_number_only_where_the_setting_allows_it():
     assert env_int("W", 1, minimum=1, maximum=64, auto=lambda: 6, environ={"W": " Auto "}) == 6
     assert env_int("W", 1, minimum=1, maximum=64, auto=lambda: 200, environ={"W": "auto"}) == 64
@@ -32,6 +34,7 @@ def test_auto_is_a_number_only_where_the_setting_allows_it():
     assert usable_cpus() == len(os.sched_getaffinity(0)) >= 1
 
 
+@pytest.mark.unit
 def test_env_bool_accepts_the_usual_spellings_only():
     assert env_bool("X", False, environ={"X": "yes"}) is True
     assert env_bool("X", True, environ={"X": "0"}) is False
@@ -39,6 +42,7 @@ def test_env_bool_accepts_the_usual_spellings_only():
         env_bool("X", False, environ={"X": "maybe"})
 
 
+@pytest.mark.unit
 def test_env_list_and_choice():
     assert env_list("H", ["a"], environ={"H": "x.example, y.example,"}) == ["x.example", "y.example"]
     assert env_list("H", ["a"], environ={}) == ["a"]
@@ -46,6 +50,7 @@ def test_env_list_and_choice():
         env_choice("MODE", "dev", ("dev", "production"), environ={"MODE": "staging"})
 
 
+@pytest.mark.unit
 def test_secret_from_file(tmp_path):
     secret_file = tmp_path / "secret_id"
     secret_file.write_text("s3cr3t-value\n")
@@ -133,6 +138,7 @@ def test_production_deploy_check_is_clean(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_database_url_switches_to_postgresql(settings):
     import dj_database_url
 

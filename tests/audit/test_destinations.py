@@ -14,6 +14,7 @@ from audit.destinations import parse_destination, parse_destinations
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.unit
 def test_a_tcp_destination_defaults_to_port_514_and_json():
     dest = parse_destination("syslog+tcp://siem.hospital.example")
     assert (dest.host, dest.port, dest.format, dest.tls) == ("siem.hospital.example", 514, "json", False)
@@ -22,6 +23,7 @@ def test_a_tcp_destination_defaults_to_port_514_and_json():
     assert dest.timeout == 10
 
 
+@pytest.mark.unit
 def test_a_tls_destination_takes_a_ca_a_client_certificate_a_timeout_and_a_name(tmp_path):
     for name in ("ca.pem", "client.pem", "client.key"):
         (tmp_path / name).write_text("x")
@@ -34,6 +36,7 @@ def test_a_tls_destination_takes_a_ca_a_client_certificate_a_timeout_and_a_name(
     assert (dest.timeout, dest.name, dest.address) == (2.5, "atna", "syslog+tls://[2001:db8::1]:6514")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
@@ -60,6 +63,7 @@ def test_a_bad_url_says_what_is_wrong(url, problem):
         parse_destination(url)
 
 
+@pytest.mark.unit
 def test_a_list_may_be_blank_or_name_several_but_not_the_same_name_twice():
     assert parse_destinations("") == ()
     assert parse_destinations(" , ") == ()

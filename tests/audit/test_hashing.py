@@ -20,6 +20,8 @@ from audit.hashing import (
     json_normalise,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def sample(**overrides):
     values = {

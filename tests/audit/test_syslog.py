@@ -8,6 +8,8 @@ from audit.formats import cef_extension_escape, cef_header_escape, is_failure, r
 from audit.syslog import octet_frame, printable_ascii, rfc5424_message, sd_escape
 from tests.audit.syslog_server import parse_rfc5424
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_message_has_the_rfc5424_header_and_one_sd_element():
     message = rfc5424_message(

@@ -55,6 +55,7 @@ def printable(message: str) -> bool:
     return all(unicodedata.category(c)[0] != "C" for c in message)
 
 
+@pytest.mark.unit
 @PURE
 @given(ANY_TEXT)
 @example("alice\x00:pacs01-root")
@@ -79,6 +80,7 @@ def test_any_login_name_parses_or_is_refused_with_a_short_printable_message(text
     assert login_name_problem(text) is None
 
 
+@pytest.mark.unit
 @PURE
 @given(USERNAMES, st.one_of(st.none(), ACCOUNTS))
 def test_usable_login_names_round_trip(username, account):
@@ -89,6 +91,7 @@ def test_usable_login_names_round_trip(username, account):
     assert parse_login(str(name)) == (username, account)
 
 
+@pytest.mark.unit
 @PURE
 @given(
     st.text(CHARS, max_size=30),
@@ -105,6 +108,7 @@ def test_control_and_invisible_characters_are_refused_and_match_no_user(before, 
     assert parse_login(text) == ("", None)
 
 
+@pytest.mark.unit
 @settings(PURE, max_examples=50)
 @given(st.integers(LOGIN_MAX + 1, 200_000), st.sampled_from(["a", "é", "a:b", "1"]))
 def test_huge_names_are_refused_without_repeating_them_and_match_no_user(size, piece):
@@ -115,6 +119,7 @@ def test_huge_names_are_refused_without_repeating_them_and_match_no_user(size, p
     assert parse_login(text) == ("", None)
 
 
+@pytest.mark.unit
 @PURE
 @given(ANY_TEXT)
 def test_the_gateway_parser_never_raises_and_never_passes_on_a_control_character(text):
@@ -125,6 +130,7 @@ def test_the_gateway_parser_never_raises_and_never_passes_on_a_control_character
         assert all(unicodedata.category(c) not in ("Cc", "Cf", "Cs") for c in part)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "says"),
     [

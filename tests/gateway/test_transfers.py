@@ -425,6 +425,7 @@ def test_sftp_corrupted_real_stream_never_raises(small_sftp_session, data):
 # SFTP unit tests ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_sftp_one_byte_at_a_time_gives_the_same_transfers():
     """The smallest possible chunks, across every packet boundary."""
     content = random.Random(7).randbytes(5000)
@@ -437,6 +438,7 @@ def test_sftp_one_byte_at_a_time_gives_the_same_transfers():
     assert [t.sha256 for t in transfers] == [hashlib.sha256(content).hexdigest()] * 2
 
 
+@pytest.mark.unit
 def test_sftp_many_packets_in_one_chunk_and_memoryview_input():
     """A whole session in one call, passed as a memoryview, is parsed the same."""
     content = random.Random(8).randbytes(100_000)
@@ -454,6 +456,7 @@ def test_sftp_many_packets_in_one_chunk_and_memoryview_input():
     ]
 
 
+@pytest.mark.unit
 def test_sftp_read_replies_out_of_order_still_hash_in_offset_order():
     """Pipelined READs answered in any order: the hash is of the file, not of the arrival order."""
     content = random.Random(9).randbytes(64 * 1000 + 123)
@@ -465,6 +468,7 @@ def test_sftp_read_replies_out_of_order_still_hash_in_offset_order():
     ]
 
 
+@pytest.mark.unit
 def test_sftp_short_reads_and_eof_are_followed():
     """A short DATA reply, the re-read of the rest, and EOF past the end (as sftp does)."""
     content = b"x" * 1500
@@ -485,6 +489,7 @@ def test_sftp_short_reads_and_eof_are_followed():
     assert transfers == [Transfer("download", "/srv/f", 1500, hashlib.sha256(content).hexdigest(), True)]
 
 
+@pytest.mark.unit
 def test_sftp_too_much_out_of_order_data_gives_up_the_hash_but_keeps_the_size():
     content = random.Random(11).randbytes(10_000)
     order = list(reversed(range(10)))
@@ -495,6 +500,7 @@ def test_sftp_too_much_out_of_order_data_gives_up_the_hash_but_keeps_the_size():
     assert tracker.failed is None
 
 
+@pytest.mark.unit
 def test_sftp_a_gap_in_the_data_marks_the_transfer_incomplete():
     content = random.Random(12).randbytes(3000)
     records = download_session(content, chunk=1000)
@@ -505,6 +511,7 @@ def test_sftp_a_gap_in_the_data_marks_the_transfer_incomplete():
     assert "no data seen for offsets 1000 to 2000" in t.note
 
 
+@pytest.mark.unit
 def test_sftp_overlapping_writes_give_up_the_hash():
     records = [("c", INIT), ("s", VERSION), ("c", open_req(1, "/srv/f", 0x1A)), ("s", handle_reply(1))]
     records += [("c", write_req(3, 0, b"a" * 100)), ("c", write_req(4, 50, b"b" * 100))]
@@ -515,6 +522,7 @@ def test_sftp_overlapping_writes_give_up_the_hash():
     assert "overlapped" in t.note
 
 
+@pytest.mark.unit
 def test_sftp_a_refused_write_marks_the_upload_incomplete():
     """The server's STATUS for a WRITE is read: a full disk is not a complete upload."""
     records = [("c", INIT), ("s", VERSION), ("c", open_req(1, "/srv/f", 0x1A)), ("s", handle_reply(1))]
@@ -525,6 +533,7 @@ def test_sftp_a_refused_write_marks_the_upload_incomplete():
     assert "refused the write at offset 0: No space left on device" in t.note
 
 
+@pytest.mark.unit
 def test_sftp_a_handle_never_closed_is_reported_incomplete_at_close():
     content = b"partial upload"
     records = upload_session(content)[:-2]  # no CLOSE
@@ -547,6 +556,7 @@ def test_sftp_a_handle_never_closed_is_reported_incomplete_at_close():
     ]
 
 
+@pytest.mark.unit
 def test_sftp_open_for_reading_without_a_read_is_not_a_transfer():
     records = [("c", INIT), ("s", VERSION), ("c", open_req(1, "/srv/f", 1)), ("s", handle_reply(1))]
     records += [("c", close_req(2)), ("s", status(2))]
@@ -554,6 +564,7 @@ def test_sftp_open_for_reading_without_a_read_is_not_a_transfer():
     assert transfers == []
 
 
+@pytest.mark.unit
 def test_sftp_a_refused_open_is_not_a_transfer():
     records = [("c", INIT), ("s", VERSION), ("c", open_req(1, "/root/x", 0x1A))]
     records += [("s", status(1, 3, "Permission denied"))]
@@ -561,6 +572,7 @@ def test_sftp_a_refused_open_is_not_a_transfer():
     assert transfers == [] and tracker.failed is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("client", "reason"),
     [
@@ -646,6 +658,7 @@ def test_sftp_packets_the_real_server_accepts_are_read_the_way_it_reads_them(tmp
     assert transfers == [as_transfer("upload", target)]
 
 
+@pytest.mark.unit
 def test_sftp_out_of_order_bytes_are_budgeted_across_the_channels_files():
     """max_pending bounds the bytes held for all files together: the file that passes it
     gives up its hash, the other one keeps it."""
@@ -668,12 +681,14 @@ def test_sftp_out_of_order_bytes_are_budgeted_across_the_channels_files():
     assert "more than 5000 bytes arrived out of order" in two.note
 
 
+@pytest.mark.unit
 def test_sftp_a_stream_that_does_not_start_with_init_is_not_followed():
     tracker = SftpTracker(lambda t: None)
     tracker.from_client(open_req(1, "/srv/f", 1))
     assert tracker.failed.startswith("not an SFTP session")
 
 
+@pytest.mark.unit
 def test_sftp_other_protocol_versions_are_not_followed():
     tracker = SftpTracker(lambda t: None)
     tracker.from_client(packet(1, u32(6)))
@@ -681,6 +696,7 @@ def test_sftp_other_protocol_versions_are_not_followed():
     assert tracker.failed == "SFTP version 6 is not supported"
 
 
+@pytest.mark.unit
 def test_sftp_giving_up_reports_the_open_files_with_the_reason():
     records = upload_session(b"x" * 50_000, chunk=10_000)[:8]  # open, two WRITEs
     transfers: list[Transfer] = []
@@ -694,6 +710,7 @@ def test_sftp_giving_up_reports_the_open_files_with_the_reason():
     assert t.note == f"tracking stopped: bad packet length {1 << 30}"
 
 
+@pytest.mark.unit
 def test_sftp_a_failing_callback_does_not_break_tracking(caplog):
     calls = []
 
@@ -708,6 +725,7 @@ def test_sftp_a_failing_callback_does_not_break_tracking(caplog):
     assert "file-transfer callback failed" in caplog.text
 
 
+@pytest.mark.unit
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=300)), max_size=20))
 def test_sftp_arbitrary_bytes_never_raise(chunks):
@@ -876,6 +894,7 @@ def test_scp_one_byte_at_a_time_gives_the_same_transfers(scp_recursive_upload):
 # Legacy scp unit tests ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_scp_data_and_trailer_in_one_chunk_with_the_next_record():
     """A source that sends ahead of the sink's answers is followed once they arrive."""
     transfers: list[Transfer] = []
@@ -891,6 +910,7 @@ def test_scp_data_and_trailer_in_one_chunk_with_the_next_record():
     ]
 
 
+@pytest.mark.unit
 def test_scp_errors_from_either_side_mark_the_file_incomplete():
     transfers: list[Transfer] = []
     tracker = ScpTracker("download", transfers.append, paths=["/data/a", "/data/b"])
@@ -911,6 +931,7 @@ def test_scp_errors_from_either_side_mark_the_file_incomplete():
     ]
 
 
+@pytest.mark.unit
 def test_scp_a_file_cut_off_by_the_channel_end_is_reported_incomplete():
     transfers: list[Transfer] = []
     tracker = ScpTracker("upload", transfers.append, paths=["/dst/big"])
@@ -924,6 +945,7 @@ def test_scp_a_file_cut_off_by_the_channel_end_is_reported_incomplete():
     ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "source",
     [
@@ -944,6 +966,7 @@ def test_scp_malformed_records_stop_tracking_without_raising(source):
     assert tracker.failed
 
 
+@pytest.mark.unit
 def test_scp_an_overlong_control_line_is_read_as_two_records_as_scp_reads_it(tmp_path):
     """The real sink reads 2047 bytes as one record and the rest as the next one: a client
     cannot smuggle a file past the tracker behind a long line."""
@@ -965,12 +988,14 @@ def test_scp_an_overlong_control_line_is_read_as_two_records_as_scp_reads_it(tmp
     assert transfers == [as_transfer("upload", dst / "smuggled")]
 
 
+@pytest.mark.unit
 def test_scp_an_unexpected_answer_stops_tracking():
     tracker = ScpTracker("upload", lambda t: None, paths=["/dst"])
     tracker.from_server(b"Welcome to pacs01\n")
     assert tracker.failed.startswith("unexpected byte 0x57 from the sink")
 
 
+@pytest.mark.unit
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.booleans(), st.binary(max_size=100)), max_size=20),
@@ -984,6 +1009,7 @@ def test_scp_arbitrary_bytes_never_raise(chunks, direction):
     assert not (tracker.failed or "").startswith("internal error")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
@@ -1011,6 +1037,7 @@ def test_scp_mode_recognises_legacy_scp_commands(command, expected):
     assert scp_mode(command) == expected
 
 
+@pytest.mark.unit
 def test_scp_tracker_for_a_command_that_is_not_scp_is_none():
     assert ScpTracker.for_command("bash -lc 'tar cf - /srv'", lambda t: None) is None
 

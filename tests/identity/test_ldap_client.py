@@ -136,6 +136,7 @@ def test_a_missing_search_base_is_named(directory):
         list(DirectoryClient(config).iter_users())
 
 
+@pytest.mark.unit
 def test_dns_compare_in_any_spelling():
     assert normalise_dn("CN=PACS\\, Admins,OU=Groups,DC=Hospital") == normalise_dn(
         "cn=pacs\\2c admins, ou=groups, dc=hospital"
