@@ -23,7 +23,9 @@ from recordings import search
 from recordings.models import GatewaySession, SessionText
 from recordings.recorder import EventLog, ExecRecorder, TerminalRecorder
 from recordings.search import session_index, session_text_store, sessions_index_pending
+from recordings.terminal import MARKER_LABEL_MAX
 from tests.conftest import make_user, verified_client
+from tests.recordings.test_replay import cast_events
 from tests.recordings.test_services import make_grant, make_session
 
 pytestmark = pytest.mark.django_db
@@ -140,6 +142,36 @@ def test_the_text_has_commands_output_paths_and_forwards_without_escape_sequence
     assert "forward pacsdb.hospital.example:5432" in text
     # Commands come first, so the cap cuts output rather than them.
     assert text.index("dcmsend") < text.index("root@pacs01")
+
+
+def test_each_command_marker_is_a_line_of_the_searchable_output(root, grant):
+    """The replay's marker for a command and the session's searchable text read the terminal
+    the same way (one model): the label is a line of the output the search indexed, edits
+    (erase to the start of the line, cursor moves, backspaces, a CUP) applied alike."""
+    session = make_session(grant)
+    term = TerminalRecorder(session=session, channel=0, width=80, height=24, term="xterm")
+    prompt = b"\x1b[01;32mroot@pacs01\x1b[00m:~# "
+    edited = [
+        prompt + b"rm -rf /var/pacs/tmp\x1b[9D\x1b[1K",
+        prompt + b"systemctl stop pacs\x08\x08\x08\x08\x1b[Kstart pacs",
+        prompt + b"ls /var\x1b[3Dxyz\x1b[2C",
+        prompt + b"\x1b[5;1Hvi\x1b[5;2Hm",
+        prompt + b"echo " + b"x" * 100 + b" \rtail",
+    ]
+    for line in edited:
+        term.write(line)
+        term.input(b"\r")
+        term.write(b"\r\noutput\r\n")
+    recording = term.close()
+    labels = [e[2] for e in cast_events(root, recording) if e[1] == "m"]
+    extract = search._Extract(commands=[], outputs=[], budget=100_000)
+    search._read_cast(root / recording.path, extract)
+    assert extract.commands == [label.strip() for label in labels]  # the commands, listed first
+    shown = extract.outputs[0].splitlines()
+    before_output = [shown[i - 1] for i, line in enumerate(shown) if line == "output"]
+    assert len(labels) == len(edited) and all(labels)
+    assert [line[:MARKER_LABEL_MAX] for line in before_output] == labels  # a label is cut at 80
+    assert before_output[-1].endswith("tail" + "x" * 36)
 
 
 def test_binary_exec_output_is_skipped_and_text_around_it_kept(root, grant):
