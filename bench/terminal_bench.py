@@ -109,7 +109,8 @@ def with_pyte(chunks: list[str]) -> str:
         def index(self):
             top, bottom = self.margins or (0, self.lines - 1)
             if self.cursor.y == bottom:
-                self.gone.append(self.display[top].rstrip())
+                line = self.buffer[top]
+                self.gone.append("".join(line[x].data for x in range(self.columns)).rstrip())
             super().index()
 
     screen = Lines(120, 24)

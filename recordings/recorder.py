@@ -94,6 +94,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from recordings.models import GatewaySession, Recording
+from recordings.sessions import session_end
 from recordings.terminal import ESCAPES_BUT_NEWLINE, MARKER_LABEL_MAX, screen_line
 from vault import signatures
 from vault.client import VaultError, VaultSealed, VaultUnavailable, get_client
@@ -1037,8 +1038,6 @@ def finalize_interrupted(
         session = recording.session
         if session.ended_at is None:
             # Ended like any session (audited), at the time its files were last written.
-            from recordings.records import session_end
-
             mtime = (root / recording.path).stat().st_mtime
             session_end(
                 session=session,

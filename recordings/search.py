@@ -6,8 +6,9 @@ output rather than commands:
 1. from the events file: exec commands, file transfers (direction, path, sha256),
    forwarded ``host:port``, SFTP file operations and refused requests;
 2. the terminal markers (the command line as the target echoed it at each Enter);
-3. each channel's output: terminal output with escape sequences removed and line edits
-   (backspace, carriage return, erase, insert/delete) applied, as the screen showed it;
+3. each channel's output: terminal output as the screen showed it, read by the terminal
+   model the replay markers use (``recordings.terminal``: line edits applied, escape
+   sequences dropped), so a marker's label is a line of this text;
    exec output when it is text-like: read in 64 KiB blocks; a block with more than 10 %
    non-text (control bytes, invalid UTF-8: tar, DICOM, gzip) keeps only its lines that are
    themselves text-like; at most 256 MiB of one output is read.
@@ -49,6 +50,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -78,6 +80,9 @@ EXEC_BLOCK = 64 * 1024
 EXEC_SCAN_MAX = 256 * 1024 * 1024  # bytes of one exec output read at most (a multi-GB tar)
 BINARY_RATIO = 0.10  # an exec output block or line with more non-text than this is binary
 QUERY_MAX_TERMS = 10
+# The worker's quick indexing step looks at the sessions ended this recently, this many at most.
+RECENT_SECONDS = 3600
+RECENT_LIMIT = 200
 TERM_MAX_CHARS = 200
 
 _WORD = re.compile(r"\w+")
@@ -300,17 +305,18 @@ def session_text_store(
 def session_index(*, session: GatewaySession, root: Path | str | None = None) -> SessionText:
     """Extract an ended session's text from its recordings and (re)build its search index.
 
-    The gateway calls this once the session has ended and its recordings are sealed; the
-    periodic job (``sessions_index_pending``) does it for any it missed. Idempotent: a
-    second call replaces the text. Reading the files happens outside any transaction; a
-    file that cannot be read is skipped and logged. Raises ValueError for a live session.
+    The worker calls this, not the gateways (their time is for live sessions): for the
+    sessions that ended lately every SESSIONS_INDEX_SECONDS (``sessions_index_recent``), for
+    any others at each upkeep pass (``sessions_index_pending``). Idempotent: a second call
+    replaces the text. Reading the files happens outside any transaction; a file that cannot
+    be read is skipped and logged. Raises ValueError for a live session.
     """
     session = GatewaySession.objects.get(pk=session.pk)
     if session.ended_at is None:
         raise ValueError(f"GatewaySession {session.pk} is live: it is indexed when it ends.")
     text, truncated, partial = session_text_extract(session=session, root=root)
     with transaction.atomic():
-        # One indexer at a time per session (the gateway and the periodic job may race).
+        # One indexer at a time per session (two worker processes, or a pass and a task, may race).
         GatewaySession.objects.select_for_update().filter(pk=session.pk).values_list("pk").first()
         if Recording.objects.filter(session=session, deleted_at__isnull=False).exists():
             # The retention job deleted the files meanwhile: their text must not come back.
@@ -323,15 +329,20 @@ def session_text_clear(*, session: GatewaySession) -> None:
     session_text_store(session_pk=session.pk, text="")
 
 
-def sessions_index_pending(*, limit: int = 1000, root: Path | str | None = None) -> int:
+def sessions_index_pending(
+    *, limit: int = 1000, root: Path | str | None = None, ended_after: datetime | None = None
+) -> int:
     """Index ended sessions that have no text yet, or were indexed before their recordings
-    were all sealed; at most ``limit`` per call, oldest first. The number indexed."""
+    were all sealed; at most ``limit`` per call, oldest first. ``ended_after``: only those
+    that ended since then. The number indexed."""
     unsealed = Recording.objects.filter(
         session=OuterRef("pk"), finalized_at__isnull=True, deleted_at__isnull=True
     )
+    ended = GatewaySession.objects.filter(ended_at__isnull=False)
+    if ended_after is not None:
+        ended = ended.filter(ended_at__gte=ended_after)
     pending = (
-        GatewaySession.objects.filter(ended_at__isnull=False)
-        .annotate(has_unsealed=Exists(unsealed))
+        ended.annotate(has_unsealed=Exists(unsealed))
         .filter(Q(search_text__isnull=True) | Q(search_text__partial=True, has_unsealed=False))
         .order_by("ended_at", "pk")
     )
@@ -344,6 +355,15 @@ def sessions_index_pending(*, limit: int = 1000, root: Path | str | None = None)
             continue
         done += 1
     return done
+
+
+def sessions_index_recent(*, root: Path | str | None = None) -> int:
+    """Index the sessions that ended in the last RECENT_SECONDS and have no text yet: the
+    worker's quick step, every SESSIONS_INDEX_SECONDS, so a session is searchable seconds
+    after it ends. Reads only the latest ended sessions (the index on ``ended_at``); older
+    ones missed (the worker was down) are left to ``sessions_index_pending``."""
+    since = timezone.now() - timedelta(seconds=RECENT_SECONDS)
+    return sessions_index_pending(root=root, ended_after=since, limit=RECENT_LIMIT)
 
 
 # --- Queries ------------------------------------------------------------------------------
