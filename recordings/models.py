@@ -67,6 +67,10 @@ class GatewaySession(models.Model):
     # What the gateway told the user when it refused or ended the session (no secret).
     end_message = models.TextField(blank=True)
 
+    # Its audit rows name it as they did before the model was renamed (SIEM rules, the DICOM
+    # audit messages' object URN and the audit search keep finding it).
+    audit_object_type = "recordings.session"
+
     class Meta:
         # The table keeps the name it had when the model was called Session.
         db_table = "recordings_session"

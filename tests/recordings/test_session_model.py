@@ -36,14 +36,16 @@ def test_pam_admin_sees_sessions_and_recordings_read_only(client, pat, session):
         session=session, channel=0, kind=Recording.Kind.TERMINAL, path="a/channel-0.cast"
     )
     verified_client(client, pat)
-    assert client.get(reverse("admin:recordings_session_changelist")).status_code == 200
-    page = client.get(reverse("admin:recordings_session_change", args=[session.pk]))
+    assert client.get(reverse("admin:recordings_gatewaysession_changelist")).status_code == 200
+    page = client.get(reverse("admin:recordings_gatewaysession_change", args=[session.pk]))
     assert page.status_code == 200 and b"a/channel-0.cast" in page.content
     assert client.get(reverse("admin:recordings_recording_change", args=[recording.pk])).status_code == 200
-    assert client.get(reverse("admin:recordings_session_add")).status_code == 403
-    assert client.post(reverse("admin:recordings_session_delete", args=[session.pk])).status_code == 403
+    assert client.get(reverse("admin:recordings_gatewaysession_add")).status_code == 403
+    assert (
+        client.post(reverse("admin:recordings_gatewaysession_delete", args=[session.pk])).status_code == 403
+    )
 
 
 def test_other_roles_cannot_open_the_session_pages(client, carol, session):
     verified_client(client, carol)
-    assert client.get(reverse("admin:recordings_session_changelist")).status_code == 403
+    assert client.get(reverse("admin:recordings_gatewaysession_changelist")).status_code == 403
