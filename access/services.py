@@ -933,7 +933,7 @@ def policy_set_active(
 # Every way a person loses pamsite — the Users page, the Configuration pages' "Active" box, the
 # directory sync — goes through user_deactivate: it lives here because it ends what this app
 # holds (grants, requests). The gateway does not wait for it: it watches ``user.is_active``
-# itself (recordings/records.py), so even a raw database change cuts live sessions.
+# itself (recordings/sessions.py), so even a raw database change cuts live sessions.
 
 DEACTIVATION_VIA = ("users page", "configuration", "directory sync")
 REASON_MIN, REASON_MAX = 5, 500

@@ -81,7 +81,8 @@ def audit_record(
     if actor_username is None:
         actor_username = actor.get_username() if actor is not None else ""
     if obj is not None:
-        object_type = object_type or obj._meta.label_lower
+        # A model may keep the name its audit rows had before it was renamed.
+        object_type = object_type or getattr(obj, "audit_object_type", "") or obj._meta.label_lower
         object_id = object_id or str(obj.pk)
         object_repr = object_repr or str(obj)
     try:

@@ -18,9 +18,10 @@ Then, as a verified auditor with Django's test Client (middleware, form, selecto
 recording the search as ``sessions.searched``, template), it times p50/p95 over
 ``--repeat`` requests for: a rare word, a common word, a rare substring, a filter-only
 query (user and the last 90 days), and page 2 of the common word and of the filter-only
-query. It also times ``session_text_store`` (words and index of one text) and the
-extraction of text from a 2 MB asciicast file. The results go to bench/RESULTS.md under
-"## Session search".
+query. It also times ``session_text_store`` (words and index of one text), the worker's
+quick indexing step with nothing new to index (``sessions_index_recent``, run every
+SESSIONS_INDEX_SECONDS) and the extraction of text from a 2 MB asciicast file. The results go
+to bench/RESULTS.md under "## Session search".
 """
 
 from __future__ import annotations
@@ -256,6 +257,19 @@ def time_store(repeat: int = 200) -> float:
     return statistics.median(samples)
 
 
+def time_index_recent(repeat: int = 20) -> float:
+    """Milliseconds (median) of the worker's quick indexing step with nothing new to index: what
+    every SESSIONS_INDEX_SECONDS costs the database among all the sessions."""
+    from recordings.search import sessions_index_recent
+
+    samples = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        sessions_index_recent()
+        samples.append((time.perf_counter() - began) * 1000)
+    return statistics.median(samples)
+
+
 def time_extract() -> tuple[float, int]:
     """Seconds to extract the text of a 2 MB asciicast recording, and the characters kept."""
     import orjson
@@ -328,6 +342,7 @@ def child(args: argparse.Namespace) -> int:
             run("Filter only, page 2", {**filters, "before": only["older"]})
         run("No filter (newest first)", {})
         store_ms = time_store()
+        recent_ms = time_index_recent()
         extract_s, extract_chars = time_extract()
         info = machine_info()
         Path(args.child).write_text(
@@ -340,6 +355,7 @@ def child(args: argparse.Namespace) -> int:
                     "sessions": args.sessions,
                     "repeat": args.repeat,
                     "store_ms": store_ms,
+                    "recent_ms": recent_ms,
                     "extract_s": extract_s,
                     "extract_chars": extract_chars,
                 }
@@ -388,6 +404,8 @@ def main() -> int:
             f"Load average at the end (1, 5, 15 min; the machine is shared): {data['info']['load']}. "
             f"Loading (bulk insert, word index, ANALYZE): {data['load_seconds']:.0f} s. "
             f"`session_text_store` of one typical text: {data['store_ms']:.1f} ms (median of 200). "
+            f"The worker's quick indexing step (`sessions_index_recent`) with nothing new: "
+            f"{data.get('recent_ms', 0):.1f} ms (median of 20). "
             f"Extracting the text of a 2 MB asciicast file: {data['extract_s'] * 1000:.0f} ms "
             f"({data['extract_chars']:,} characters kept).",
             "",

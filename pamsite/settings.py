@@ -434,11 +434,19 @@ SESSIONS_SEARCH_MAX_CHARS = env_int(
     "SESSIONS_SEARCH_MAX_CHARS", 2_000_000, minimum=10_000, maximum=50_000_000
 )
 SESSIONS_PAGE_SIZE = env_int("SESSIONS_PAGE_SIZE", 50, minimum=10, maximum=500)
-# How often the worker indexes ended sessions not indexed yet and deletes expired recordings.
+# How often the worker seals what a gateway left, indexes any ended session not indexed yet
+# and deletes expired recordings.
 SESSIONS_MAINTAIN_SECONDS = env_int("SESSIONS_MAINTAIN_SECONDS", 300, minimum=10, maximum=24 * 3600)
 CELERY_BEAT_SCHEDULE["sessions-maintain"] = {
     "task": "sessions.maintain",
     "schedule": float(SESSIONS_MAINTAIN_SECONDS),
+}
+# How often the worker indexes the sessions that ended lately for search (the gateways do not:
+# their time is for live sessions): a session is searchable about this long after it ends.
+SESSIONS_INDEX_SECONDS = env_int("SESSIONS_INDEX_SECONDS", 5, minimum=1, maximum=3600)
+CELERY_BEAT_SCHEDULE["sessions-index"] = {
+    "task": "sessions.index_recent",
+    "schedule": float(SESSIONS_INDEX_SECONDS),
 }
 
 # --- Directory (LDAP / Active Directory) ---------------------------------------------

@@ -1,9 +1,11 @@
-"""Gateway sessions and their recordings.
+"""Gateway sessions and their recordings: the session core every gateway protocol shares.
 
-A GatewaySession is one SSH connection relayed by the gateway for one user and account; each of
-its channels is recorded to its own file (a Recording) under ``RECORDINGS_ROOT``, and the
-session's events (exec commands and exit codes, file transfers, forwarded connections) go
-to one more. ``recordings/recorder.py`` writes the files and finalises the rows.
+A GatewaySession is one connection relayed by a gateway (SSH today; web consoles, PostgreSQL
+and the browser terminal next) for one user and account; each of its channels is recorded to
+its own file (a Recording) of a kind (terminal, exec output, file transfer, forward, HTTP
+request log, SQL statement log) under ``RECORDINGS_ROOT``, and the session's events go to one
+more (the event log). ``recordings/recorder.py`` writes the files and finalises the rows;
+``recordings/sessions.py`` opens, refuses and ends the sessions.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from django.utils import timezone
 
 
 class GatewaySession(models.Model):
-    """One gateway connection: who, to which account, under which grant, from where, how long.
+    """One gateway connection: who, to which account, under which grant, over which protocol,
+    from where, how long.
 
     ``grant`` is empty for a session refused before a grant was found (no live grant,
     unknown account); every session that reached a target has one.
@@ -30,6 +33,14 @@ class GatewaySession(models.Model):
         ERROR = "error", "Ended by an error (target, recording)"
         INTERRUPTED = "interrupted", "The gateway stopped without closing it"
 
+    class Protocol(models.TextChoices):
+        """The gateway that relayed the session: one gateway module per protocol."""
+
+        SSH = "ssh", "SSH"
+        HTTP = "http", "Web console (HTTP)"
+        POSTGRES = "postgres", "PostgreSQL"
+        BROWSER_TERMINAL = "browser-terminal", "Browser terminal"
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="gateway_sessions"
     )
@@ -38,6 +49,7 @@ class GatewaySession(models.Model):
     )
     # The account's slug as asked for ("pacs01-root"), kept even if the account is renamed.
     account = models.CharField(max_length=63)
+    protocol = models.CharField(max_length=20, choices=Protocol.choices, default=Protocol.SSH)
     client_address = models.GenericIPAddressField(null=True, blank=True)
     gateway_node = models.CharField(max_length=255, blank=True, help_text="The gateway host that relayed it.")
     started_at = models.DateTimeField(default=timezone.now)
@@ -54,6 +66,10 @@ class GatewaySession(models.Model):
     terminate_reason = models.TextField(blank=True)
     # What the gateway told the user when it refused or ended the session (no secret).
     end_message = models.TextField(blank=True)
+
+    # Its audit rows name it as they did before the model was renamed (SIEM rules, the DICOM
+    # audit messages' object URN and the audit search keep finding it).
+    audit_object_type = "recordings.session"
 
     class Meta:
         # The table keeps the name it had when the model was called Session.
@@ -87,14 +103,21 @@ class Recording(models.Model):
     """
 
     class Kind(models.TextChoices):
+        """What a channel carried, whatever the protocol (an SSH pty and a browser terminal are
+        both ``terminal``); the session's own events are the ``events`` log."""
+
         TERMINAL = "terminal", "Terminal (asciicast v2)"
         EXEC = "exec", "Exec output (raw bytes + timing index)"
+        FILE_TRANSFER = "file-transfer", "File transfer (path, size, sha256)"
+        FORWARD = "forward", "Forwarded connection"
+        HTTP_REQUESTS = "http-requests", "HTTP request log"
+        SQL_STATEMENTS = "sql-statements", "SQL statement log"
         EVENTS = "events", "Session events (JSON lines)"
 
     session = models.ForeignKey(GatewaySession, on_delete=models.PROTECT, related_name="recordings")
-    # The SSH channel number; empty for the session's events file.
+    # The channel's number in its session (an SSH channel's own); empty for the events file.
     channel = models.PositiveIntegerField(null=True, blank=True)
-    kind = models.CharField(max_length=10, choices=Kind.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     path = models.CharField(max_length=255, unique=True)
     index_path = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -133,10 +156,11 @@ class Recording(models.Model):
 class SessionText(models.Model):
     """The searchable text of one ended session, extracted from its recordings.
 
-    Built by ``recordings.search.session_index`` when the session ends (or by the periodic
-    job): commands, file-transfer paths and forwarded host:port from the events file, then
-    the terminal output (escape sequences stripped, line edits applied) and text-like exec
-    output, at most ``SESSIONS_SEARCH_MAX_CHARS`` characters (``truncated`` says it was cut).
+    Built by ``recordings.search.session_index`` in the worker, seconds after the session
+    ends (SESSIONS_INDEX_SECONDS): commands, file-transfer paths and forwarded host:port from
+    the events file, then the terminal output (as ``recordings.terminal`` reads it: line edits
+    applied, escape sequences dropped) and text-like exec output, at most
+    ``SESSIONS_SEARCH_MAX_CHARS`` characters (``truncated`` says it was cut).
 
     Words are matched through an index of the text's distinct words: on PostgreSQL
     ``search_vector`` (GIN), on SQLite the FTS5 table ``recordings_sessiontext_fts`` (rowid =

@@ -94,6 +94,8 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from recordings.models import GatewaySession, Recording
+from recordings.sessions import session_end
+from recordings.terminal import ESCAPES_BUT_NEWLINE, MARKER_LABEL_MAX, screen_line
 from vault import signatures
 from vault.client import VaultError, VaultSealed, VaultUnavailable, get_client
 from vault.signatures import KeyRing, transit_key_keep_for
@@ -107,7 +109,6 @@ MAX_BUFFER = 256 * 1024
 WRITER_QUEUE_MAX = 16 * 1024 * 1024  # bytes queued for the writer thread before flushes wait
 MIN_FREE_BYTES = 16 * 1024 * 1024  # refuse to start a recording on a nearly full disk
 COALESCE_SECONDS = 0.01  # exec chunks of one stream closer than this share an index line
-MARKER_LABEL_MAX = 80  # characters of the screen line kept as a marker's label
 LINE_TAIL_MAX = 4096  # bytes of the current output line kept to label the next marker
 # Pasted or piped lines arrive before the target echoes them: each Enter waits for the output
 # line that echoes it (TerminalRecorder.input). The line being typed is kept in memory only,
@@ -558,6 +559,7 @@ class TerminalRecorder(_Recorder):
         root: Path | str | None = None,
     ):
         self._header = {"version": 2, "width": int(width), "height": int(height), "title": title}
+        self._width = int(width)  # the terminal's, for the screen lines that label markers
         if term:
             self._header["env"] = {"TERM": term}
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -586,6 +588,7 @@ class TerminalRecorder(_Recorder):
 
     def resize(self, width: int, height: int) -> None:
         """The user's terminal changed size (a window-change request)."""
+        self._width = int(width)
         self._append(("r", f"{int(width)}x{int(height)}"), 16)
 
     def input(self, data: bytes) -> None:
@@ -595,7 +598,9 @@ class TerminalRecorder(_Recorder):
         would be in the recording otherwise). Each Enter (CR, LF or CRLF) adds a marker event
         ``[t, "m", label]`` labelled with the screen line the target echoed for it: the output
         line with carriage returns, backspaces and line edits applied and escape sequences
-        stripped, at most 80 characters; empty when nothing was echoed.
+        stripped (``recordings.terminal``, the model the search text is made with, so the
+        label is the line the search holds), at most 80 characters; empty when nothing was
+        echoed.
 
         Typed key by key, the line is on the screen when Enter comes: the marker goes there,
         before the command's output. Pasted or piped lines (several Enters in one read, or
@@ -625,7 +630,9 @@ class TerminalRecorder(_Recorder):
             if self._awaiting and self._pending:
                 self._flush_locked()  # the echoes already relayed are placed before this Enter
             now = time.monotonic() - self._start
-            shown = screen_line(_line_since_newline(self._pending, self._line_tail), limit=None)
+            shown = screen_line(
+                _line_since_newline(self._pending, self._line_tail), width=self._width, limit=None
+            )
             first = lines[0]
             if not first or shown.endswith(first):
                 if first:
@@ -676,12 +683,14 @@ class TerminalRecorder(_Recorder):
             self._echo_scanned += len(payload)
             text = carry + payload
             raws = text.split(b"\n")
-            plains = _ESCAPES_BUT_NEWLINE.sub(b"", text).split(b"\n")
+            plains = ESCAPES_BUT_NEWLINE.sub(b"", text).split(b"\n")
             end = -len(carry)
             for raw, plain in zip(raws[:-1], plains, strict=False):
                 end += len(raw) + 1
                 if len(raw) < SHORT_LINE or plain.rstrip().endswith(ends):
-                    candidates.append((number, end, screen_line(raw[-LINE_TAIL_MAX:], limit=None)))
+                    candidates.append(
+                        (number, end, screen_line(raw[-LINE_TAIL_MAX:], width=self._width, limit=None))
+                    )
             carry = raws[-1][-LINE_TAIL_MAX:]
         # 2. Each waiting Enter, oldest first, takes its echo among the lines after the last one
         # taken. One not echoed yet holds the next ones back, unless one of the next few finds
@@ -732,7 +741,7 @@ class TerminalRecorder(_Recorder):
         self._flush_locked()  # decode what is pending before asking the decoder for its tail
         now = time.monotonic() - self._start
         if self._awaiting:  # the session ended: a last echo without its newline, or none
-            shown = screen_line(self._line_tail, limit=None)
+            shown = screen_line(self._line_tail, width=self._width, limit=None)
             if self._awaiting[0].echo_in([(0, 0, shown)], 0) is not None:
                 self._awaiting.popleft()
                 self._pending.append((now, "m", shown[:MARKER_LABEL_MAX]))
@@ -863,89 +872,6 @@ def _line_since_newline(pending: list, tail: bytes) -> bytes:
     else:
         parts.append(tail)
     return b"".join(reversed(parts))[-LINE_TAIL_MAX:]
-
-
-# What a terminal does to one line, enough to read back what it shows: CSI sequences
-# (group 1 parameters, group 2 final byte), OSC/DCS/PM/APC strings, other escapes, controls.
-_LINE_CONTROLS = re.compile(
-    r"\x1b\[([0-?]*)[ -/]*([@-~])"
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
-    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
-    r"|\x1b[ -/]*[0-~]?"
-    r"|[\x00-\x1f\x7f]"
-)
-
-
-# The same for raw output, newlines kept (so its lines are the output's lines).
-_ESCAPES_BUT_NEWLINE = re.compile(
-    rb"\x1b\[[0-?]*[ -/]*[@-~]"
-    rb"|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
-    rb"|\x1b[PX^_][^\x1b\n]*(?:\x1b\\)?"
-    rb"|\x1b[ -/]*[0-~]?"
-    rb"|[\x00-\x09\x0b-\x1f\x7f]"
-)
-
-
-def screen_line(raw: bytes, *, limit: int | None = MARKER_LABEL_MAX) -> str:
-    """The text a terminal shows for one line of output (no newline in it), trimmed.
-
-    Applies carriage return, backspace, tab and the line-editing sequences shells use
-    (erase in line, cursor left/right/column, delete/insert/erase characters); strips
-    every other escape sequence and control character. At most ``limit`` characters (None:
-    all of them).
-    """
-    text = raw.decode("utf-8", errors="replace")
-    cells: list[str] = []
-    col = 0
-
-    def put(chars: str) -> None:
-        nonlocal col
-        for char in chars:
-            if col > len(cells):
-                cells.extend(" " * (col - len(cells)))
-            if col == len(cells):
-                cells.append(char)
-            else:
-                cells[col] = char
-            col += 1
-
-    pos = 0
-    for match in _LINE_CONTROLS.finditer(text):
-        put(text[pos : match.start()])
-        pos = match.end()
-        piece, final = match.group(0), match.group(2)
-        if piece == "\r":
-            col = 0
-        elif piece == "\b":
-            col = max(0, col - 1)
-        elif piece == "\t":
-            col = (col // 8 + 1) * 8
-        elif final:
-            params = match.group(1)
-            number = int(params) if params.isdigit() else 0
-            count = max(number, 1)
-            if final == "K":
-                if number == 0:
-                    del cells[col:]
-                elif number == 1:
-                    cells[: col + 1] = " " * min(col + 1, len(cells))
-                else:
-                    cells = []
-            elif final == "C":
-                col += count
-            elif final == "D":
-                col = max(0, col - count)
-            elif final == "G":
-                col = count - 1
-            elif final == "P":
-                del cells[col : col + count]
-            elif final == "@":
-                cells[col:col] = " " * count
-            elif final == "X":
-                cells[col : col + count] = " " * len(cells[col : col + count])
-    put(text[pos:])
-    shown = "".join(cells).strip()
-    return shown if limit is None else shown[:limit]
 
 
 class ExecRecorder(_Recorder):
@@ -1112,8 +1038,6 @@ def finalize_interrupted(
         session = recording.session
         if session.ended_at is None:
             # Ended like any session (audited), at the time its files were last written.
-            from recordings.records import session_end
-
             mtime = (root / recording.path).stat().st_mtime
             session_end(
                 session=session,

@@ -64,6 +64,7 @@ from recordings import selectors
 from recordings.forms import TerminateForm
 from recordings.models import GatewaySession, Recording
 from recordings.recorder import REPLAY_INDEX_SUFFIX, recordings_root
+from recordings.terminal import strip_controls
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,6 @@ AUDITED_KEEP = 50
 WASM_CSP = {"script-src": ["'wasm-unsafe-eval'"]}  # the player's terminal is WebAssembly
 
 _SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-_DISPLAY_CONTROLS = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x1f\x7f]"
-)
 
 
 class ReplayError(Exception):
@@ -602,7 +600,7 @@ def read_session_events(recording: Recording | None) -> SessionEvents:
 
 
 def _display_text(data: bytes) -> str:
-    return _DISPLAY_CONTROLS.sub("", data.decode("utf-8", errors="replace"))
+    return strip_controls(data.decode("utf-8", errors="replace"))
 
 
 def exec_preview(recording: Recording, *, limit: int = EXEC_PREVIEW_BYTES) -> dict:

@@ -6,8 +6,9 @@ output rather than commands:
 1. from the events file: exec commands, file transfers (direction, path, sha256),
    forwarded ``host:port``, SFTP file operations and refused requests;
 2. the terminal markers (the command line as the target echoed it at each Enter);
-3. each channel's output: terminal output with escape sequences removed and line edits
-   (backspace, carriage return, erase, insert/delete) applied, as the screen showed it;
+3. each channel's output: terminal output as the screen showed it, read by the terminal
+   model the replay markers use (``recordings.terminal``: line edits applied, escape
+   sequences dropped), so a marker's label is a line of this text;
    exec output when it is text-like: read in 64 KiB blocks; a block with more than 10 %
    non-text (control bytes, invalid UTF-8: tar, DICOM, gzip) keeps only its lines that are
    themselves text-like; at most 256 MiB of one output is read.
@@ -49,6 +50,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -63,6 +65,7 @@ from django.utils import timezone
 
 from audit.forms import DATETIME_LOCAL_FORMATS, DateTimeLocalInput, ReasonableTimesMixin
 from recordings.models import GatewaySession, Recording, SessionText
+from recordings.terminal import LineScreen
 
 logger = logging.getLogger(__name__)
 
@@ -77,129 +80,18 @@ EXEC_BLOCK = 64 * 1024
 EXEC_SCAN_MAX = 256 * 1024 * 1024  # bytes of one exec output read at most (a multi-GB tar)
 BINARY_RATIO = 0.10  # an exec output block or line with more non-text than this is binary
 QUERY_MAX_TERMS = 10
+# The worker's quick indexing step looks at the sessions ended this recently, this many at most.
+RECENT_SECONDS = 3600
+RECENT_LIMIT = 200
 TERM_MAX_CHARS = 200
 
 _WORD = re.compile(r"\w+")
 _WORD_TERM = re.compile(r"^\w+\*?$")
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
 
-# --- Terminal output to text ------------------------------------------------------------
-
-_TOKENS = re.compile(
-    r"(?P<csi>(?:\x1b\[|\x9b)(?P<params>[0-?]*)[ -/]*(?P<final>[@-~]))"  # cursor, erase, colours
-    r"|(?P<string>(?:\x1b[\]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?)"  # OSC, DCS…
-    r"|(?P<esc>\x1b[ -/]*[0-~]?)"  # charset, keypad, save/restore cursor, a lone ESC
-    r"|(?P<ctl>[\x00-\x1f\x7f-\x9f])"
-    r"|(?P<text>[^\x00-\x1f\x7f-\x9f]+)"
-)
-# Cursor moves to another line: what follows is not the same line of text.
-_LINE_MOVES = frozenset("ABEFHJdf")
 # Non-text in an exec output block: C0 controls but tab, newline, CR, FF, ESC, backspace; DEL;
 # U+FFFD (an invalid UTF-8 byte).
 _NON_TEXT = re.compile(r"[\x00-\x07\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
-
-
-class _Screen:
-    """Enough of a terminal to turn output into the lines a user saw.
-
-    Printable text overwrites at the cursor; carriage return, backspace, tab, cursor left
-    and right, erase and insert/delete in the line move or edit within the current line,
-    so a command line edited with readline ends up as it was run. Text past the width wraps
-    (and is joined back: a long command stays one string). A move to another line ends the
-    current one. Colours and other escape sequences are dropped.
-    """
-
-    def __init__(self, width: int = 80):
-        self.width = width if 1 <= width <= 1000 else 80
-        self.parts: list[str] = []
-        self.size = 0
-        self._row: list[str] = []
-        self._col = 0
-
-    def feed(self, text: str) -> None:
-        for match in _TOKENS.finditer(text):
-            kind = match.lastgroup
-            if kind == "text":
-                self._put(match.group())
-            elif kind == "csi":
-                self._csi(match.group("params"), match.group("final"))
-            elif kind == "ctl":
-                self._control(match.group())
-            elif kind == "esc" and match.group() in ("\x1bE", "\x1bc"):
-                self._end_row()
-
-    def close(self) -> str:
-        if self._row:
-            self._end_row()
-        return "".join(self.parts)
-
-    def _put(self, text: str) -> None:
-        text = text.replace("\ufffd", "")
-        while text:
-            if self._col >= self.width:  # past the margin: the terminal wraps
-                self._end_row(soft=True)
-            part, text = text[: self.width - self._col], text[self.width - self._col :]
-            row = self._row
-            if self._col > len(row):
-                row.extend(" " * (self._col - len(row)))
-            row[self._col : self._col + len(part)] = part
-            self._col += len(part)
-
-    def _control(self, char: str) -> None:
-        if char in "\n\x0b\x0c":
-            self._end_row()
-        elif char == "\r":
-            self._col = 0
-        elif char == "\b":
-            self._col = max(min(self._col, self.width) - 1, 0)
-        elif char == "\t":
-            self._col = min((self._col // 8 + 1) * 8, self.width - 1)
-
-    def _csi(self, params: str, final: str) -> None:
-        numbers = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else []
-        n = max(numbers[0], 1) if numbers else 1
-        row = self._row
-        if final == "K":
-            mode = numbers[0] if numbers else 0
-            if mode == 0:
-                del row[self._col :]
-            elif mode == 1:
-                row[: self._col] = " " * min(self._col, len(row))
-            else:
-                row.clear()
-        elif final == "D":
-            self._col = max(self._col - n, 0)
-        elif final == "C":
-            self._col = min(self._col + n, self.width)
-        elif final in "G`":
-            self._col = min(n - 1, self.width - 1)
-        elif final == "P":
-            del row[self._col : self._col + n]
-        elif final == "@":
-            if self._col < len(row):
-                row[self._col : self._col] = " " * n
-        elif final == "X":
-            end = min(self._col + n, len(row))
-            row[self._col : end] = " " * max(end - self._col, 0)
-        elif final in _LINE_MOVES:
-            if row:
-                self._end_row()
-            if final in "Hf":
-                self._col = min(numbers[1] - 1, self.width - 1) if len(numbers) > 1 and numbers[1] else 0
-
-    def _end_row(self, soft: bool = False) -> None:
-        text = "".join(self._row)
-        if soft:
-            piece = text
-        else:
-            piece = text.rstrip() + "\n"
-            if piece == "\n" and (not self.parts or self.parts[-1] == "\n"):
-                piece = ""  # runs of blank lines become one
-        if piece:
-            self.parts.append(piece)
-            self.size += len(piece)
-        self._row = []
-        self._col = 0
 
 
 # --- Reading a session's recordings --------------------------------------------------------
@@ -256,12 +148,13 @@ def _read_events(path: Path, extract: _Extract) -> None:
 
 
 def _read_cast(path: Path, extract: _Extract) -> None:
-    screen, room, skipped = _Screen(), extract.remaining(), False
+    screen, room, skipped = LineScreen(), extract.remaining(), False
     with path.open("rb") as f:
         for number, raw in enumerate(f):
             if number == 0:
                 with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                    screen = _Screen(int(orjson.loads(raw).get("width") or 80))
+                    header = orjson.loads(raw)
+                    screen = LineScreen(int(header.get("width") or 80), int(header.get("height") or 24))
                 continue
             full = screen.size >= room
             # Past the cap only the markers are read: cheaper than decoding every line.
@@ -279,7 +172,8 @@ def _read_cast(path: Path, extract: _Extract) -> None:
                 extract.commands.append(data.strip())
             elif code == "r" and isinstance(data, str) and "x" in data:
                 with contextlib.suppress(ValueError):
-                    screen.width = max(1, min(int(data.split("x")[0]), 1000))
+                    width, height = data.split("x", 1)
+                    screen.resize(int(width), int(height))
     text = screen.close()
     extract.truncated = extract.truncated or skipped or len(text) > room
     extract.outputs.append(text)
@@ -294,7 +188,9 @@ def _text_lines(text: str) -> str:
 
 
 def _read_exec(path: Path, extract: _Extract) -> None:
-    screen = _Screen(1000)  # no pty, no margin: lines are as long as the program wrote them
+    # No pty: lines are as long as the program wrote them (a margin of 1,000 characters only
+    # keeps a line without newlines, a blob, counted against the cap as it goes).
+    screen = LineScreen(1000)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     room, scanned = extract.remaining(), 0
     with path.open("rb") as f:
@@ -409,17 +305,18 @@ def session_text_store(
 def session_index(*, session: GatewaySession, root: Path | str | None = None) -> SessionText:
     """Extract an ended session's text from its recordings and (re)build its search index.
 
-    The gateway calls this once the session has ended and its recordings are sealed; the
-    periodic job (``sessions_index_pending``) does it for any it missed. Idempotent: a
-    second call replaces the text. Reading the files happens outside any transaction; a
-    file that cannot be read is skipped and logged. Raises ValueError for a live session.
+    The worker calls this, not the gateways (their time is for live sessions): for the
+    sessions that ended lately every SESSIONS_INDEX_SECONDS (``sessions_index_recent``), for
+    any others at each upkeep pass (``sessions_index_pending``). Idempotent: a second call
+    replaces the text. Reading the files happens outside any transaction; a file that cannot
+    be read is skipped and logged. Raises ValueError for a live session.
     """
     session = GatewaySession.objects.get(pk=session.pk)
     if session.ended_at is None:
         raise ValueError(f"GatewaySession {session.pk} is live: it is indexed when it ends.")
     text, truncated, partial = session_text_extract(session=session, root=root)
     with transaction.atomic():
-        # One indexer at a time per session (the gateway and the periodic job may race).
+        # One indexer at a time per session (two worker processes, or a pass and a task, may race).
         GatewaySession.objects.select_for_update().filter(pk=session.pk).values_list("pk").first()
         if Recording.objects.filter(session=session, deleted_at__isnull=False).exists():
             # The retention job deleted the files meanwhile: their text must not come back.
@@ -432,15 +329,20 @@ def session_text_clear(*, session: GatewaySession) -> None:
     session_text_store(session_pk=session.pk, text="")
 
 
-def sessions_index_pending(*, limit: int = 1000, root: Path | str | None = None) -> int:
+def sessions_index_pending(
+    *, limit: int = 1000, root: Path | str | None = None, ended_after: datetime | None = None
+) -> int:
     """Index ended sessions that have no text yet, or were indexed before their recordings
-    were all sealed; at most ``limit`` per call, oldest first. The number indexed."""
+    were all sealed; at most ``limit`` per call, oldest first. ``ended_after``: only those
+    that ended since then. The number indexed."""
     unsealed = Recording.objects.filter(
         session=OuterRef("pk"), finalized_at__isnull=True, deleted_at__isnull=True
     )
+    ended = GatewaySession.objects.filter(ended_at__isnull=False)
+    if ended_after is not None:
+        ended = ended.filter(ended_at__gte=ended_after)
     pending = (
-        GatewaySession.objects.filter(ended_at__isnull=False)
-        .annotate(has_unsealed=Exists(unsealed))
+        ended.annotate(has_unsealed=Exists(unsealed))
         .filter(Q(search_text__isnull=True) | Q(search_text__partial=True, has_unsealed=False))
         .order_by("ended_at", "pk")
     )
@@ -453,6 +355,15 @@ def sessions_index_pending(*, limit: int = 1000, root: Path | str | None = None)
             continue
         done += 1
     return done
+
+
+def sessions_index_recent(*, root: Path | str | None = None) -> int:
+    """Index the sessions that ended in the last RECENT_SECONDS and have no text yet: the
+    worker's quick step, every SESSIONS_INDEX_SECONDS, so a session is searchable seconds
+    after it ends. Reads only the latest ended sessions (the index on ``ended_at``); older
+    ones missed (the worker was down) are left to ``sessions_index_pending``."""
+    since = timezone.now() - timedelta(seconds=RECENT_SECONDS)
+    return sessions_index_pending(root=root, ended_after=since, limit=RECENT_LIMIT)
 
 
 # --- Queries ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from audit.formats import is_security_alert
 from audit.models import AuditEvent
 from identity.directory import LEFT
 from identity.models import User
-from recordings import records
+from recordings import sessions
 from recordings.models import GatewaySession, Recording
 from targets import ssh_blocking
 from tests.audit.conftest import drop_triggers, restore_triggers
@@ -129,7 +129,7 @@ def test_nist_access_without_a_grant_is_denied_and_alerted(gateway, alice, ssh_a
     every attempt is refused with what is missing and where to ask, leaves a refused session
     and an audit event; the DENIALS_BEFORE_ALERT-th within the window raises a security alert."""
     slug = ssh_account.slug
-    for _ in range(records.DENIALS_BEFORE_ALERT):
+    for _ in range(sessions.DENIALS_BEFORE_ALERT):
         assert not AuditEvent.objects.filter(action="security.alert.access_without_grant").exists()
         result = gateway.ssh(alice, f"alice:{slug}", "id")
         assert result.returncode != 0 and not result.stdout
@@ -139,7 +139,7 @@ def test_nist_access_without_a_grant_is_denied_and_alerted(gateway, alice, ssh_a
     refused = GatewaySession.objects.filter(user=alice).order_by("pk")
     assert [(s.end_reason, s.grant_id, s.account) for s in refused] == [
         (GatewaySession.EndReason.REFUSED, None, slug)
-    ] * records.DENIALS_BEFORE_ALERT
+    ] * sessions.DENIALS_BEFORE_ALERT
     events = AuditEvent.objects.filter(action="gateway.session.refused").order_by("sequence")
     assert [(e.actor_username, e.source_ip, e.object_id, e.details["reason"]) for e in events] == [
         ("alice", GATEWAY_ADDRESS, str(s.pk), "no-grant") for s in refused
@@ -151,7 +151,7 @@ def test_nist_access_without_a_grant_is_denied_and_alerted(gateway, alice, ssh_a
         str(refused.last().pk),
     )
     assert alert.details["accounts"] == [slug]
-    assert alert.details["refusals"] == records.DENIALS_BEFORE_ALERT
+    assert alert.details["refusals"] == sessions.DENIALS_BEFORE_ALERT
     assert is_security_alert(alert.action)
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import asyncssh
 from django.conf import settings
 from django.db import connections
-from django.db.models import Sum
 
 from access import rotation
 from access.models import Account, Grant
@@ -42,10 +41,9 @@ from gateway.ssh.transfers import ScpTracker, SftpTracker
 from gateway.ssh.usernames import parse_login
 from identity import gateway_auth
 from identity.services import MFAError
-from recordings import records
+from recordings import sessions
 from recordings.models import GatewaySession
 from recordings.recorder import EventLog, ExecRecorder, RecordingError, SealDeferred, TerminalRecorder
-from recordings.search import session_index
 from targets import errors
 from targets import ssh as target
 from vault import sources
@@ -60,8 +58,6 @@ MAX_KEY_OFFERS = 64  # public-key queries and attempts on one connection (two pe
 FORWARD_CONNECT_TIMEOUT = 5
 # Lifetime of the certificate the gateway logs in to an ssh-ca target with (seconds).
 UPSTREAM_CERTIFICATE_SECONDS = 120
-# Sessions whose recordings total at most this are indexed for search as they end.
-INLINE_INDEX_MAX_BYTES = 8 * 1024 * 1024
 # A menu answer longer than this is not a number from the menu.
 MENU_ANSWER_MAX = 32
 MENU_TIMEOUT = 120
@@ -384,7 +380,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 reason, message = GatewaySession.EndReason.ERROR, failed
             for attempt in range(3):  # a busy database (many sessions ending at once) is retried
                 try:
-                    records.session_end(
+                    sessions.session_end(
                         session=self.session,
                         reason=reason,
                         message=message,
@@ -396,15 +392,8 @@ class GatewayConnection(asyncssh.SSHServer):
                     logger.exception("Could not end session %s (attempt %s)", self.session.pk, attempt + 1)
                     connections.close_all()
                     time.sleep(1 + attempt)
-            # A short session is searchable at once; indexing a large one (a 256 MiB exec
-            # output) would take the gateway's time from live sessions for seconds, so the
-            # worker's sessions_maintain indexes it, with anything missed here.
-            try:
-                recorded = self.session.recordings.aggregate(total=Sum("size"))["total"] or 0
-                if recorded <= INLINE_INDEX_MAX_BYTES:
-                    session_index(session=self.session)
-            except Exception:
-                logger.exception("Could not index session %s for search", self.session.pk)
+            # Its search text is the worker's job (within SESSIONS_INDEX_SECONDS of the end):
+            # the gateway's time is for live sessions.
         if self.user is not None:
             try:
                 gateway_auth.gateway_logout(user=self.user, client_ip=self.client_ip)
@@ -570,19 +559,20 @@ class GatewayConnection(asyncssh.SSHServer):
         """Find the live grant and open the GatewaySession; else remember why not. True if found."""
         self.account_slug = slug
         if not ACCOUNT_RE.match(slug):
-            lookup = records.GrantLookup(
+            lookup = sessions.GrantLookup(
                 None,
                 f"'{slug[:63]}' is not an account name (lower-case letters, digits and hyphens). "
                 f"Connect as {self.user.username}:ACCOUNT, e.g. {self.user.username}:pacs01-root",
             )
         else:
-            lookup = await self.call(records.find_live_grant, user=self.user, slug=slug)
+            lookup = await self.call(sessions.find_live_grant, user=self.user, slug=slug)
         if lookup.grant is None:
             self.refusal = lookup.message
             await self.call(
-                records.session_refuse,
+                sessions.session_refuse,
                 user=self.user,
                 account=slug,
+                protocol=GatewaySession.Protocol.SSH,
                 client_address=self.client_ip,
                 node=self.node,
                 message=lookup.message,
@@ -611,7 +601,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             if self.session is not None:
                 await self.call(
-                    records.session_end,
+                    sessions.session_end,
                     session=self.session,
                     reason=GatewaySession.EndReason.ERROR,
                     message=str(exc),
@@ -720,7 +710,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, f"{host}:{port} cannot be reached") from None
         await self.call(
-            records.record_forward,
+            sessions.record_forward,
             session=self.session,
             user=self.user,
             client_address=self.client_ip,
@@ -742,7 +732,7 @@ class GatewayConnection(asyncssh.SSHServer):
             return None
         return self.spawn(
             self.call(
-                records.record_refused_channel,
+                sessions.record_refused_channel,
                 session=self.session,
                 user=self.user,
                 client_address=self.client_ip,
@@ -979,7 +969,7 @@ class GatewayConnection(asyncssh.SSHServer):
         except RecordingError as exc:
             self.recording_failed(str(exc))
         await self.call(
-            records.record_tracking_stopped,
+            sessions.record_tracking_stopped,
             session=self.session,
             user=self.user,
             client_address=self.client_ip,
@@ -1017,7 +1007,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 streamline(self.upstream)
             except errors.HostKeyMismatch as exc:
                 await self.call(
-                    records.record_host_key_mismatch,
+                    sessions.record_host_key_mismatch,
                     session=self.session,
                     user=self.user,
                     client_address=self.client_ip,
@@ -1035,9 +1025,9 @@ class GatewayConnection(asyncssh.SSHServer):
 
     async def _menu_text(self, grants: list | None = None) -> str:
         if grants is None:
-            grants = await self.call(records.live_grants_of, user=self.user)
+            grants = await self.call(sessions.live_grants_of, user=self.user)
         if not grants:
-            return f"You have no live grants. Request access at {records.request_url()}"
+            return f"You have no live grants. Request access at {sessions.request_url()}"
         lines = ["Your live grants:"]
         for number, grant in enumerate(grants, 1):
             left = duration_words(grant.seconds_left)
@@ -1046,7 +1036,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     async def _menu(self, state: ChannelState) -> bool:
         """Let the user pick one of her live grants in her terminal; True once chosen."""
-        grants = await self.call(records.live_grants_of, user=self.user)
+        grants = await self.call(sessions.live_grants_of, user=self.user)
         chan = state.chan
         if not grants:
             self._say(state, await self._menu_text(grants))

@@ -44,7 +44,7 @@ from django.db import transaction
 from audit.services import audit_record
 from gateway.ssh import asyncssh_compat
 from identity.models import User
-from recordings import records
+from recordings import sessions
 from recordings.models import GatewaySession
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def user_refusal(*, user: User) -> Refusal | None:
 
 @transaction.atomic
 def session_open_within_limit(*, user: User, grant, client_address: str, node: str) -> GatewaySession:
-    """``records.session_open`` unless the user is at her session limit (SessionLimitReached).
+    """``sessions.session_open`` unless the user is at her session limit (SessionLimitReached).
 
     A lock on the user's sessions is held while her live sessions are counted and the new
     one is created, so two logins at once in two gateway processes cannot both take the last
@@ -158,7 +158,13 @@ def session_open_within_limit(*, user: User, grant, client_address: str, node: s
     refusal = user_refusal(user=user)
     if refusal is not None:
         raise SessionLimitReached(refusal.message)
-    return records.session_open(user=user, grant=grant, client_address=client_address, node=node)
+    return sessions.session_open(
+        user=user,
+        grant=grant,
+        protocol=GatewaySession.Protocol.SSH,
+        client_address=client_address,
+        node=node,
+    )
 
 
 def _ssh_string(data: bytes) -> bytes:

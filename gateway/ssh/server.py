@@ -43,7 +43,7 @@ from django.utils import timezone
 
 from gateway.ssh import asyncssh_compat, limits
 from gateway.ssh.connection import GatewayConnection, UserConnection
-from recordings import records
+from recordings import sessions
 from recordings.models import GatewaySession
 from recordings.recorder import finalize_interrupted, flush_due
 from targets.ssh import generate_keypair
@@ -152,7 +152,7 @@ def recover_dead_processes() -> int:
             continue
         recovered += finalize_interrupted(gateway_node=node)
         for session in GatewaySession.objects.filter(gateway_node=node, ended_at__isnull=True):
-            records.session_end(
+            sessions.session_end(
                 session=session,
                 reason=GatewaySession.EndReason.INTERRUPTED,
                 message="The gateway process relaying it stopped.",
@@ -415,7 +415,7 @@ class GatewayServer:
             return 0
         finalize_interrupted(session_ids=orphans)
         for session in GatewaySession.objects.filter(pk__in=orphans, ended_at__isnull=True):
-            records.session_end(
+            sessions.session_end(
                 session=session,
                 reason=GatewaySession.EndReason.ERROR,
                 message="The gateway could not record the end of this session when it closed.",
@@ -443,12 +443,12 @@ class GatewayServer:
         if not live:
             return 0
         try:
-            cuts = await self.call(records.sessions_to_cut, session_ids=list(live))
+            cuts = await self.call(sessions.sessions_to_cut, session_ids=list(live))
         finally:
             # A grant past its end is cut here even if the database is unreachable for a while.
             now = timezone.now()
             late = {
-                pk: records.end_of(session=c.session, now=now)
+                pk: sessions.end_of(session=c.session, now=now)
                 for pk, c in live.items()
                 if c.grant is not None and c.grant.ends_at <= now
             }

@@ -24,8 +24,9 @@ from access import services
 from access.models import Grant, Target
 from audit.models import AuditEvent
 from gateway.ssh.connection import UserConnection
-from recordings.models import GatewaySession, Recording
+from recordings.models import GatewaySession, Recording, SessionText
 from recordings.recorder import verify_recording
+from recordings.tasks import index_recent_task
 from tests.conftest import PASSWORD, make_user
 from tests.fixtures.gateway import ended_session
 from tests.fixtures.pacs import grant_for, policy_for
@@ -68,6 +69,21 @@ def test_shell_on_ssh_ca_account_is_recorded_and_plays_with_asciinema(gateway, a
     assert header["version"] == 2
     assert AuditEvent.objects.filter(action="gateway.session.started", object_id=str(session.pk)).exists()
     assert AuditEvent.objects.filter(action="gateway.session.ended", object_id=str(session.pk)).exists()
+
+
+def test_the_gateway_leaves_indexing_to_the_worker(gateway, alice, bob, ssh_account):
+    """The gateway only relays: an ended session has no search text until the worker's quick
+    step (every SESSIONS_INDEX_SECONDS) indexes it, as the protocol the session came over."""
+    grant_for(alice, bob, ssh_account)
+    result = gateway.ssh(alice, "alice:pacs01-admin", tty=True, input=b"echo indexed-$((6*7)); exit\n")
+    assert "indexed-42" in result.stdout.decode(errors="replace"), result.stderr
+    session = ended_session(alice)
+    assert session.protocol == GatewaySession.Protocol.SSH
+    started = AuditEvent.objects.get(action="gateway.session.started", object_id=str(session.pk))
+    assert started.details["protocol"] == "ssh"
+    assert not SessionText.objects.filter(session=session).exists()
+    assert index_recent_task() == 1
+    assert "indexed-42" in SessionText.objects.get(session=session).text
 
 
 def test_a_grant_longer_than_the_ssh_roles_certificate_limit_still_logs_in(gateway, alice, bob, ssh_account):

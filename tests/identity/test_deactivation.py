@@ -4,7 +4,7 @@ sshd, with OpenBao handing out the certificate, and slapd for the directory sync
 
 Each path goes through access.services.user_deactivate (the Users page, the Configuration
 pages' "Active" box, the directory sync) or, for a change made straight in the database, is
-seen by the gateway itself (recordings/records.py watches user.is_active and the
+seen by the gateway itself (recordings/sessions.py watches user.is_active and the
 account's is_active).
 """
 
@@ -203,7 +203,7 @@ def test_a_leaver_cut_by_the_sync_is_told_so_and_not_terminated_by_an_administra
 def test_a_user_terminated_by_someone_unnamed_is_not_told_an_administrator_did_it(alice, bob, ssh_account):
     """A termination row without a requester (left by an earlier version of the sync) reads
     plainly, naming no one."""
-    from recordings.records import end_of
+    from recordings.sessions import end_of
 
     grant = grant_for(alice, bob, ssh_account)
     session = GatewaySession.objects.create(

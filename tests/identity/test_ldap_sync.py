@@ -292,7 +292,7 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
     # grant had ended too), saying why in words: no administrator acted, and none is named.
     # (sessions_to_cut itself runs on the gateway's threads: tests/identity/test_deactivation.py.)
     from recordings.models import GatewaySession
-    from recordings.records import end_of
+    from recordings.sessions import end_of
 
     live = GatewaySession.objects.filter(pk__in=[session.pk, old_session.pk]).select_related(
         "user", "grant__account"
@@ -509,7 +509,7 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     assert grant.state == Grant.State.REVOKED
     assert grant.cleanup == Grant.Cleanup.DONE, grant.cleanup_error
     assert grant.login not in pg_target.roles()
-    from recordings.records import sessions_to_cut
+    from recordings.sessions import sessions_to_cut
 
     assert sessions_to_cut(session_ids=[session.pk]) == {
         session.pk: ("revoked", "Your pamsite account was deactivated: left the directory.")

@@ -21,7 +21,8 @@ from audit.models import AuditEvent
 from recordings import recorder as recorder_module
 from recordings import replay
 from recordings.models import GatewaySession, Recording
-from recordings.recorder import EventLog, ExecRecorder, TerminalRecorder, screen_line, typed_lines
+from recordings.recorder import EventLog, ExecRecorder, TerminalRecorder, typed_lines
+from recordings.terminal import screen_line
 from tests.conftest import make_user, verified_client
 from tests.recordings.test_services import make_grant, make_session
 
@@ -104,24 +105,6 @@ def test_a_marker_label_joins_output_on_both_sides_of_a_flush(root, session):
     recording = rec.close()
     labels = [e[2] for e in cast_events(root, recording) if e[1] == "m"]
     assert labels == ["alice@pacs01:~$ dcmquery --aet PACS01"]
-
-
-@pytest.mark.parametrize(
-    ("output", "label"),
-    [
-        (b"$ lss\x08 \x08", "$ ls"),  # backspace echoed as BS SP BS
-        (b"$ lss\x08\x1b[K", "$ ls"),  # backspace then erase to end of line
-        (b"$ old command\r\x1b[K$ new", "$ new"),  # readline redraws the line
-        (b"$ \x1b]0;alice@pacs01: ~\x07echo hi", "$ echo hi"),  # a title (OSC) is not text
-        (b"$ vi\x1b[Dm\x1b[C", "$ vm"),  # cursor left, overwrite, right
-        (b"\x1b[?2004h$ cat\x1b[?2004l", "$ cat"),  # bracketed paste mode switches
-        (b"$ " + b"x" * 200, "$ " + "x" * 78),  # at most 80 characters
-        (b"caf\xc3\xa9 \xff", "café \ufffd"),  # invalid UTF-8 does not break the label
-        (b"", ""),
-    ],
-)
-def test_screen_line_shows_what_the_terminal_shows(output, label):
-    assert screen_line(output) == label
 
 
 def test_keystrokes_without_enter_add_nothing_and_asciinema_still_plays_the_file(root, session):

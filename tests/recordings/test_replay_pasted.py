@@ -22,7 +22,7 @@ from django.test import Client
 from django.urls import reverse
 
 from recordings.models import Recording
-from recordings.recorder import screen_line
+from recordings.terminal import screen_line
 from tests.conftest import verified_client
 from tests.fixtures.gateway import ended_session
 from tests.fixtures.pacs import grant_for

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -23,12 +28,17 @@ from recordings import search
 from recordings.models import GatewaySession, SessionText
 from recordings.recorder import EventLog, ExecRecorder, TerminalRecorder
 from recordings.search import session_index, session_text_store, sessions_index_pending
+from recordings.tasks import index_recent_task, maintain_task
+from recordings.terminal import MARKER_LABEL_MAX
 from tests.conftest import make_user, verified_client
+from tests.fixtures.gateway_process import database_url
+from tests.recordings.test_replay import cast_events
 from tests.recordings.test_services import make_grant, make_session
 
 pytestmark = pytest.mark.django_db
 
 SEARCH = reverse("sessions:search")
+ROOT = Path(__file__).resolve().parents[2]
 
 # What a bash session on a PACS host echoes: a coloured prompt with a window title, a typo
 # corrected with backspace, readline redrawing the line.
@@ -142,6 +152,36 @@ def test_the_text_has_commands_output_paths_and_forwards_without_escape_sequence
     assert text.index("dcmsend") < text.index("root@pacs01")
 
 
+def test_each_command_marker_is_a_line_of_the_searchable_output(root, grant):
+    """The replay's marker for a command and the session's searchable text read the terminal
+    the same way (one model): the label is a line of the output the search indexed, edits
+    (erase to the start of the line, cursor moves, backspaces, a CUP) applied alike."""
+    session = make_session(grant)
+    term = TerminalRecorder(session=session, channel=0, width=80, height=24, term="xterm")
+    prompt = b"\x1b[01;32mroot@pacs01\x1b[00m:~# "
+    edited = [
+        prompt + b"rm -rf /var/pacs/tmp\x1b[9D\x1b[1K",
+        prompt + b"systemctl stop pacs\x08\x08\x08\x08\x1b[Kstart pacs",
+        prompt + b"ls /var\x1b[3Dxyz\x1b[2C",
+        prompt + b"\x1b[5;1Hvi\x1b[5;2Hm",
+        prompt + b"echo " + b"x" * 100 + b" \rtail",
+    ]
+    for line in edited:
+        term.write(line)
+        term.input(b"\r")
+        term.write(b"\r\noutput\r\n")
+    recording = term.close()
+    labels = [e[2] for e in cast_events(root, recording) if e[1] == "m"]
+    extract = search._Extract(commands=[], outputs=[], budget=100_000)
+    search._read_cast(root / recording.path, extract)
+    assert extract.commands == [label.strip() for label in labels]  # the commands, listed first
+    shown = extract.outputs[0].splitlines()
+    before_output = [shown[i - 1] for i, line in enumerate(shown) if line == "output"]
+    assert len(labels) == len(edited) and all(labels)
+    assert [line[:MARKER_LABEL_MAX] for line in before_output] == labels  # a label is cut at 80
+    assert before_output[-1].endswith("tail" + "x" * 36)
+
+
 def test_binary_exec_output_is_skipped_and_text_around_it_kept(root, grant):
     session = record_session(
         make_session(grant), exec_text=b"tar: Removing leading '/'\n", exec_binary=TAR_LIKE
@@ -195,6 +235,62 @@ def test_the_periodic_job_indexes_ended_sessions_it_missed_once(root, grant, ali
     assert SessionText.objects.get(session=refused).text == ""
     assert sessions_index_pending() == 0
     assert not SessionText.objects.filter(session=live).exists()
+
+
+def test_the_quick_step_indexes_the_sessions_that_ended_lately_and_leaves_older_ones(root, grant):
+    """The worker's step every SESSIONS_INDEX_SECONDS: sessions ended within the last hour; one
+    ended long ago (the worker was down) waits for the upkeep pass, which indexes it too."""
+    recent = record_session(make_session(grant))
+    old = record_session(make_session(grant))
+    GatewaySession.objects.filter(pk=old.pk).update(ended_at=timezone.now() - dt.timedelta(hours=2))
+    assert search.sessions_index_recent() == 1
+    assert list(SessionText.objects.values_list("session_id", flat=True)) == [recent.pk]
+    assert "rm -rf /var/pacs/archive" in SessionText.objects.get(session=recent).text
+    assert search.sessions_index_recent() == 0
+    assert index_recent_task() == 0
+    assert maintain_task()["indexed"] == 1
+    assert SessionText.objects.filter(session=old).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_loop_makes_an_ended_session_searchable_within_seconds(
+    root, grant, tmp_path, approle_settings
+):
+    """``sessions_maintain --loop`` (the embedded worker) with SESSIONS_INDEX_SECONDS=1 and the
+    upkeep pass an hour away: a session that ends while it runs is indexed by its quick step."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "VAULT_ADDR": approle_settings.VAULT_ADDR,
+        "VAULT_TOKEN": "",
+        "VAULT_ROLE_ID": approle_settings.VAULT_ROLE_ID,
+        "VAULT_SECRET_ID": approle_settings.VAULT_SECRET_ID,
+        "RECORDINGS_ROOT": str(root),
+        "SESSIONS_INDEX_SECONDS": "1",
+        "SESSIONS_MAINTAIN_SECONDS": "3600",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "sessions_maintain", "--loop"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(2)  # past the first (full) pass
+        assert worker.poll() is None, log.read_text()
+        session = record_session(make_session(grant))
+        ended = time.monotonic()
+        while not SessionText.objects.filter(session=session).exists():
+            assert time.monotonic() - ended < 15, "not indexed:\n" + log.read_text()
+            time.sleep(0.1)
+        assert "systemctl restart dcm4chee" in SessionText.objects.get(session=session).text
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def test_a_text_indexed_before_its_recordings_were_sealed_is_indexed_again(root, grant):

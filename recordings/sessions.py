@@ -1,7 +1,12 @@
-"""What the gateway reads and writes in the database: grants, GatewaySession rows, audit events.
+"""The session core's services, the same for every gateway protocol: which grant a connection
+may use, opening, refusing and ending a GatewaySession, which live sessions must be cut and
+why, and the audit rows of a gateway's security events.
 
-The gateway process calls these on its pool of threads (``GatewayServer.call``); each
-write is one atomic service with its audit row in the same transaction. Nothing here holds a secret.
+A gateway (``gateway/ssh`` today; web consoles, PostgreSQL and the browser terminal next) names
+its protocol when it opens or refuses a session, and calls these from its pool of threads
+(never on its event loop: they query the database); each write is one atomic service with its
+audit row in the same transaction. The audit actions are the same for every protocol
+(``gateway.session.started`` ...), the protocol in their details. Nothing here holds a secret.
 """
 
 from __future__ import annotations
@@ -89,12 +94,16 @@ def find_live_grant(*, user: User, slug: str) -> GrantLookup:
 
 
 @transaction.atomic
-def session_open(*, user: User, grant: Grant, client_address: str, node: str) -> GatewaySession:
-    """A new live GatewaySession for a grant; audited as gateway.session.started."""
+def session_open(
+    *, user: User, grant: Grant, protocol: str, client_address: str, node: str
+) -> GatewaySession:
+    """A new live GatewaySession for a grant over ``protocol`` (a ``GatewaySession.Protocol``);
+    audited as gateway.session.started."""
     session = GatewaySession.objects.create(
         user=user,
         grant=grant,
         account=grant.account.slug,
+        protocol=GatewaySession.Protocol(protocol),
         client_address=client_address or None,
         gateway_node=node,
     )
@@ -103,16 +112,22 @@ def session_open(*, user: User, grant: Grant, client_address: str, node: str) ->
         actor=user,
         source_ip=client_address,
         obj=session,
-        details={"account": grant.account.slug, "grant": grant.pk, "node": node},
+        details={
+            "account": grant.account.slug,
+            "grant": grant.pk,
+            "node": node,
+            "protocol": session.protocol,
+        },
     )
     return session
 
 
 @transaction.atomic
 def session_refuse(
-    *, user: User, account: str, client_address: str, node: str, message: str, reason: str
+    *, user: User, account: str, protocol: str, client_address: str, node: str, message: str, reason: str
 ) -> GatewaySession:
-    """Record a connection refused after login (no grant, unknown account, target refused).
+    """Record a connection over ``protocol`` refused after login (no grant, unknown account,
+    target refused).
 
     The DENIALS_BEFORE_ALERT-th such refusal of one user within DENIALS_WINDOW also raises
     ``security.alert.access_without_grant`` (once per run of refusals).
@@ -121,6 +136,7 @@ def session_refuse(
     session = GatewaySession.objects.create(
         user=user,
         account=account[:63],
+        protocol=GatewaySession.Protocol(protocol),
         client_address=client_address or None,
         gateway_node=node,
         started_at=now,
@@ -133,7 +149,12 @@ def session_refuse(
         actor=user,
         source_ip=client_address,
         obj=session,
-        details={"account": account[:63], "reason": reason, "message": message[:500]},
+        details={
+            "account": account[:63],
+            "protocol": session.protocol,
+            "reason": reason,
+            "message": message[:500],
+        },
     )
     # Counted under the audit chain's lock, which concurrent refusals take in turn.
     recent = GatewaySession.objects.filter(
@@ -169,7 +190,9 @@ def session_end(
 ) -> None:
     """Close a live GatewaySession (once); audited as gateway.session.ended.
 
-    ``ended_at``: when it ended, if not now (a session recovered after its gateway died).
+    ``ended_at``: when it ended, if not now (a session recovered after its gateway died). Its
+    search text is made by the worker (``recordings.search.sessions_index_recent``, within
+    SESSIONS_INDEX_SECONDS), not here: a gateway only relays.
     """
     locked = GatewaySession.objects.select_for_update().get(pk=session.pk)
     if locked.ended_at is not None:
@@ -187,6 +210,7 @@ def session_end(
         obj=locked,
         details={
             "account": locked.account,
+            "protocol": locked.protocol,
             "reason": locked.end_reason,
             "message": message[:500],
             "bytes_in": bytes_in,
