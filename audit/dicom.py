@@ -330,7 +330,7 @@ def _xml_text(value: str) -> str:
 
 
 def _object_uri(event: AuditEvent) -> str:
-    """A URN naming the event's object (``urn:pamsite:recordings.gatewaysession:12``)."""
+    """A URN naming the event's object (``urn:pamsite:recordings.session:12``)."""
     if not event.object_type:
         return f"urn:pamsite:audit.event:{event.sequence}"
     return f"urn:pamsite:{event.object_type}:{event.object_id}"

@@ -201,7 +201,7 @@ def test_a_host_key_mismatch_is_a_security_alert_on_the_node(db):
         action="security.alert.host_key_mismatch",
         actor_username="alice",
         source_ip="192.0.2.10",
-        object_type="recordings.gatewaysession",
+        object_type="recordings.session",
         object_id="4",
         details={"target": "pacs01.hospital.example", "message": "offered ssh-ed25519 SHA256:abc"},
     )

@@ -203,7 +203,7 @@ def test_dropped_database_connections_are_reopened_and_nothing_is_lost(
         assert b"after-36" in (gateway.recordings / cast.path).read_bytes()
         actions = set(
             AuditEvent.objects.filter(
-                object_id=str(session.pk), object_type="recordings.gatewaysession"
+                object_id=str(session.pk), object_type="recordings.session"
             ).values_list("action", flat=True)
         )
         assert {"gateway.session.started", "session.terminate_requested", "gateway.session.ended"} <= actions

@@ -118,7 +118,7 @@ def test_viewing_a_session_is_audited_with_the_verdicts(client, carol, session):
     detail(client, session)
     event = AuditEvent.objects.filter(action="recording.viewed").latest("sequence")
     assert event.actor == carol
-    assert (event.object_type, event.object_id) == ("recordings.gatewaysession", str(session.pk))
+    assert (event.object_type, event.object_id) == ("recordings.session", str(session.pk))
     assert event.details["user"] == "alice" and event.details["account"] == "pacs01-root"
     assert set(event.details["integrity"].values()) == {"intact"}
     assert len(event.details["integrity"]) == 3

@@ -113,7 +113,7 @@ def test_each_deletion_is_one_audit_event_with_paths_and_sizes(root, grant):
     recordings_expire()
     (event,) = AuditEvent.objects.filter(action="recording.deleted")
     assert event.actor is None
-    assert (event.object_type, event.object_id) == ("recordings.gatewaysession", str(old.pk))
+    assert (event.object_type, event.object_id) == ("recordings.session", str(old.pk))
     folder = f"2024/01/01/session-{old.pk}"
     assert event.details["files"] == [
         {"path": f"{folder}/channel-0.cast", "size": 100},

@@ -67,7 +67,7 @@ def test_an_approver_terminates_a_live_session(bob, live_session):
     assert live_session.ended_at is None  # the gateway ends it, not the web
     [event] = terminate_events()
     assert event.actor == bob
-    assert event.object_type == "recordings.gatewaysession" and event.object_id == str(live_session.pk)
+    assert event.object_type == "recordings.session" and event.object_id == str(live_session.pk)
     assert event.details == {"account": "pacs01-root", "user": "alice", "reason": "vendor left the building"}
 
 
