@@ -504,8 +504,10 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     directory.delete(hospital["alice"])
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
-    # The release runs right after the sync's commit (no broker) or at the worker's next sweep
-    # (a broker configured by an earlier test): run the sweep as the worker would.
+    # Right after the sync the worker revokes the leaver's grants (access.tasks); the release
+    # runs right after that commit (no broker) or at the worker's next sweep (a broker
+    # configured by an earlier test): run the sweep as the worker would.
+    assert services.grants_of_inactive_revoke() == 1
     services.grants_cleanup_due()
     grant.refresh_from_db()
     assert grant.state == Grant.State.REVOKED
