@@ -293,7 +293,7 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
     assert grant.state == Grant.State.REVOKED and grant.end_reason == reason and grant.ended_by is None
     # Every gateway process sees her deactivated and cuts both live sessions (the one whose
     # grant had ended too), saying why in words: no administrator acted, and none is named.
-    # (sessions_to_cut itself runs on the gateway's threads: tests/identity/test_deactivation.py.)
+    # (sessions_to_cut itself runs on the gateway's threads: tests/web/test_deactivation.py.)
     from recordings.models import GatewaySession
     from recordings.records import end_of
 
