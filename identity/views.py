@@ -1,5 +1,6 @@
 """Login (password, then TOTP), enrolment, logout, the user's own account, password and SSH keys,
-the invitation link, the Users pages (pam-admins), the directory sync's page."""
+the invitation link, the Users list, invitations and authenticator resets (pam-admins), the
+directory sync's page. One user's page, which shows their grants and sessions too, is web/."""
 
 from __future__ import annotations
 
