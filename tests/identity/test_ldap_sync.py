@@ -541,6 +541,24 @@ def test_the_periodic_task_is_incremental_with_a_full_run_each_day(hospital, set
 
 
 @slapd_only
+def test_the_scheduled_sync_revokes_a_leavers_grant_right_after(hospital, directory, approle_settings):
+    """The scheduled task (access.directory_sync) is identity's sync, then at once the access
+    sweep: a leaver's grant does not wait for the next sweep."""
+    from access.models import Grant
+    from access.tasks import directory_sync_task
+
+    directory_sync(full=True, dry_run=False)
+    alice, bob = User.objects.get(username="alice"), User.objects.get(username="bob")
+    grant = _ssh_grant(alice, bob)
+    directory.delete(hospital["alice"])
+    result = directory_sync_task(full=True)
+    assert result["ok"] and result["deactivated"] == 1
+    assert result["grants_of_inactive_revoked"] == 1
+    grant.refresh_from_db()
+    assert grant.state == Grant.State.REVOKED and grant.end_reason == LEFT
+
+
+@slapd_only
 def test_the_embedded_worker_runs_the_sync_when_due(hospital):
     from access.management.commands.access_sweep import Command
 
