@@ -176,6 +176,8 @@ def user_password_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @never_cache
 def grant_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One grant (access.selectors.get_grant_for decides who sees it): how to connect, and
+    its gateway sessions from recordings, which is why the page is here and not in access."""
     grant = access_selectors.get_grant_for(user=request.user, pk=pk)
     user = request.user
     policy = grant.request.policy
