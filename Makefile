@@ -49,7 +49,9 @@ apt-demo:
 lint: deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/bandit -q -c pyproject.toml -r common pamsite identity audit vault targets access recordings gateway
+	$(VENV)/bin/bandit -q -c pyproject.toml -r common pamsite identity audit vault targets access recordings gateway web
+	# The layers (DESIGN.md) and one door per outside system: pyproject.toml [tool.importlinter].
+	$(VENV)/bin/lint-imports --no-cache
 
 format: deps
 	$(VENV)/bin/ruff format .

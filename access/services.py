@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -21,14 +21,18 @@ from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from access import notifications, rotation
+# access.tasks imports this module too (its tasks are thin wrappers over these services): both
+# import the other as a module, so either may be imported first.
+from access import notifications, rotation, tasks
 from access.changes import assign_changes
 from access.models import AccessPolicy, AccessRequest, Account, Approval, Grant, InvalidTransition
 from access.selectors import policy_for
 from access.ticket_patterns import ticket_pattern_matches
 from audit.services import audit_record
 from common.roles import BREAK_GLASS_GROUP, Role, has_role, roles_of
+from identity import users
 from identity.models import User
+from identity.services import mfa_check_fresh_code
 from vault import sources
 from vault.client import VaultError, VaultHealth, get_client
 
@@ -309,9 +313,7 @@ def _end(
 
 
 def _schedule_cleanup(grant_pk: int) -> None:
-    from access.tasks import grant_cleanup_task
-
-    grant_cleanup_task.delay(grant_pk)
+    tasks.grant_cleanup_task.delay(grant_pk)
 
 
 def grant_checkin(*, grant: Grant, acting_user: User, http_request=None) -> None:
@@ -366,23 +368,29 @@ def grants_expire_due(*, now=None) -> int:
 def grants_of_inactive_revoke() -> int:
     """Revoke active grants whose user or account is no longer active; returns how many.
 
-    Every deactivation in pamsite goes through ``user_deactivate`` or ``account_deactivate``,
-    which revoke at once; this catches a deactivation made around them (a raw database
-    change, a restore), so the credential is released within one sweep. The gateway has
-    already cut the sessions: it watches ``is_active`` itself.
+    The Users and Configuration pages deactivate through ``user_deactivate``, accounts
+    through ``account_deactivate``: both revoke at once. The directory sync deactivates
+    through identity alone, so its leavers' grants are revoked here, right after the sync,
+    ending with the sync's reason ("left the directory"); this also catches a deactivation
+    made around the services (a raw database change, a restore), so the credential is
+    released within one sweep. The gateway has already cut the sessions: it watches
+    ``is_active`` itself.
     """
     revoked = 0
     stale = Grant.objects.filter(state=Grant.State.ACTIVE).filter(
         Q(user__is_active=False) | Q(account__is_active=False)
     )
     for grant in stale.select_related("user", "account").order_by("pk")[:1000]:
-        whose = "the user" if not grant.user.is_active else "the account"
+        if not grant.user.is_active:
+            reason = grant.user.deactivated_reason or "the user was deactivated"
+        else:
+            reason = "the account was deactivated"
         try:
             _end(
                 grant,
                 new_state=Grant.State.REVOKED,
                 acting_user=None,
-                reason=f"{whose} was deactivated",
+                reason=reason,
                 action="access.grant.revoked",
             )
             revoked += 1
@@ -503,8 +511,6 @@ def grant_reveal(*, grant: Grant, acting_user: User, code: str, http_request: Ht
 
     Returns the secret for this one response; pamsite keeps no copy.
     """
-    from identity.services import mfa_check_fresh_code
-
     if grant.user_id != acting_user.pk:
         raise PermissionDenied("Only the holder of a grant can see its secret.")
     policy = grant.request.policy
@@ -928,51 +934,37 @@ def policy_set_active(
     return True
 
 
-# --- Deactivating and reactivating people ---------------------------------------------------
+# --- Deactivating people ---------------------------------------------------------------------
 #
-# Every way a person loses pamsite — the Users page, the Configuration pages' "Active" box, the
-# directory sync — goes through user_deactivate: it lives here because it ends what this app
-# holds (grants, requests). The gateway does not wait for it: it watches ``user.is_active``
-# itself (recordings/sessions.py), so even a raw database change cuts live sessions.
-
-DEACTIVATION_VIA = ("users page", "configuration", "directory sync")
-REASON_MIN, REASON_MAX = 5, 500
-
-
-@dataclass(frozen=True)
-class UserDeactivation:
-    """What a deactivation ended (the numbers the page shows, the lists the audit row keeps)."""
-
-    grants_revoked: list[int]
-    gateway_sessions: list[int]
-    requests_cancelled: list[int]
-    web_sessions_ended: int
-    invitations_revoked: int
-
-    def details(self) -> dict:
-        return {
-            "grants_revoked": self.grants_revoked,
-            "gateway_sessions_terminated": self.gateway_sessions,
-            "requests_cancelled": self.requests_cancelled,
-            "web_sessions_ended": self.web_sessions_ended,
-            "invitations_revoked": self.invitations_revoked,
-        }
+# The Users page and the Configuration pages' "Active" box deactivate through user_deactivate
+# here: identity.users.user_deactivate in the same transaction as the revocation of the
+# person's grants and the cancellation of their requests. The directory sync, below this
+# layer, deactivates through identity's alone; the sweep (grants_of_inactive_revoke,
+# requests_of_inactive_cancel), run right after every sync, ends what those users held here.
+# The gateway does not wait for either: it watches ``user.is_active`` itself
+# (recordings/sessions.py), so even a raw database change cuts live sessions.
 
 
-def _person_reason(reason: str) -> str:
-    reason = " ".join((reason or "").split())
-    if len(reason) < REASON_MIN:
-        raise ValidationError(
-            {"reason": "Give the reason (at least 5 characters): it is kept in the audit trail."}
+def _requests_cancel(*, requests, acting_user: User | None, reason: str, http_request=None) -> list[int]:
+    """Cancel pending and approved requests (row-locked by the caller's query); their pks."""
+    cancelled = []
+    now = timezone.now()
+    for req in requests:
+        try:
+            req.transition_to(AccessRequest.State.CANCELLED)
+        except InvalidTransition:
+            continue  # decided meanwhile
+        req.decided_at = now
+        req.save(update_fields=["state", "decided_at"])
+        audit_record(
+            action="access.request.cancelled",
+            actor=acting_user,
+            request=http_request,
+            obj=req,
+            details={"reason": reason[:500]},
         )
-    if len(reason) > REASON_MAX:
-        raise ValidationError(
-            {
-                "reason": f"Keep the reason under {REASON_MAX} characters ({len(reason)} now); "
-                "nothing was changed."
-            }
-        )
-    return reason
+        cancelled.append(req.pk)
+    return cancelled
 
 
 def user_deactivate(
@@ -982,136 +974,61 @@ def user_deactivate(
     reason: str,
     request: HttpRequest | None = None,
     via: str = "users page",
-) -> UserDeactivation | None:
-    """Deactivate a person (never delete) and end everything they hold, in one transaction.
+    also_end: Callable[[User, str], dict] | None = None,
+) -> users.UserDeactivation | None:
+    """Deactivate a person (identity.users.user_deactivate) and end everything they hold in
+    access, in one transaction.
 
-    ``acting_user`` is the pam-admin (``via`` "users page" or "configuration"), or None for
-    the directory sync (``via`` "directory sync", ``reason`` its own words: "left the
-    directory"). Their live grants are revoked (``grant_revoke``: credentials released after
-    the commit), their pending and approved requests cancelled, their open invitations
-    revoked and their web sessions ended. Their live gateway sessions are not touched here:
-    every gateway process sees ``is_active`` go false within a second and cuts them, telling
-    the user why ("Your pamsite account was deactivated: by pat: <reason>"). One audit row
-    for the deactivation: ``identity.user.deactivated`` (or ``identity.directory.deactivated``
-    for the sync), with the acting user. A pam-admin never deactivates herself. Returns what
-    was ended, or None if the user was already inactive.
+    Their live grants are revoked (``grant_revoke``: credentials released after the commit)
+    and their pending and approved requests cancelled; the lists join the deactivation's
+    audit row (``grants_revoked``, ``requests_cancelled``), with whatever ``also_end`` (a
+    layer above: the gateway sessions being cut) reports. Returns what was ended, or None
+    if the user was already inactive.
     """
-    from identity.services import end_user_sessions
-    from identity.users import invitations_revoke
-    from recordings.models import GatewaySession
 
-    if via not in DEACTIVATION_VIA:
-        raise ValueError(f"unknown deactivation path {via!r}")
-    if acting_user is None:
-        if via != "directory sync":
-            raise PermissionDenied("Only the directory sync deactivates without a pam-admin.")
-        reason = reason.strip()
-        stored = reason
-    else:
-        if not has_role(acting_user, Role.PAM_ADMIN):
-            raise PermissionDenied("Only pam-admins deactivate users.")
-        if acting_user.pk == user.pk:
-            raise ValidationError("You cannot deactivate yourself: another pam-admin must do it.")
-        reason = _person_reason(reason)
-        stored = f"by {acting_user.username}: {reason}"
-    with transaction.atomic():
-        locked = User.objects.select_for_update().filter(pk=user.pk, is_active=True).first()
-        if locked is None:
-            return None
-        now = timezone.now()
-        locked.is_active = False
-        locked.deactivated_reason = stored
-        locked.deactivated_at = now
-        locked.deactivated_by = acting_user
-        locked.save(update_fields=["is_active", "deactivated_reason", "deactivated_at", "deactivated_by"])
+    def end_here(locked: User, clean_reason: str) -> dict:
         revoked = []
         for grant in Grant.objects.filter(user=locked, state=Grant.State.ACTIVE).order_by("pk"):
-            grant_revoke(grant=grant, acting_user=acting_user, reason=reason, http_request=request)
+            grant_revoke(grant=grant, acting_user=acting_user, reason=clean_reason, http_request=request)
             revoked.append(grant.pk)
-        cancelled = []
-        for req in AccessRequest.objects.select_for_update().filter(
-            requester=locked, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
-        ):
-            req.transition_to(AccessRequest.State.CANCELLED)
-            req.decided_at = now
-            req.save(update_fields=["state", "decided_at"])
-            audit_record(
-                action="access.request.cancelled",
-                actor=acting_user,
-                request=request,
-                obj=req,
-                details={"reason": reason[:500]},
-            )
-            cancelled.append(req.pk)
-        live = list(
-            GatewaySession.objects.filter(user=locked, ended_at__isnull=True).values_list("pk", flat=True)
+        cancelled = _requests_cancel(
+            requests=AccessRequest.objects.select_for_update().filter(
+                requester=locked, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
+            ),
+            acting_user=acting_user,
+            reason=clean_reason,
+            http_request=request,
         )
-        result = UserDeactivation(
-            grants_revoked=revoked,
-            gateway_sessions=sorted(live),
-            requests_cancelled=cancelled,
-            web_sessions_ended=end_user_sessions(user=locked),
-            invitations_revoked=invitations_revoke(user=locked),
-        )
-        audit_record(
-            action="identity.directory.deactivated"
-            if via == "directory sync"
-            else "identity.user.deactivated",
-            actor=acting_user,
-            request=request,
-            obj=locked,
-            details={"username": locked.username, "reason": reason, "via": via, **result.details()},
-        )
-    user.refresh_from_db()
-    return result
+        above = also_end(locked, clean_reason) if also_end is not None else {}
+        return {"grants_revoked": revoked, "requests_cancelled": cancelled, **above}
+
+    return users.user_deactivate(
+        user=user, acting_user=acting_user, reason=reason, request=request, via=via, also_end=end_here
+    )
 
 
-def user_reactivation_refusal(*, user: User) -> str:
-    """Why a pam-admin may not reactivate this user, or "" (the rule of user_reactivate)."""
-    from identity.directory import DEACTIVATION_REASONS
+def requests_of_inactive_cancel() -> int:
+    """Cancel pending and approved requests of deactivated users; returns how many.
 
-    if user.is_active:
-        return f"{user.username} is active already."
-    if user.source == User.Source.LDAP and user.deactivated_reason in DEACTIVATION_REASONS:
-        return (
-            f"{user.username} was deactivated by the directory sync ({user.deactivated_reason}). "
-            "The sync reactivates them by itself when the directory has them again: enable or "
-            "restore their account in the directory."
-        )
-    return ""
-
-
-def user_reactivate(
-    *, user: User, acting_user: User, reason: str, request: HttpRequest | None = None, via: str = "users page"
-) -> None:
-    """A pam-admin gives a deactivated person their account back (audited
-    ``identity.user.reactivated``).
-
-    Nothing they held comes back: revoked grants stay revoked, cancelled requests cancelled;
-    they sign in as before (password, and their authenticator if it was not reset). A
-    directory user the sync deactivated is refused (see ``user_reactivation_refusal``):
-    the next sync would deactivate them again. (The sync's own reactivation of users who
-    come back stays in identity.directory.)
+    The directory sync deactivates through identity alone (it sits below this app), so its
+    leavers' requests are cancelled here, right after the sync and at every sweep; so is a
+    deactivation made around the services.
     """
-    if not has_role(acting_user, Role.PAM_ADMIN):
-        raise PermissionDenied("Only pam-admins reactivate users.")
-    reason = _person_reason(reason)
-    with transaction.atomic():
-        locked = User.objects.select_for_update().get(pk=user.pk)
-        refusal = user_reactivation_refusal(user=locked)
-        if refusal:
-            raise ValidationError(refusal)
-        before = locked.deactivated_reason
-        locked.is_active = True
-        locked.deactivated_reason = ""
-        locked.deactivated_at = None
-        locked.deactivated_by = None
-        locked.save(update_fields=["is_active", "deactivated_reason", "deactivated_at", "deactivated_by"])
-        audit_record(
-            action="identity.user.reactivated",
-            actor=acting_user,
-            request=request,
-            obj=locked,
-            details={"username": locked.username, "reason": reason, "was": before, "via": via},
-        )
-    user.refresh_from_db()
+    cancelled = 0
+    stale = AccessRequest.objects.filter(
+        requester__is_active=False,
+        state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED],
+    ).select_related("requester")
+    for req in stale.order_by("pk")[:1000]:
+        with transaction.atomic():
+            reason = req.requester.deactivated_reason or "the user was deactivated"
+            cancelled += len(
+                _requests_cancel(
+                    requests=AccessRequest.objects.select_for_update().filter(
+                        pk=req.pk, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
+                    ),
+                    acting_user=None,
+                    reason=reason,
+                )
+            )
+    return cancelled

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from access import services
+from identity import tasks as identity_tasks
 
 
 @shared_task(name="access.sweep")
@@ -15,6 +16,7 @@ def sweep_task() -> dict:
     return {
         "grants_expired": services.grants_expire_due(),
         "grants_of_inactive_revoked": services.grants_of_inactive_revoke(),
+        "requests_of_inactive_cancelled": services.requests_of_inactive_cancel(),
         "requests_expired": services.requests_expire_stale(),
         "warned": services.grants_warn_expiring(),
         "released": services.grants_cleanup_due(),
@@ -26,3 +28,14 @@ def sweep_task() -> dict:
 def grant_cleanup_task(grant_pk: int) -> bool:
     """Release or rotate the credential of one ended grant."""
     return services.grant_cleanup(grant_pk=grant_pk)
+
+
+@shared_task(name="access.directory_sync")
+def directory_sync_task(full: bool | None = None) -> dict:
+    """The scheduled directory sync (identity.tasks), then at once what the users it
+    deactivated held here: their grants revoked, their requests cancelled."""
+    result = identity_tasks.directory_sync_task(full)
+    if result.get("deactivated"):
+        result["grants_of_inactive_revoked"] = services.grants_of_inactive_revoke()
+        result["requests_of_inactive_cancelled"] = services.requests_of_inactive_cancel()
+    return result

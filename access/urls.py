@@ -4,6 +4,8 @@ from access import views
 
 app_name = "access"
 
+# A grant's page (grants/<pk>/) lists its gateway sessions: web/urls.py.
+
 urlpatterns = [
     path("", views.my_access, name="mine"),
     path("request/", views.request_new, name="request_new"),
@@ -12,7 +14,6 @@ urlpatterns = [
     path("requests/<int:pk>/retry/", views.request_retry, name="request_retry"),
     path("requests/<int:pk>/decide/", views.request_decide, name="request_decide"),
     path("approvals/", views.approval_queue, name="approvals"),
-    path("grants/<int:pk>/", views.grant_detail, name="grant"),
     path("grants/<int:pk>/checkin/", views.grant_checkin, name="grant_checkin"),
     path("grants/<int:pk>/revoke/", views.grant_revoke, name="grant_revoke"),
     path("grants/<int:pk>/reveal/", views.grant_reveal, name="grant_reveal"),

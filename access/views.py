@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -30,7 +29,6 @@ from access.forms import (
 from access.models import AccessRequest, Account, Grant, InvalidTransition, Target
 from common.roles import BREAK_GLASS_GROUP, Role, has_role, require_role, roles_of
 from identity.services import MFAError
-from recordings import selectors as session_selectors
 from targets.errors import TargetError
 from vault.client import VaultError
 
@@ -178,38 +176,6 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Request #{req.pk}: {req.get_state_display().lower()}.")
     return redirect("access:approvals")
-
-
-@never_cache
-def grant_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    grant = selectors.get_grant_for(user=request.user, pk=pk)
-    user = request.user
-    policy = grant.request.policy
-    context = {
-        "grant": grant,
-        "is_holder": grant.user_id == user.pk,
-        "can_revoke": grant.is_live and has_role(user, Role.APPROVER, Role.PAM_ADMIN),
-        "can_reveal": grant.user_id == user.pk
-        and grant.is_live
-        and grant.account.revealable
-        and policy is not None
-        and policy.allow_reveal
-        and grant.revealed_at is None,
-        "can_review": grant.break_glass
-        and grant.reviewed_at is None
-        and has_role(user, Role.APPROVER)
-        and grant.user_id != user.pk,
-        "revoke_form": RevokeForm(),
-        "reveal_form": RevealForm(),
-        "review_form": ReviewForm(),
-        "gateway_sessions": session_selectors.sessions_of_grant(grant=grant)[:100],
-        "gateway_host": getattr(settings, "GATEWAY_PUBLIC_HOST", "localhost"),
-        "gateway_port": getattr(settings, "GATEWAY_PUBLIC_PORT", 2222),
-        # Database accounts go through the gateway as a port forward only (no shell).
-        "forward_only": grant.account.kind == Account.Kind.DATABASE,
-        "sealed_envelope": grant.credential == Grant.Credential.SEALED_ENVELOPE,
-    }
-    return render(request, "access/grant_detail.html", context)
 
 
 @require_POST

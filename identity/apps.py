@@ -7,4 +7,6 @@ class IdentityConfig(AppConfig):
     name = "identity"
 
     def ready(self) -> None:
+        # Imported once the app registry is ready (signals imports the models): ready() is
+        # where Django has receivers connected.
         from identity import signals  # noqa: F401  (connects the receivers)

@@ -8,6 +8,10 @@ from django_auth_ldap.backend import LDAPBackend
 from django_auth_ldap.config import LDAPSettings
 
 from common.roles import Role, has_role
+from identity import ldap_client
+from identity.directory import DirectoryLoginRefused, directory_login_user
+from identity.ldap_client import DirectoryError
+from identity.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +53,15 @@ class DirectoryBackend(LDAPBackend):
     """
 
     def __init__(self):
-        from identity import ldap_client
-
         self._config = ldap_client.get_config()
 
     @property
     def settings(self):
         if self._settings is None:
-            from identity.ldap_client import auth_ldap_settings
-
             # A prefix no setting has: every value comes from the defaults given here.
-            self._settings = LDAPSettings("PAMSITE_DIRECTORY_BACKEND_", auth_ldap_settings(self._config))
+            self._settings = LDAPSettings(
+                "PAMSITE_DIRECTORY_BACKEND_", ldap_client.auth_ldap_settings(self._config)
+            )
         return self._settings
 
     @settings.setter
@@ -69,14 +71,10 @@ class DirectoryBackend(LDAPBackend):
     @property
     def ldap(self):
         if self._ldap is None:
-            from identity.ldap_client import auth_ldap_module
-
-            self._ldap = auth_ldap_module(self._config)
+            self._ldap = ldap_client.auth_ldap_module(self._config)
         return self._ldap
 
     def authenticate(self, request, username=None, password=None, **kwargs):
-        from identity.models import User
-
         if not self._config.enabled or not username or not password:
             return None
         username = username.strip()
@@ -88,9 +86,6 @@ class DirectoryBackend(LDAPBackend):
         return user
 
     def get_or_build_user(self, username, ldap_user):
-        from identity.directory import DirectoryLoginRefused, directory_login_user
-        from identity.ldap_client import DirectoryError
-
         try:
             return directory_login_user(dn=ldap_user.dn), False
         except (DirectoryLoginRefused, DirectoryError) as exc:
@@ -98,8 +93,6 @@ class DirectoryBackend(LDAPBackend):
             raise ldap_user.AuthenticationFailed(str(exc)) from None
 
     def get_user(self, user_id):
-        from identity.models import User
-
         return User.objects.filter(pk=user_id, is_active=True).first()
 
     # Permissions come from roles (RolePermissionBackend), never from directory groups.

@@ -12,10 +12,11 @@ and then changes pamsite:
   missing from the directory is not taken from anyone (a renamed group must not strip a
   whole department at once): the run reports it;
 - leavers (gone from the directory: full runs only) and users disabled in the directory
-  are deactivated, never deleted, by ``access.services.user_deactivate`` with no acting
-  user (the one deactivation service): their live grants are revoked (the credential is
-  released), their open requests cancelled and their web sessions ended; the gateway sees
-  them inactive and cuts their live sessions. A user the sync deactivated is reactivated
+  are deactivated, never deleted, by ``identity.users.user_deactivate`` with no acting
+  user (the one deactivation service): their web sessions end; the gateway sees them
+  inactive and cuts their live sessions; the access worker's sweep, run right after every
+  sync, revokes their live grants (the credential is released) and cancels their open
+  requests. A user the sync deactivated is reactivated
   if they come back; one a pam-admin deactivated stays so.
 
 Every change is one audit event (``identity.directory.*``), plus one per run. Safety: a
@@ -63,12 +64,10 @@ from identity.ldap_client import (
     normalise_dn,
 )
 from identity.models import DirectorySyncRun, LdapGroupMapping, User
+from identity.users import DEACTIVATION_REASONS, DISABLED, LEFT, user_deactivate
 
 logger = logging.getLogger(__name__)
 
-LEFT = "left the directory"
-DISABLED = "disabled in the directory"
-DEACTIVATION_REASONS = (LEFT, DISABLED)
 MANAGED_GROUPS = frozenset([*Role.values, BREAK_GLASS_GROUP])
 # Runs still "running" after this long were interrupted (the process died).
 STALE_RUN = timedelta(hours=6)
@@ -592,17 +591,17 @@ def directory_user_deactivate(
 ) -> Change | None:
     """Deactivate one directory user (never delete) and end their access, in one transaction.
 
-    The deactivation itself is ``access.services.user_deactivate`` (the one service every
-    path uses), with no acting user: their live grants are revoked, their pending and
-    approved requests cancelled and their web sessions ended; the gateway sees the user
+    The deactivation itself is ``identity.users.user_deactivate`` (the one service every
+    path uses), with no acting user: their web sessions end. The gateway sees the user
     inactive and cuts their live sessions, telling them "Your pamsite account was
-    deactivated: left the directory" (no one is named: no administrator acted). Other
+    deactivated: left the directory" (no one is named: no administrator acted); the access
+    worker's sweep, run right after every sync, revokes their live grants and cancels their
+    pending and approved requests (``access.services.grants_of_inactive_revoke``,
+    ``requests_of_inactive_cancel``). Other
     updates of the same user seen in the same run (``updates``: field values, such as a
     rename; ``changes``: their audit events) are applied first. Returns the "deactivated"
     change, or None if already inactive.
     """
-    from access.services import user_deactivate
-
     with transaction.atomic():
         user = User.objects.select_for_update().filter(pk=user_pk, is_active=True).first()
         if user is None:

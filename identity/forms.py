@@ -3,6 +3,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 
+from identity.users import ROLE_CHOICES
+
 
 class LoginForm(AuthenticationForm):
     error_messages = {
@@ -100,8 +102,6 @@ class SSHKeyForm(forms.Form):
 
 
 def role_choices():
-    from identity.users import ROLE_CHOICES
-
     return ROLE_CHOICES
 
 

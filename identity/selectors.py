@@ -130,24 +130,19 @@ def get_user_for_admin(*, acting_user: User, pk: int) -> User:
 
 @dataclass(frozen=True)
 class UserOverview:
-    """A user's page: what they hold now, and so what a deactivation would end."""
+    """A user's page, as far as identity knows it: roles, authenticator, invitation, keys.
+    (The Users page adds what they hold in access and the gateway: web.selectors.)"""
 
     user: User
     roles: list[str]
     mfa_enrolled: bool
     backup_codes_left: int
-    live_grants: int
-    live_sessions: int
-    open_requests: int
     open_invitation: Invitation | None
     ssh_keys: int
 
 
 def user_overview_for(*, acting_user: User, pk: int) -> UserOverview:
-    """pam-admins: one user, with their roles, authenticator, grants, sessions and requests."""
-    from access.models import AccessRequest, Grant
-    from recordings.models import GatewaySession
-
+    """pam-admins: one user, with their roles, authenticator, invitation and SSH keys."""
     user = get_user_for_admin(acting_user=acting_user, pk=pk)
     role_names = {*Role.values, BREAK_GLASS_GROUP}
     return UserOverview(
@@ -155,13 +150,6 @@ def user_overview_for(*, acting_user: User, pk: int) -> UserOverview:
         roles=sorted(user.groups.filter(name__in=role_names).values_list("name", flat=True)),
         mfa_enrolled=TOTPDevice.objects.filter(user=user, confirmed=True).exists(),
         backup_codes_left=StaticToken.objects.filter(device__user=user, device__confirmed=True).count(),
-        live_grants=Grant.objects.filter(
-            user=user, state=Grant.State.ACTIVE, ends_at__gt=timezone.now()
-        ).count(),
-        live_sessions=GatewaySession.objects.filter(user=user, ended_at__isnull=True).count(),
-        open_requests=AccessRequest.objects.filter(
-            requester=user, state__in=[AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
-        ).count(),
         open_invitation=Invitation.objects.filter(user=user, used_at__isnull=True, revoked_at__isnull=True)
         .order_by("-created_at", "-pk")
         .first(),

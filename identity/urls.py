@@ -2,6 +2,8 @@ from django.urls import path
 
 from identity import views, views_lockout
 
+# A user's own page and its actions (users/<pk>/...) show grants and sessions: web/urls.py.
+
 app_name = "identity"
 
 urlpatterns = [
@@ -20,11 +22,6 @@ urlpatterns = [
     path("invitation/<str:token>/", views.invitation_view, name="invitation"),
     path("users/", views.user_list_view, name="users"),
     path("users/invite/", views.user_invite_view, name="user_invite"),
-    path("users/<int:pk>/", views.user_detail_view, name="user"),
-    path("users/<int:pk>/roles/", views.user_roles_view, name="user_roles"),
-    path("users/<int:pk>/deactivate/", views.user_deactivate_view, name="user_deactivate"),
-    path("users/<int:pk>/reactivate/", views.user_reactivate_view, name="user_reactivate"),
-    path("users/<int:pk>/reset-password/", views.user_password_reset_view, name="user_password_reset"),
     path("users/<int:pk>/reset-mfa/", views.admin_reset_view, name="admin_reset"),
     path("users/lockouts/", views_lockout.lockouts_view, name="lockouts"),
     path("users/lockouts/unlock/", views_lockout.lockout_release_view, name="lockout_release"),

@@ -1,18 +1,20 @@
 """People's lifecycle in pamsite, short of deactivation: inviting a local user, resetting a
 local user's password, the first password an invited user chooses, a user changing her own
-password, and a pam-admin changing someone's roles.
+password, a pam-admin changing someone's roles, and deactivating and reactivating a person.
 
 Every state change is one atomic function writing its audit row in the same transaction;
 tokens and passwords are never in the database (a token only as its SHA-256, a password only
-as Django's hash), the audit trail or the logs. Deactivation and reactivation live in
-``access.services`` (``user_deactivate``, ``user_reactivate``): they end grants and requests.
+as Django's hash), the audit trail or the logs. ``user_deactivate`` here ends what this layer
+holds (web sessions, invitations); ``access.services.user_deactivate`` wraps it to end grants and
+requests in the same transaction. The gateway watches ``user.is_active`` itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -28,7 +30,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import audit_record
-from common.roles import BREAK_GLASS_GROUP, Role, require_role
+from common.roles import BREAK_GLASS_GROUP, Role, has_role, require_role
 from identity import lockout
 from identity.models import Invitation, User
 from identity.services import end_user_sessions, mfa_has_confirmed_device
@@ -542,3 +544,169 @@ def user_roles_set(
 def next_step_after_password(user: User) -> str:
     """Where a user goes once the password step is done: the authenticator set-up, or the code."""
     return "identity:verify" if mfa_has_confirmed_device(user=user) else "identity:enrol"
+
+
+# --- Deactivating and reactivating people ---------------------------------------------------
+#
+# Every way a person loses pamsite — the Users page, the Configuration pages' "Active" box, the
+# directory sync — goes through user_deactivate. The layers above end what they hold: the
+# Users and Configuration pages call ``access.services.user_deactivate``, which revokes grants
+# and cancels requests in the same transaction (passing ``also_end``); after a directory sync
+# the access worker's sweep does the same for the users it deactivated. The gateway does not
+# wait for either: it watches ``user.is_active`` itself, so even a raw database change cuts
+# live sessions.
+
+DEACTIVATION_VIA = ("users page", "configuration", "directory sync")
+# The directory sync's own reasons (identity.directory): a user it deactivated comes back only
+# through it.
+LEFT = "left the directory"
+DISABLED = "disabled in the directory"
+DEACTIVATION_REASONS = (LEFT, DISABLED)
+REASON_MIN, REASON_MAX = 5, 500
+
+
+@dataclass(frozen=True)
+class UserDeactivation:
+    """What a deactivation ended (the numbers the page shows, the lists the audit row keeps).
+
+    ``ended`` holds what the layers above reported (grants revoked, requests cancelled,
+    gateway sessions being cut), by the audit row's key.
+    """
+
+    web_sessions_ended: int
+    invitations_revoked: int
+    ended: dict = field(default_factory=dict)
+
+    def details(self) -> dict:
+        return {
+            **self.ended,
+            "web_sessions_ended": self.web_sessions_ended,
+            "invitations_revoked": self.invitations_revoked,
+        }
+
+
+def _person_reason(reason: str) -> str:
+    reason = " ".join((reason or "").split())
+    if len(reason) < REASON_MIN:
+        raise ValidationError(
+            {"reason": "Give the reason (at least 5 characters): it is kept in the audit trail."}
+        )
+    if len(reason) > REASON_MAX:
+        raise ValidationError(
+            {
+                "reason": f"Keep the reason under {REASON_MAX} characters ({len(reason)} now); "
+                "nothing was changed."
+            }
+        )
+    return reason
+
+
+def user_deactivate(
+    *,
+    user: User,
+    acting_user: User | None,
+    reason: str,
+    request: HttpRequest | None = None,
+    via: str = "users page",
+    also_end: Callable[[User, str], dict] | None = None,
+) -> UserDeactivation | None:
+    """Deactivate a person (never delete) and end what they hold here, in one transaction.
+
+    ``acting_user`` is the pam-admin (``via`` "users page" or "configuration"), or None for
+    the directory sync (``via`` "directory sync", ``reason`` its own words: "left the
+    directory"). Their open invitations are revoked and their web sessions ended.
+    ``also_end(user, reason)`` is how a layer above ends what it holds in the same transaction
+    (the user row is locked and already inactive); what it returns joins the audit row's
+    details. One audit row for the deactivation: ``identity.user.deactivated`` (or
+    ``identity.directory.deactivated`` for the sync), with the acting user. A pam-admin never
+    deactivates herself. Returns what was ended, or None if the user was already inactive.
+    """
+    if via not in DEACTIVATION_VIA:
+        raise ValueError(f"unknown deactivation path {via!r}")
+    if acting_user is None:
+        if via != "directory sync":
+            raise PermissionDenied("Only the directory sync deactivates without a pam-admin.")
+        reason = reason.strip()
+        stored = reason
+    else:
+        if not has_role(acting_user, Role.PAM_ADMIN):
+            raise PermissionDenied("Only pam-admins deactivate users.")
+        if acting_user.pk == user.pk:
+            raise ValidationError("You cannot deactivate yourself: another pam-admin must do it.")
+        reason = _person_reason(reason)
+        stored = f"by {acting_user.username}: {reason}"
+    with transaction.atomic():
+        locked = User.objects.select_for_update().filter(pk=user.pk, is_active=True).first()
+        if locked is None:
+            return None
+        locked.is_active = False
+        locked.deactivated_reason = stored
+        locked.deactivated_at = timezone.now()
+        locked.deactivated_by = acting_user
+        locked.save(update_fields=["is_active", "deactivated_reason", "deactivated_at", "deactivated_by"])
+        ended = also_end(locked, reason) if also_end is not None else {}
+        result = UserDeactivation(
+            web_sessions_ended=end_user_sessions(user=locked),
+            invitations_revoked=invitations_revoke(user=locked),
+            ended=ended,
+        )
+        audit_record(
+            action="identity.directory.deactivated"
+            if via == "directory sync"
+            else "identity.user.deactivated",
+            actor=acting_user,
+            request=request,
+            obj=locked,
+            details={"username": locked.username, "reason": reason, "via": via, **result.details()},
+        )
+    user.refresh_from_db()
+    return result
+
+
+def user_reactivation_refusal(*, user: User) -> str:
+    """Why a pam-admin may not reactivate this user, or "" (the rule of user_reactivate)."""
+    if user.is_active:
+        return f"{user.username} is active already."
+    if user.source == User.Source.LDAP and user.deactivated_reason in DEACTIVATION_REASONS:
+        return (
+            f"{user.username} was deactivated by the directory sync ({user.deactivated_reason}). "
+            "The sync reactivates them by itself when the directory has them again: enable or "
+            "restore their account in the directory."
+        )
+    return ""
+
+
+def user_reactivate(
+    *, user: User, acting_user: User, reason: str, request: HttpRequest | None = None, via: str = "users page"
+) -> None:
+    """A pam-admin gives a deactivated person their account back (audited
+    ``identity.user.reactivated``).
+
+    Nothing they held comes back: revoked grants stay revoked, cancelled requests cancelled;
+    they sign in as before (password, and their authenticator if it was not reset). A
+    directory user the sync deactivated is refused (see ``user_reactivation_refusal``):
+    the next sync would deactivate them again. (The sync's own reactivation of users who
+    come back stays in identity.directory.)
+    """
+    if not has_role(acting_user, Role.PAM_ADMIN):
+        raise PermissionDenied("Only pam-admins reactivate users.")
+    reason = _person_reason(reason)
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        refusal = user_reactivation_refusal(user=locked)
+        if refusal:
+            raise ValidationError(refusal)
+        before = locked.deactivated_reason
+        locked.is_active = True
+        locked.deactivated_reason = ""
+        locked.deactivated_at = None
+        locked.deactivated_by = None
+        locked.save(update_fields=["is_active", "deactivated_reason", "deactivated_at", "deactivated_by"])
+        audit_record(
+            action="identity.user.reactivated",
+            actor=acting_user,
+            request=request,
+            obj=locked,
+            details={"username": locked.username, "reason": reason, "was": before, "via": via},
+        )
+    user.refresh_from_db()

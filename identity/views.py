@@ -1,5 +1,6 @@
 """Login (password, then TOTP), enrolment, logout, the user's own account, password and SSH keys,
-the invitation link, the Users pages (pam-admins), the directory sync's page."""
+the invitation link, the Users list, invitations and authenticator resets (pam-admins), the
+directory sync's page. One user's page, which shows their grants and sessions too, is web/."""
 
 from __future__ import annotations
 
@@ -33,20 +34,15 @@ from identity.forms import (
     LoginForm,
     NewPasswordForm,
     PasswordChangeForm,
-    PasswordResetForm,
-    ReasonForm,
-    RolesForm,
     SelfResetForm,
     SSHKeyForm,
 )
 from identity.models import LdapGroupMapping, User
 from identity.selectors import (
     USER_STATES,
-    get_user_for_admin,
     get_user_for_mfa_reset,
     ssh_keys_for,
     user_filters_from,
-    user_overview_for,
     user_search_for,
 )
 from identity.ssh_keys import PublicKeyError, parse_public_key
@@ -610,131 +606,7 @@ def user_list_view(request: HttpRequest) -> HttpResponse:
     return render(request, "identity/user_list.html", context)
 
 
-def _count(number: int, thing: str, done: str) -> str:
-    """``2 live grants revoked``; nothing for none."""
-    return f"{number} {thing}{'' if number == 1 else 's'} {done}" if number else ""
-
-
-def _user_page(request: HttpRequest, pk: int, *, status: int = 200, **forms_) -> HttpResponse:
-    from access.services import user_reactivation_refusal
-
-    overview = user_overview_for(acting_user=request.user, pk=pk)
-    target = overview.user
-    mapping = {}
-    for group_dn, role in directory.group_role_map():
-        mapping.setdefault(role, []).append(group_dn)
-    context = {
-        "o": overview,
-        "target": target,
-        "is_self": target.pk == request.user.pk,
-        "roles_form": forms_.get("roles_form") or RolesForm(initial={"roles": overview.roles}),
-        "roles_from_directory": users.roles_managed_by_directory(target),
-        "role_groups": [(role, mapping.get(role, [])) for role in overview.roles],
-        "deactivate_form": forms_.get("deactivate_form") or ReasonForm(prefix="deactivate"),
-        "reactivate_form": forms_.get("reactivate_form") or ReasonForm(prefix="reactivate"),
-        "reactivation_refusal": "" if target.is_active else user_reactivation_refusal(user=target),
-        "reset_form": forms_.get("reset_form") or PasswordResetForm(),
-        "lifetime_hours": settings.INVITATION_LIFETIME_HOURS,
-        "locked_until": lockout.locked_usernames([target.username]).get(target.username),
-    }
-    return render(request, "identity/user_detail.html", context, status=status)
-
-
-@never_cache
-@require_http_methods(["GET", "HEAD"])
-def user_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """pam-admins: one user and what can be done: roles, authenticator reset, password reset
-    (local users), deactivate or reactivate."""
-    return _user_page(request, pk)
-
-
-def _back_to(target: User) -> HttpResponseRedirect:
-    return redirect("identity:user", pk=target.pk)
-
-
-@never_cache
-@require_POST
-def user_roles_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """pam-admins: set a local user's roles (audited); a directory user's come from the directory."""
-    target = get_user_for_admin(acting_user=request.user, pk=pk)
-    form = RolesForm(request.POST)
-    if form.is_valid():
-        try:
-            added, removed = users.user_roles_set(
-                acting_user=request.user, user=target, roles=set(form.cleaned_data["roles"]), request=request
-            )
-        except ValidationError as exc:
-            form.add_error(None, exc)
-        else:
-            if added or removed:
-                parts = ([f"given {', '.join(added)}"] if added else []) + (
-                    [f"no longer {', '.join(removed)}"] if removed else []
-                )
-                messages.success(request, f"{target.username}: " + "; ".join(parts) + ".")
-            else:
-                messages.info(request, "No role changed.")
-            return _back_to(target)
-    return _user_page(request, pk, roles_form=form, status=400)
-
-
-@never_cache
-@require_POST
-def user_deactivate_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """pam-admins: deactivate a user, with a reason: grants revoked, requests cancelled, web and
-    gateway sessions ended (access.services.user_deactivate)."""
-    from access.services import user_deactivate
-
-    target = get_user_for_admin(acting_user=request.user, pk=pk)
-    form = ReasonForm(request.POST, prefix="deactivate")
-    if form.is_valid():
-        try:
-            result = user_deactivate(
-                user=target, acting_user=request.user, reason=form.cleaned_data["reason"], request=request
-            )
-        except ValidationError as exc:
-            form.add_error(None, exc)
-        else:
-            if result is None:
-                messages.info(request, f"{target.username} was already deactivated.")
-            else:
-                ended = [
-                    _count(len(result.grants_revoked), "live grant", "revoked"),
-                    _count(len(result.gateway_sessions), "gateway session", "being cut"),
-                    _count(len(result.requests_cancelled), "open request", "cancelled"),
-                    _count(result.web_sessions_ended, "web session", "ended"),
-                ]
-                held = "; ".join(part for part in ended if part) or "they held nothing"
-                messages.success(request, f"{target.username} is deactivated: {held}.")
-            return _back_to(target)
-    return _user_page(request, pk, deactivate_form=form, status=400)
-
-
-@never_cache
-@require_POST
-def user_reactivate_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """pam-admins: give a deactivated user their account back, with a reason (nothing they held
-    comes back)."""
-    from access.services import user_reactivate
-
-    target = get_user_for_admin(acting_user=request.user, pk=pk)
-    form = ReasonForm(request.POST, prefix="reactivate")
-    if form.is_valid():
-        try:
-            user_reactivate(
-                user=target, acting_user=request.user, reason=form.cleaned_data["reason"], request=request
-            )
-        except ValidationError as exc:
-            form.add_error(None, exc)
-        else:
-            messages.success(
-                request,
-                f"{target.username} is active again. Earlier grants stay ended: they request access anew.",
-            )
-            return _back_to(target)
-    return _user_page(request, pk, reactivate_form=form, status=400)
-
-
-def _issued_page(request: HttpRequest, issued: users.IssuedInvitation, *, reset: bool) -> HttpResponse:
+def issued_page(request: HttpRequest, issued: users.IssuedInvitation, *, reset: bool) -> HttpResponse:
     context = {
         "issued": issued,
         "invited": issued.invitation.user,
@@ -742,29 +614,6 @@ def _issued_page(request: HttpRequest, issued: users.IssuedInvitation, *, reset:
         "login_url": settings.PAMSITE_BASE_URL.rstrip("/") + reverse("identity:login"),
     }
     return render(request, "identity/invitation_issued.html", context)
-
-
-@never_cache
-@require_POST
-def user_password_reset_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """pam-admins: a new one-time link or password for a local user (shown once); their
-    password stops working and their web sessions end."""
-    target = get_user_for_admin(acting_user=request.user, pk=pk)
-    form = PasswordResetForm(request.POST)
-    if form.is_valid():
-        try:
-            issued = users.user_password_reset(
-                acting_user=request.user,
-                user=target,
-                method=form.cleaned_data["method"],
-                email_link=form.cleaned_data["email_link"],
-                request=request,
-            )
-        except ValidationError as exc:
-            form.add_error(None, exc)
-        else:
-            return _issued_page(request, issued, reset=True)
-    return _user_page(request, pk, reset_form=form, status=400)
 
 
 @never_cache
@@ -790,7 +639,7 @@ def user_invite_view(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)  # a dict's messages go to the fields they name
         else:
-            return _issued_page(request, issued, reset=False)
+            return issued_page(request, issued, reset=False)
     context = {"form": form, "lifetime_hours": settings.INVITATION_LIFETIME_HOURS}
     return render(request, "identity/user_invite.html", context, status=400 if form.errors else 200)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import update_wrapper
 
 from django.contrib.admin import AdminSite, ModelAdmin
-from django.contrib.admin.apps import AdminConfig
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
+from audit.services import audit_record
 from common.roles import Role, has_role
 
 
@@ -28,8 +28,6 @@ class AuditedModelAdmin:
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
-        from audit.services import audit_record
-
         obj = form.instance
         # Fields whose change a service audits itself (a user's "Active" box: the deactivation
         # service), named by the model admin: left out here, so each change is audited once.
@@ -50,8 +48,6 @@ class AuditedModelAdmin:
         )
 
     def delete_model(self, request, obj):
-        from audit.services import audit_record
-
         audit_record(action="config.deleted", request=request, obj=obj)
         super().delete_model(request, obj)
 
@@ -92,7 +88,3 @@ class PamsiteAdminSite(AdminSite):
             return inner(request, *args, **kwargs)
 
         return update_wrapper(wrapper, view)
-
-
-class PamsiteAdminConfig(AdminConfig):
-    default_site = "pamsite.admin.PamsiteAdminSite"

@@ -8,6 +8,8 @@ from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
+from identity.services import mfa_has_confirmed_device
+
 # Pages anyone may open: the first step of login, logout, the load balancer's probe, and an
 # invitation link with the page it leads to (which answer only a valid token:
 # identity.views.invitation_view, invitation_password_view).
@@ -57,8 +59,6 @@ class MFARequiredMiddleware:
 
 
 def _second_step(user) -> str:
-    from identity.services import mfa_has_confirmed_device
-
     return "identity:verify" if mfa_has_confirmed_device(user=user) else "identity:enrol"
 
 

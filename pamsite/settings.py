@@ -44,7 +44,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",  # must precede staticfiles (daphne.E001): runserver serves ASGI
-    "pamsite.admin.PamsiteAdminConfig",  # django.contrib.admin for pam-admins only
+    "pamsite.apps.PamsiteAdminConfig",  # django.contrib.admin for pam-admins only
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "access",
     "recordings.apps.RecordingsConfig",
     "gateway",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -568,6 +569,6 @@ if LDAP_SERVER_URI:
         "identity.backends.DirectoryBackend",
     )
     CELERY_BEAT_SCHEDULE["identity-directory-sync"] = {
-        "task": "identity.directory_sync",
+        "task": "access.directory_sync",  # the sync, then the leavers' grants and requests
         "schedule": float(LDAP_SYNC_INTERVAL_MINUTES * 60),
     }

@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.db import IntegrityError, transaction
 
+from audit.services import audit_record
 from vault.client import VaultClient, VaultError, VaultNotFound, get_client
 from vault.models import TransitPublicKey
 
@@ -106,8 +107,6 @@ def transit_keys_keep(*, vault: VaultClient | None = None) -> list[TransitPublic
 
 @transaction.atomic
 def _keep(*, mount: str, name: str, versions, addr: str, cluster_id: str) -> list[TransitPublicKey]:
-    from audit.services import audit_record  # audit is the ground layer; imported late like the command
-
     added = []
     for version in versions:
         try:

@@ -174,6 +174,22 @@ def test_the_sweep_revokes_grants_of_a_user_or_account_deactivated_around_the_se
     assert services.grants_of_inactive_revoke() == 0
 
 
+def test_the_sweep_cancels_the_open_requests_of_a_deactivated_user_with_her_reason(
+    alice, policy, ssh_account
+):
+    """The directory sync deactivates through identity alone: the sweep right after it (and
+    every sweep) cancels what its leavers still had pending, saying why."""
+    req = ask(alice, ssh_account)
+    assert services.requests_of_inactive_cancel() == 0
+    type(alice).objects.filter(pk=alice.pk).update(is_active=False, deactivated_reason="left the directory")
+    assert services.requests_of_inactive_cancel() == 1
+    req.refresh_from_db()
+    assert req.state == AccessRequest.State.CANCELLED
+    event = AuditEvent.objects.get(action="access.request.cancelled", object_id=str(req.pk))
+    assert event.actor is None and event.details["reason"] == "left the directory"
+    assert services.requests_of_inactive_cancel() == 0
+
+
 def test_vault_down_at_checkout_keeps_the_request_approved_and_retry_works(
     alice, bob, policy, ssh_account, settings, openbao_factory, vault_ready
 ):

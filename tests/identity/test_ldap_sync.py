@@ -283,6 +283,9 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
         result = directory_sync(full=False, dry_run=False)
         reason = DISABLED
     assert result.ok, result.error
+    # Right after every sync the access worker ends what the leavers held (access.tasks).
+    assert services.grants_of_inactive_revoke() == 1
+    assert services.requests_of_inactive_cancel() == 1
     alice.refresh_from_db()
     assert not alice.is_active and alice.deactivated_reason == reason  # deactivated, not deleted
     assert roles(alice) == {"requester"}  # kept for the record; an inactive user holds none
@@ -290,7 +293,7 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
     assert grant.state == Grant.State.REVOKED and grant.end_reason == reason and grant.ended_by is None
     # Every gateway process sees her deactivated and cuts both live sessions (the one whose
     # grant had ended too), saying why in words: no administrator acted, and none is named.
-    # (sessions_to_cut itself runs on the gateway's threads: tests/identity/test_deactivation.py.)
+    # (sessions_to_cut itself runs on the gateway's threads: tests/web/test_deactivation.py.)
     from recordings.models import GatewaySession
     from recordings.sessions import end_of
 
@@ -307,11 +310,10 @@ def test_a_leaver_is_deactivated_and_loses_live_access(how, hospital, directory,
     assert pending.state == AccessRequest.State.CANCELLED
     event = AuditEvent.objects.get(action="identity.directory.deactivated")
     assert event.details["reason"] == reason
-    assert event.details["grants_revoked"] == [grant.pk]
-    assert sorted(event.details["gateway_sessions_terminated"]) == sorted([session.pk, old_session.pk])
-    assert event.details["requests_cancelled"] == [pending.pk]
     revoked = AuditEvent.objects.get(action="access.grant.revoked", object_id=str(grant.pk))
     assert revoked.actor is None and revoked.details["reason"] == reason
+    cancelled = AuditEvent.objects.get(action="access.request.cancelled", object_id=str(pending.pk))
+    assert cancelled.actor is None and cancelled.details["reason"] == reason
     assert result.run.deactivated == 1
 
 
@@ -502,8 +504,10 @@ def test_a_leavers_database_grant_is_revoked_and_the_role_dropped(
     directory.delete(hospital["alice"])
     result = directory_sync(full=True, dry_run=False)
     assert result.ok, result.error
-    # The release runs right after the sync's commit (no broker) or at the worker's next sweep
-    # (a broker configured by an earlier test): run the sweep as the worker would.
+    # Right after the sync the worker revokes the leaver's grants (access.tasks); the release
+    # runs right after that commit (no broker) or at the worker's next sweep (a broker
+    # configured by an earlier test): run the sweep as the worker would.
+    assert services.grants_of_inactive_revoke() == 1
     services.grants_cleanup_due()
     grant.refresh_from_db()
     assert grant.state == Grant.State.REVOKED
@@ -534,6 +538,24 @@ def test_the_periodic_task_is_incremental_with_a_full_run_each_day(hospital, set
     assert set(DirectorySyncRun.objects.values_list("trigger", flat=True)) == {"schedule"}
     settings.LDAP_SERVER_URI = []
     assert not directory_sync_due() and "skipped" in directory_sync_task()
+
+
+@slapd_only
+def test_the_scheduled_sync_revokes_a_leavers_grant_right_after(hospital, directory, approle_settings):
+    """The scheduled task (access.directory_sync) is identity's sync, then at once the access
+    sweep: a leaver's grant does not wait for the next sweep."""
+    from access.models import Grant
+    from access.tasks import directory_sync_task
+
+    directory_sync(full=True, dry_run=False)
+    alice, bob = User.objects.get(username="alice"), User.objects.get(username="bob")
+    grant = _ssh_grant(alice, bob)
+    directory.delete(hospital["alice"])
+    result = directory_sync_task(full=True)
+    assert result["ok"] and result["deactivated"] == 1
+    assert result["grants_of_inactive_revoked"] == 1
+    grant.refresh_from_db()
+    assert grant.state == Grant.State.REVOKED and grant.end_reason == LEFT
 
 
 @slapd_only

@@ -7,7 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from access.tasks import sweep_task
+from access.tasks import directory_sync_task, sweep_task
+from identity.tasks import directory_sync_due
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ class Command(BaseCommand):
             time.sleep(settings.ACCESS_SWEEP_SECONDS)
 
     def _directory_sync_if_due(self) -> None:
-        """The embedded worker also runs the directory sync, every LDAP_SYNC_INTERVAL_MINUTES."""
-        from identity.tasks import directory_sync_due, directory_sync_task
-
+        """The embedded worker also runs the directory sync, every LDAP_SYNC_INTERVAL_MINUTES
+        (then at once revokes what the users it deactivated held)."""
         if directory_sync_due():
             self.stdout.write(f"directory sync: {directory_sync_task()}")

@@ -6,6 +6,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from audit.services import audit_record
 from common.roles import Role
 from identity.models import User
 
@@ -32,8 +33,6 @@ class Command(BaseCommand):
             username=username, password=password, display_name="First administrator"
         )
         user.groups.set(Group.objects.filter(name__in=Role.values))
-        from audit.services import audit_record
-
         audit_record(action="identity.first_admin_created", obj=user, details={"roles": sorted(Role.values)})
         self.stdout.write(
             self.style.SUCCESS(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.services import audit_record
 from vault.bootstrap import POLICIES, privileged_client, render_policy, vault_bootstrap
 from vault.client import VaultError
 from vault.signatures import public_key_fingerprint, transit_keys_keep
@@ -59,8 +60,6 @@ class Command(BaseCommand):
                 f"kept the public key of {row.mount}/{row.name} version {row.version} "
                 f"({public_key_fingerprint(row.public_key)})"
             )
-
-        from audit.services import audit_record  # imported late: audit is a separate app
 
         audit_record(
             action="vault.bootstrap",

@@ -15,7 +15,7 @@ from django.test import Client
 from access.models import Grant
 from tests.conftest import verified_client
 from tests.fixtures.pacs import grant_for
-from tests.identity.test_deactivation import CUT_WITHIN, _connected
+from tests.web.test_deactivation import CUT_WITHIN, _connected
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

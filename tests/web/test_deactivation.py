@@ -2,10 +2,11 @@
 read why: the real OpenSSH client through the gateway (tests/fixtures/gateway.py) to a real
 sshd, with OpenBao handing out the certificate, and slapd for the directory sync's path.
 
-Each path goes through access.services.user_deactivate (the Users page, the Configuration
-pages' "Active" box, the directory sync) or, for a change made straight in the database, is
-seen by the gateway itself (recordings/sessions.py watches user.is_active and the
-account's is_active).
+The Users page and the Configuration pages' "Active" box go through web.services.user_deactivate
+(identity's deactivation, access's grants and requests, the gateway sessions listed); the
+directory sync through identity's, then the access sweep that runs right after it; a change
+made straight in the database is seen by the gateway itself (recordings/sessions.py watches
+user.is_active and the account's is_active).
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def test_a_leaver_cut_by_the_sync_is_told_so_and_not_terminated_by_an_administra
     result = directory_sync(full=True, dry_run=False)
     synced = time.monotonic()
     assert result.ok, result.error
+    assert services.grants_of_inactive_revoke() == 1  # right after every sync (access.tasks)
     text = _cut(ssh, synced)
     assert "Your pamsite account was deactivated: left the directory." in text
     assert "terminated by" not in text and "administrator" not in text
@@ -196,7 +198,10 @@ def test_a_leaver_cut_by_the_sync_is_told_so_and_not_terminated_by_an_administra
     assert grant.state == Grant.State.REVOKED and grant.ended_by is None
     event = AuditEvent.objects.get(action="identity.directory.deactivated")
     assert event.actor is None and event.details["via"] == "directory sync"
-    assert event.details["gateway_sessions_terminated"] == [session.pk]
+    cut = AuditEvent.objects.get(action="gateway.session.ended", object_id=str(session.pk))
+    assert cut.details["message"] == "Your pamsite account was deactivated: left the directory."
+    revoked = AuditEvent.objects.get(action="access.grant.revoked", object_id=str(grant.pk))
+    assert revoked.actor is None and revoked.details["reason"] == "left the directory"
     assert not AuditEvent.objects.filter(action="identity.user.deactivated").exists()
 
 

@@ -1,7 +1,12 @@
-"""Mirror the directory (LDAP / Active Directory) into pamsite: joiners, movers, leavers."""
+"""Mirror the directory (LDAP / Active Directory) into pamsite: joiners, movers, leavers.
+
+The sync is identity's; the command lives here because right after it the leavers lose their
+grants and requests (access.services sweep), as after every scheduled sync.
+"""
 
 from django.core.management.base import BaseCommand, CommandError
 
+from access import services
 from identity.directory import DirectoryNotConfigured, DirectorySyncBusy, directory_sync
 
 
@@ -38,6 +43,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {change.line()}")
         for problem in result.problems:
             self.stderr.write(f"problem: {problem}")
+        if not dry_run and result.run.deactivated:
+            services.grants_of_inactive_revoke()
+            services.requests_of_inactive_cancel()
         if not result.ok:
             raise CommandError(result.summary())
         self.stdout.write(result.summary())
