@@ -34,6 +34,7 @@ from django.db import connections
 
 from access import rotation
 from access.models import Account, Grant
+from access.services import account_ref
 from audit.timefmt import duration_words
 from gateway.ssh import asyncssh_compat, limits, usernames
 from gateway.ssh.relay import CHANNEL_GONE, Counter, ForwardSession, Pipe, streamline
@@ -1111,8 +1112,6 @@ def _prohibited(message: str) -> asyncssh.ChannelOpenError:
 
 def _credential(account: Account) -> dict:
     """The grant's credential from Vault (blocking): a fresh key + certificate, or the password."""
-    from access.services import account_ref
-
     ref = account_ref(account)
     if account.kind == Account.Kind.SSH_CA:
         private, public = target.generate_keypair()
