@@ -104,18 +104,9 @@ def _function_level_imports() -> list[tuple[str, int, str, bool]]:
                     for module in modules:
                         if module.split(".")[0] in PACKAGES:
                             line = lines[inner.lineno - 1]
-                            above = lines[inner.lineno - 2].strip() if inner.lineno > 1 else ""
-                            commented = "#" in line or above.startswith("#")
+                            commented = "#" in line
                             found.append((str(path.relative_to(ROOT)), inner.lineno, module, commented))
     return found
-
-
-# Function-level imports in code that is being moved into targets/ (the SSH and PostgreSQL
-# doors) and the gateway: they go with that move. Listed by file and module, not line.
-MOVING = {
-    ("access/targets.py", "access.services"),
-    ("gateway/ssh/connection.py", "access.services"),
-}
 
 
 def test_no_function_level_import_of_a_project_module_without_a_comment_saying_why():
@@ -124,6 +115,6 @@ def test_no_function_level_import_of_a_project_module_without_a_comment_saying_w
     silent = [
         f"{path}:{line} imports {module}"
         for path, line, module, commented in _function_level_imports()
-        if not commented and (path, module) not in MOVING
+        if not commented
     ]
     assert not silent, "import at the top, or say why not in a comment: " + ", ".join(silent)
