@@ -761,20 +761,15 @@ def account_deactivate(
     # Open requests first: locking them waits for a checkout in progress (it locks its
     # request), whose grant is then revoked below; a checkout after this finds its request
     # cancelled.
-    cancelled = 0
     open_states = [AccessRequest.State.PENDING, AccessRequest.State.APPROVED]
-    for req in AccessRequest.objects.select_for_update().filter(account=locked, state__in=open_states):
-        req.transition_to(AccessRequest.State.CANCELLED)
-        req.decided_at = timezone.now()
-        req.save(update_fields=["state", "decided_at"])
-        audit_record(
-            action="access.request.cancelled",
-            actor=acting_user,
-            request=http_request,
-            obj=req,
-            details={"reason": f"account {locked.slug} deactivated"},
+    cancelled = len(
+        _requests_cancel(
+            requests=AccessRequest.objects.select_for_update().filter(account=locked, state__in=open_states),
+            acting_user=acting_user,
+            reason=f"account {locked.slug} deactivated",
+            http_request=http_request,
         )
-        cancelled += 1
+    )
     revoked = 0
     for grant in Grant.objects.filter(account=locked, state=Grant.State.ACTIVE):
         grant_revoke(
