@@ -121,6 +121,11 @@ def _locked_head() -> ChainHead:
     FOR UPDATE, but it lets one connection write at a time and will not commit a
     transaction that read a head another writer has since replaced, so there the
     chain cannot fork either: the loser gets "database is locked".
+
+    An event's insert checks its actor's row (a key-share lock on the user). So a service
+    that locks a user and then writes an event locks the user FOR NO KEY UPDATE
+    (``select_for_update(no_key=True)``): a plain FOR UPDATE would wait for another writer
+    that holds this head and is checking the same user, while that writer waits for the head.
     """
     try:
         return ChainHead.objects.select_for_update().get(pk=1)

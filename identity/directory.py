@@ -603,7 +603,7 @@ def directory_user_deactivate(
     change, or None if already inactive.
     """
     with transaction.atomic():
-        user = User.objects.select_for_update().filter(pk=user_pk, is_active=True).first()
+        user = User.objects.select_for_update(no_key=True).filter(pk=user_pk, is_active=True).first()
         if user is None:
             return None
         if updates:
@@ -882,7 +882,7 @@ def directory_login_user(*, dn: str) -> User:
     )
     with transaction.atomic():
         row = (
-            User.objects.select_for_update()
+            User.objects.select_for_update(no_key=True)
             .filter(source=User.Source.LDAP, external_id=entry.stable_id)
             .values_list(*_KNOWN_FIELDS)
             .first()

@@ -461,7 +461,7 @@ def ssh_key_add(*, user: User, name: str, public_key_line: str, request: HttpReq
     name = " ".join((name or "").split()) or " ".join(parsed.comment.split()) or parsed.key_type
     name = name[:100]
     # One add at a time per user, so the limit holds when two forms are sent at once.
-    User.objects.select_for_update().filter(pk=user.pk).first()
+    User.objects.select_for_update(no_key=True).filter(pk=user.pk).first()
     mine = SSHPublicKey.objects.filter(user=user)
     existing = SSHPublicKey.objects.filter(key_base64=parsed.key_base64).first()
     if existing is not None and existing.user_id == user.pk:

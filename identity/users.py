@@ -275,7 +275,7 @@ def user_password_reset(
         raise ValidationError(
             {"email_link": "Only a link is e-mailed: a one-time password is shown to you only."}
         )
-    locked = User.objects.select_for_update().get(pk=user.pk)
+    locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
     issued = _issue(user=locked, acting_user=acting_user, method=method, is_reset=True)
     emailed_to = _send_link(issued, user=locked, acting_user=acting_user) if email_link else ""
     ended = end_user_sessions(user=locked)
@@ -409,7 +409,7 @@ def password_set_first(*, request: HttpRequest, user: User, new_password: str) -
     other web sessions end, this one stays signed in. Audited ``identity.user.password_set``.
     """
     with transaction.atomic():
-        locked = User.objects.select_for_update().get(pk=user.pk)
+        locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         if not locked.must_change_password:
             raise ValidationError("Your password is already set: change it on My account.")
         refusal = first_password_refusal(user=locked)
@@ -478,7 +478,7 @@ def password_change(*, request: HttpRequest, user: User, current_password: str, 
     if current_password == new_password:
         raise ValidationError("The new password is the same as the current one: choose a different one.")
     with transaction.atomic():
-        locked = User.objects.select_for_update().get(pk=user.pk)
+        locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         locked.set_password(new_password)
         locked.must_change_password = False
         locked.save(update_fields=["password", "must_change_password"])
@@ -518,7 +518,7 @@ def user_roles_set(
     unknown = roles - ROLE_NAMES
     if unknown:
         raise ValidationError({"roles": f"Not roles of pamsite: {', '.join(sorted(unknown))}."})
-    locked = User.objects.select_for_update().get(pk=user.pk)
+    locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
     if roles_managed_by_directory(locked):
         raise ValidationError(
             f"{locked.username}'s roles come from their directory groups (see the mapping on the Directory "
@@ -636,7 +636,7 @@ def user_deactivate(
         reason = _person_reason(reason)
         stored = f"by {acting_user.username}: {reason}"
     with transaction.atomic():
-        locked = User.objects.select_for_update().filter(pk=user.pk, is_active=True).first()
+        locked = User.objects.select_for_update(no_key=True).filter(pk=user.pk, is_active=True).first()
         if locked is None:
             return None
         locked.is_active = False
@@ -692,7 +692,7 @@ def user_reactivate(
         raise PermissionDenied("Only pam-admins reactivate users.")
     reason = _person_reason(reason)
     with transaction.atomic():
-        locked = User.objects.select_for_update().get(pk=user.pk)
+        locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         refusal = user_reactivation_refusal(user=locked)
         if refusal:
             raise ValidationError(refusal)

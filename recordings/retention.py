@@ -89,7 +89,7 @@ def _expire_session(*, pk: int, cutoff: dt.datetime, root: Path) -> bool:
     if session is None:
         return False
     # The user's row first, then the session's: legal_hold_place takes the same locks.
-    User.objects.select_for_update().filter(pk=session["user_id"]).values_list("pk").first()
+    User.objects.select_for_update(no_key=True).filter(pk=session["user_id"]).values_list("pk").first()
     session = GatewaySession.objects.select_for_update().get(pk=pk)
     if not _expirable(cutoff).filter(pk=pk).exists():
         return False  # held, or changed, since the candidates were listed
@@ -196,7 +196,7 @@ def legal_hold_place(
             )
         details = {"session": session.pk, "user": session.user.username, "account": session.account}
     else:
-        user = User.objects.select_for_update().get(pk=user.pk)
+        user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         details = {"user": user.username}
     hold = LegalHold.objects.create(session=session, user=user, reason=reason, created_by=acting_user)
     audit_record(
